@@ -1,0 +1,41 @@
+# Metadata arena. Lock discipline: own spinlock, innermost; see arena.pxd.
+from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
+                             tc_os_map, tc_inc_owned, kPageSize)
+
+cdef enum:
+    kChunkBytes = 256 * 1024
+    kAlign = 64                   # cache line: structs with locks are aligned to it
+
+cdef void arena_init(MetaArena *a) noexcept nogil:
+    tc_spinlock_init(&a.lock)
+    a.cur = NULL
+    a.remaining = 0
+    a.mapped_bytes = 0
+    a.used_bytes = 0
+
+cdef void *arena_alloc(MetaArena *a, size_t nbytes) noexcept nogil:
+    """Zeroed, 64-byte aligned memory, or NULL when the OS refuses."""
+    cdef char *p
+    cdef size_t chunk
+    nbytes = (nbytes + kAlign - 1) & ~(<size_t>kAlign - 1)
+    tc_spinlock_lock(&a.lock)
+    if nbytes > a.remaining:
+        chunk = kChunkBytes if nbytes <= kChunkBytes // 4 else (nbytes + kPageSize - 1) & ~(<size_t>kPageSize - 1)
+        p = <char *>tc_os_map(chunk)
+        if p == NULL:
+            tc_spinlock_unlock(&a.lock)
+            return NULL
+        tc_inc_owned(&a.mapped_bytes, chunk)
+        if chunk != kChunkBytes:
+            # A big request gets a mapping of its own; keep the current chunk.
+            tc_inc_owned(&a.used_bytes, nbytes)
+            tc_spinlock_unlock(&a.lock)
+            return p
+        a.cur = p
+        a.remaining = chunk
+    p = a.cur
+    a.cur += nbytes
+    a.remaining -= nbytes
+    tc_inc_owned(&a.used_bytes, nbytes)
+    tc_spinlock_unlock(&a.lock)
+    return p

@@ -1,0 +1,159 @@
+# Central free list. Lock discipline: c.lock inside each function, dropped
+# around page-heap calls; see central.pxd.
+from libc.stdint cimport uintptr_t
+from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
+                             tc_fatal_ptr, tc_store_u64, tc_load_u64, kPageShift, TCALLOC_DEBUG)
+from tcalloc.span cimport SPAN_IN_USE, span_addr
+from tcalloc.pagemap cimport pagemap_span
+from tcalloc.pageheap cimport pageheap_new, pageheap_delete
+
+cdef void central_init(CentralFreeList *c, uint32_t cl, uint32_t size, uint32_t pages,
+                       uint32_t objects_per_span, PageHeap *heap) noexcept nogil:
+    tc_spinlock_init(&c.lock)
+    c.cl = cl
+    c.size = size
+    c.pages = pages
+    c.objects_per_span = objects_per_span
+    c.heap = heap
+    c.nonempty = NULL
+    c.full = NULL
+    c.nspans = 0
+    c.span_bytes = 0
+    c.free_objects = 0
+    c.total_objects = 0
+    c.spans_created = 0
+    c.spans_returned = 0
+
+cdef inline void _push(Span **head, Span *s) noexcept nogil:
+    s.prev = NULL
+    s.next = head[0]
+    if head[0] != NULL:
+        head[0].prev = s
+    head[0] = s
+
+cdef inline void _remove(Span **head, Span *s) noexcept nogil:
+    if s.prev != NULL:
+        s.prev.next = s.next
+    else:
+        head[0] = s.next
+    if s.next != NULL:
+        s.next.prev = s.prev
+    s.next = NULL
+    s.prev = NULL
+
+cdef inline bint _exhausted(const Span *s) noexcept nogil:
+    return s.freelist == NULL and s.bump >= s.limit
+
+cdef bint _populate(CentralFreeList *c) noexcept nogil:
+    """Get a new span from the page heap (lock dropped meanwhile). Called and
+    returns with c.lock held."""
+    cdef Span *s
+    cdef uint64_t objects
+    tc_spinlock_unlock(&c.lock)
+    s = pageheap_new(c.heap, c.pages, c.cl)
+    tc_spinlock_lock(&c.lock)
+    if s == NULL:
+        return 0
+    # Objects are carved lazily from a bump pointer: a new span's pages are
+    # not touched until its objects are used.
+    objects = (s.npages << kPageShift) // c.size
+    s.freelist = NULL
+    s.refcount = 0
+    s.bump = span_addr(s)
+    s.limit = s.bump + objects * c.size
+    _push(&c.nonempty, s)
+    c.nspans += 1
+    c.span_bytes += s.npages << kPageShift
+    c.spans_created += 1
+    tc_store_u64(&c.total_objects, c.total_objects + objects)
+    tc_store_u64(&c.free_objects, c.free_objects + objects)
+    return 1
+
+cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int n) noexcept nogil:
+    """Take up to n objects as a chain head..tail. Returns how many (0: out
+    of memory; the chain is then untouched)."""
+    cdef int got = 0
+    cdef Span *s
+    cdef void *obj
+    cdef void *first = NULL
+    cdef void *last = NULL
+    tc_spinlock_lock(&c.lock)
+    while got < n:
+        s = c.nonempty
+        if s == NULL:
+            if not _populate(c):
+                break
+            continue
+        while got < n:
+            if s.freelist != NULL:
+                obj = s.freelist
+                s.freelist = (<void **>obj)[0]
+            elif s.bump < s.limit:
+                obj = <void *>s.bump
+                s.bump += c.size
+            else:
+                break
+            s.refcount += 1
+            if last == NULL:
+                first = obj
+            else:
+                (<void **>last)[0] = obj
+            last = obj
+            got += 1
+        if _exhausted(s):
+            _remove(&c.nonempty, s)
+            _push(&c.full, s)
+    if got:
+        (<void **>last)[0] = NULL
+        tc_store_u64(&c.free_objects, c.free_objects - got)
+    tc_spinlock_unlock(&c.lock)
+    head[0] = first
+    tail[0] = last
+    return got
+
+cdef void central_insert_range(CentralFreeList *c, void *head, int n) noexcept nogil:
+    """Take back a chain of n objects of this class (NULL-terminated or not:
+    exactly n are read). Spans left with no object out go back to the page heap."""
+    cdef void *obj = head
+    cdef void *nxt
+    cdef Span *s
+    cdef Span *done = NULL
+    cdef int i
+    cdef uintptr_t off
+    tc_spinlock_lock(&c.lock)
+    for i in range(n):
+        nxt = (<void **>obj)[0]
+        s = pagemap_span(&c.heap.pagemap, <uintptr_t>obj >> kPageShift)
+        if s == NULL or s.location != SPAN_IN_USE or s.sizeclass != c.cl:
+            tc_spinlock_unlock(&c.lock)
+            tc_fatal_ptr("free(): object does not belong to its size class; heap corrupted", obj)
+        if TCALLOC_DEBUG:
+            off = <uintptr_t>obj - span_addr(s)
+            if off % c.size != 0 or <uintptr_t>obj >= s.limit or s.refcount == 0:
+                tc_spinlock_unlock(&c.lock)
+                tc_fatal_ptr("free(): invalid pointer (not the start of a block)", obj)
+        if _exhausted(s):
+            _remove(&c.full, s)
+            _push(&c.nonempty, s)
+        (<void **>obj)[0] = s.freelist
+        s.freelist = obj
+        s.refcount -= 1
+        if s.refcount == 0:
+            # Every object is back: the span goes to the page heap after the
+            # lock is dropped (chained through .next, which we own now).
+            _remove(&c.nonempty, s)
+            c.nspans -= 1
+            c.span_bytes -= s.npages << kPageShift
+            c.spans_returned += 1
+            tc_store_u64(&c.free_objects, c.free_objects - (((s.limit - span_addr(s)) // c.size) - 1))
+            tc_store_u64(&c.total_objects, c.total_objects - (s.limit - span_addr(s)) // c.size)
+            s.next = done
+            done = s
+        else:
+            tc_store_u64(&c.free_objects, c.free_objects + 1)
+        obj = nxt
+    tc_spinlock_unlock(&c.lock)
+    while done != NULL:
+        s = done
+        done = s.next
+        pageheap_delete(c.heap, s)

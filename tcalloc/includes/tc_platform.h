@@ -1,0 +1,199 @@
+/* Platform shims, wrapped once (lxml rwlock.pxi style): atomics, the spinlock
+ * with its performance counters, the thread-local cache slot, OS memory calls,
+ * the monotonic clock and the fatal-error reporter. Everything is static
+ * inline so each extension module that includes it gets its own copy of the
+ * code, never of shared state (no variables are defined here).
+ *
+ * Memory ordering: single-writer counters use relaxed loads/stores (plain movs
+ * on x86-64) so readers in stats() see torn-free values without a data race.
+ */
+#ifndef TC_PLATFORM_H
+#define TC_PLATFORM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include "tc_config.h"
+
+#define TC_LIKELY(x)   __builtin_expect(!!(x), 1)
+#define TC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define TC_CACHELINE 64
+
+/* ---- atomics ----------------------------------------------------------- */
+static inline uint64_t tc_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void tc_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+/* Increment of a counter only its owner writes (no lock prefix). */
+static inline void tc_inc_owned(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+static inline uint64_t tc_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t tc_atomic_sub_u64(uint64_t *p, uint64_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_RELAXED); }
+static inline int tc_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void tc_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void *tc_load_acquire_ptr(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_ACQUIRE); }
+static inline void *tc_load_relaxed_ptr(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_RELAXED); }
+static inline void tc_store_release_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void tc_store_relaxed_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline uint8_t tc_load_u8(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void tc_store_u8(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void tc_prefetch(const void *p) { __builtin_prefetch(p, 1, 3); }
+static inline void tc_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* ---- clock --------------------------------------------------------------- */
+static inline uint64_t tc_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- spinlock -------------------------------------------------------------
+ * state: 0 free, 1 held, 2 held and a waiter may sleep on the futex.
+ * Spin TC_SPIN_LIMIT times (cheap when the holder is running on the other
+ * core), then sleep on a futex: on a 2-core machine with more threads than
+ * cores, a spinner must not burn the time slice its preempted holder needs.
+ * Counters are written only while the lock is held. One cache line per lock
+ * so arrays of locks do not false-share. */
+#ifndef TC_SPIN_LIMIT
+#define TC_SPIN_LIMIT 64
+#endif
+typedef struct {
+    int state;
+    int _pad;
+    uint64_t acquisitions;
+    uint64_t contended;
+    uint64_t spins;
+    uint64_t wait_ns;
+} __attribute__((aligned(TC_CACHELINE))) tc_spinlock_t;
+
+static inline void tc_spinlock_init(tc_spinlock_t *l) { memset(l, 0, sizeof(*l)); }
+
+static inline void tc_futex_wait(int *addr, int val) {
+    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+static inline void tc_futex_wake(int *addr, int n) {
+    syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+static void __attribute__((noinline)) tc_spinlock_lock_slow(tc_spinlock_t *l) {
+#if TCALLOC_LOCK_STATS
+    uint64_t t0 = tc_now_ns();
+#endif
+    uint64_t spins = 0;
+    for (;;) {
+        for (int i = 0; i < TC_SPIN_LIMIT; i++) {
+            int s = __atomic_load_n(&l->state, __ATOMIC_RELAXED);
+            if (s == 0) {
+                int expected = 0;
+                if (__atomic_compare_exchange_n(&l->state, &expected, 1, 0,
+                                                __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                    goto acquired;
+            }
+            tc_cpu_relax();
+            spins++;
+        }
+        /* Announce a sleeper; if the lock was free we now hold it (state 2,
+         * so unlock makes one harmless wake call). */
+        if (__atomic_exchange_n(&l->state, 2, __ATOMIC_ACQUIRE) == 0)
+            goto acquired;
+        tc_futex_wait(&l->state, 2);
+    }
+acquired:
+#if TCALLOC_LOCK_STATS
+    tc_inc_owned(&l->acquisitions, 1);
+    tc_inc_owned(&l->contended, 1);
+    tc_inc_owned(&l->spins, spins);
+    tc_inc_owned(&l->wait_ns, tc_now_ns() - t0);
+#else
+    (void)spins;
+#endif
+}
+
+static inline void tc_spinlock_lock(tc_spinlock_t *l) {
+    int expected = 0;
+    if (TC_LIKELY(__atomic_compare_exchange_n(&l->state, &expected, 1, 0,
+                                              __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))) {
+#if TCALLOC_LOCK_STATS
+        tc_inc_owned(&l->acquisitions, 1);
+#endif
+        return;
+    }
+    tc_spinlock_lock_slow(l);
+}
+
+static inline void tc_spinlock_unlock(tc_spinlock_t *l) {
+    if (TC_UNLIKELY(__atomic_exchange_n(&l->state, 0, __ATOMIC_RELEASE) == 2))
+        tc_futex_wake(&l->state, 1);
+}
+
+/* After fork() the child has one thread: whoever held a lock is gone. */
+static inline void tc_spinlock_reset(tc_spinlock_t *l) { __atomic_store_n(&l->state, 0, __ATOMIC_RELAXED); }
+
+/* ---- OS memory ---------------------------------------------------------- */
+/* Anonymous private mapping, zero-filled; NULL on failure (errno set). */
+static inline void *tc_os_map(size_t size) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+/* Map exactly at `hint` if that range is free (never clobbers a mapping);
+ * NULL otherwise. Lets the heap grow contiguously, so spans from successive
+ * growths can coalesce. */
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+static inline void *tc_os_map_at(void *hint, size_t size) {
+    void *p = mmap(hint, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    if (p != hint) { munmap(p, size); return NULL; }   /* pre-4.17 kernels ignore the flag */
+    return p;
+}
+static inline int tc_os_unmap(void *p, size_t size) { return munmap(p, size); }
+/* Give pages back: RSS drops now, the range reads as zeros when touched again. */
+static inline int tc_os_release(void *p, size_t size) { return madvise(p, size, MADV_DONTNEED); }
+
+/* ---- fatal errors ------------------------------------------------------- */
+/* Heap corruption: say what and where on stderr without allocating, then abort. */
+static void __attribute__((noreturn, noinline, cold)) tc_fatal_ptr(const char *what, const void *ptr) {
+    char buf[256];
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    const char *pre = "tcalloc: fatal: ";
+    while (*pre && n < sizeof buf) buf[n++] = *pre++;
+    while (*what && n < sizeof buf - 24) buf[n++] = *what++;
+    const char *mid = " (pointer 0x";
+    while (*mid && n < sizeof buf) buf[n++] = *mid++;
+    uintptr_t v = (uintptr_t)ptr;
+    int started = 0;
+    for (int shift = 60; shift >= 0; shift -= 4) {
+        int d = (int)((v >> shift) & 0xf);
+        if (d || started || shift == 0) { buf[n++] = hex[d]; started = 1; }
+    }
+    buf[n++] = ')';
+    buf[n++] = '\n';
+    ssize_t r = write(2, buf, n);
+    (void)r;
+    abort();
+}
+
+static inline int tc_is_pow2(size_t x) { return x && !(x & (x - 1)); }
+static inline int tc_ctz64(uint64_t x) { return __builtin_ctzll(x); }
+static inline int tc_clz64(uint64_t x) { return __builtin_clzll(x); }
+static inline int tc_mul_overflow(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
+static inline void tc_set_errno(int e) { errno = e; }
+static inline int tc_get_errno(void) { return errno; }
+
+#endif /* TC_PLATFORM_H */

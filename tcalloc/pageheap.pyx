@@ -1,0 +1,540 @@
+# Page heap. Lock discipline: every public function takes h.lock; helpers
+# whose names start with an underscore expect it held. See pageheap.pxd.
+from libc.string cimport memset
+from libc.stdint cimport uint8_t
+from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
+                             tc_os_map, tc_os_map_at, tc_os_unmap, tc_os_release, tc_set_errno,
+                             kPageShift, kPageSize)
+from tcalloc.span cimport SPAN_IN_USE, SPAN_ON_NORMAL, SPAN_ON_RETURNED, SPAN_DEAD
+from tcalloc.pagemap cimport pagemap_init, pagemap_ensure, pagemap_span, pagemap_set, pagemap_set_class
+from tcalloc.arena cimport arena_alloc
+from libc.errno cimport ENOMEM
+
+cdef void pageheap_init(PageHeap *h, MetaArena *arena) noexcept nogil:
+    memset(h, 0, sizeof(PageHeap))
+    tc_spinlock_init(&h.lock)
+    h.arena = arena
+    pagemap_init(&h.pagemap, arena)
+
+# ---- Span structs ---------------------------------------------------------
+
+cdef Span *_span_new(PageHeap *h, uintptr_t start, size_t npages) noexcept nogil:
+    cdef Span *s = h.span_freelist
+    if s != NULL:
+        h.span_freelist = s.next
+    else:
+        s = <Span *>arena_alloc(h.arena, sizeof(Span))
+        if s == NULL:
+            return NULL
+        h.span_structs += 1
+    memset(s, 0, sizeof(Span))
+    s.start = start
+    s.npages = npages
+    return s
+
+cdef inline void _span_free(PageHeap *h, Span *s) noexcept nogil:
+    s.location = SPAN_DEAD
+    s.next = h.span_freelist
+    h.span_freelist = s
+
+cdef inline void _record(PageHeap *h, Span *s) noexcept nogil:
+    pagemap_set(&h.pagemap, s.start, s)
+    if s.npages > 1:
+        pagemap_set(&h.pagemap, s.start + s.npages - 1, s)
+
+# ---- best-fit tree: a treap keyed by (npages, start), priority a hash of start
+
+cdef inline bint _less(const Span *a, const Span *b) noexcept nogil:
+    return a.npages < b.npages or (a.npages == b.npages and a.start < b.start)
+
+cdef inline uint64_t _prio(const Span *s) noexcept nogil:
+    cdef uint64_t x = <uint64_t>s.start + 0x9E3779B97F4A7C15UL
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL
+    return x ^ (x >> 31)
+
+cdef void _split(Span *t, const Span *key, Span **l, Span **r) noexcept nogil:
+    if t == NULL:
+        l[0] = NULL
+        r[0] = NULL
+    elif _less(t, key):
+        _split(t.right, key, &t.right, r)
+        l[0] = t
+    else:
+        _split(t.left, key, l, &t.left)
+        r[0] = t
+
+cdef Span *_join(Span *a, Span *b) noexcept nogil:
+    if a == NULL:
+        return b
+    if b == NULL:
+        return a
+    if _prio(a) > _prio(b):
+        a.right = _join(a.right, b)
+        return a
+    b.left = _join(a, b.left)
+    return b
+
+cdef Span *_tree_insert(Span *t, Span *s) noexcept nogil:
+    if t == NULL:
+        s.left = NULL
+        s.right = NULL
+        return s
+    if _prio(s) > _prio(t):
+        _split(t, s, &s.left, &s.right)
+        return s
+    if _less(s, t):
+        t.left = _tree_insert(t.left, s)
+    else:
+        t.right = _tree_insert(t.right, s)
+    return t
+
+cdef Span *_tree_remove(Span *t, Span *s) noexcept nogil:
+    if t == s:
+        return _join(t.left, t.right)
+    if _less(s, t):
+        t.left = _tree_remove(t.left, s)
+    else:
+        t.right = _tree_remove(t.right, s)
+    return t
+
+cdef inline Span *_tree_best_fit(Span *t, size_t n) noexcept nogil:
+    """Smallest (npages, start) with npages >= n: best fit, lowest address."""
+    cdef Span *best = NULL
+    while t != NULL:
+        if t.npages >= n:
+            best = t
+            t = t.left
+        else:
+            t = t.right
+    return best
+
+cdef inline Span *_tree_max(Span *t) noexcept nogil:
+    if t != NULL:
+        while t.right != NULL:
+            t = t.right
+    return t
+
+# ---- free structures ---------------------------------------------------------
+
+cdef inline void _list_push(Span **head, Span *s) noexcept nogil:
+    s.prev = NULL
+    s.next = head[0]
+    if head[0] != NULL:
+        head[0].prev = s
+    head[0] = s
+
+cdef inline void _list_remove(Span **head, Span *s) noexcept nogil:
+    if s.prev != NULL:
+        s.prev.next = s.next
+    else:
+        head[0] = s.next
+    if s.next != NULL:
+        s.next.prev = s.prev
+    s.next = NULL
+    s.prev = NULL
+
+cdef inline Span **_list_head(PageHeap *h, size_t npages, bint returned) noexcept nogil:
+    if returned:
+        return &h.returned[npages]
+    return &h.normal[npages]
+
+cdef void _link_free(PageHeap *h, Span *s) noexcept nogil:
+    cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
+    cdef bint ret = s.location == SPAN_ON_RETURNED
+    if ret:
+        h.released_bytes += nbytes
+    else:
+        h.free_bytes += nbytes
+    if s.npages <= kMaxPages:
+        s.in_tree = 0
+        _list_push(_list_head(h, s.npages, ret), s)
+    else:
+        s.in_tree = 1
+        if ret:
+            h.large_returned = _tree_insert(h.large_returned, s)
+        else:
+            h.large_normal = _tree_insert(h.large_normal, s)
+
+cdef void _unlink_free(PageHeap *h, Span *s) noexcept nogil:
+    cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
+    cdef bint ret = s.location == SPAN_ON_RETURNED
+    if ret:
+        h.released_bytes -= nbytes
+    else:
+        h.free_bytes -= nbytes
+    if s.in_tree:
+        if ret:
+            h.large_returned = _tree_remove(h.large_returned, s)
+        else:
+            h.large_normal = _tree_remove(h.large_normal, s)
+        s.in_tree = 0
+        s.left = NULL
+        s.right = NULL
+    else:
+        _list_remove(_list_head(h, s.npages, ret), s)
+
+cdef void _merge_free(PageHeap *h, Span *s) noexcept nogil:
+    """Put unlinked free span `s` (location NORMAL or RETURNED) on the free
+    structures, first merging it with free neighbours of the same kind."""
+    cdef Span *other
+    other = pagemap_span(&h.pagemap, s.start - 1)
+    # The adjacency test rejects stale entries naming recycled structs.
+    if other != NULL and other.location == s.location and other.start + other.npages == s.start:
+        _unlink_free(h, other)
+        s.start = other.start
+        s.npages += other.npages
+        s.needzero |= other.needzero
+        _span_free(h, other)
+    other = pagemap_span(&h.pagemap, s.start + s.npages)
+    if other != NULL and other.location == s.location and other.start == s.start + s.npages:
+        _unlink_free(h, other)
+        s.npages += other.npages
+        s.needzero |= other.needzero
+        _span_free(h, other)
+    _record(h, s)
+    _link_free(h, s)
+
+cdef Span *_find(PageHeap *h, size_t n, bint returned) noexcept nogil:
+    cdef size_t i
+    cdef Span **lists = &h.normal[0]
+    if returned:
+        lists = &h.returned[0]
+    if n <= kMaxPages:
+        for i in range(n, kMaxPages + 1):
+            if lists[i] != NULL:
+                return lists[i]
+    return _tree_best_fit(h.large_returned if returned else h.large_normal, n)
+
+cdef int _give_back(PageHeap *h, uintptr_t start, size_t npages, uint8_t location, uint8_t needzero) noexcept nogil:
+    """Return pages [start, start+npages) cut from a span to the free
+    structures. 0 if no Span struct could be made for them (metadata out)."""
+    cdef Span *t = _span_new(h, start, npages)
+    if t == NULL:
+        return 0
+    t.location = location
+    t.needzero = needzero
+    _merge_free(h, t)
+    return 1
+
+cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
+    """Unlink free span `s`, keep its first n pages in use, give back the rest."""
+    cdef uint8_t loc = s.location
+    _unlink_free(h, s)
+    if s.npages > n:
+        # If metadata is exhausted the split does not happen and the whole
+        # span is handed out (its usable size is the span's): never a failure.
+        _split_tail(h, s, n, loc)
+    s.location = SPAN_IN_USE
+    s.sizeclass = 0
+    s.freelist = NULL
+    _record(h, s)
+    return s
+
+cdef void _split_tail(PageHeap *h, Span *s, size_t n, uint8_t loc) noexcept nogil:
+    cdef Span *t = _span_new(h, s.start + n, s.npages - n)
+    if t == NULL:
+        return
+    t.location = loc
+    t.needzero = s.needzero
+    s.npages = n
+    # The remainder's right neighbour cannot be a free span of the same kind
+    # (it would have been merged already), so no merge is needed.
+    _record(h, t)
+    _link_free(h, t)
+
+cdef int _release_span(PageHeap *h, Span *s) noexcept nogil:
+    """madvise one unlinked normal span away and file it as returned."""
+    cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
+    if tc_os_release(<void *>(s.start << kPageShift), nbytes) != 0:
+        s.location = SPAN_ON_NORMAL
+        _merge_free(h, s)
+        return 0
+    s.location = SPAN_ON_RETURNED
+    s.needzero = 0
+    h.released_total += nbytes
+    _merge_free(h, s)
+    return 1
+
+cdef size_t _release_locked(PageHeap *h, size_t nbytes) noexcept nogil:
+    """Release normal free spans, largest first, until nbytes are released."""
+    cdef size_t done = 0
+    cdef size_t i
+    cdef Span *s
+    cdef uint64_t sb
+    while done < nbytes:
+        s = _tree_max(h.large_normal)
+        if s == NULL:
+            i = kMaxPages
+            while i > 0 and h.normal[i] == NULL:
+                i -= 1
+            if i == 0:
+                break
+            s = h.normal[i]
+        sb = <uint64_t>s.npages << kPageShift
+        _unlink_free(h, s)
+        if not _release_span(h, s):
+            break
+        done += sb
+    return done
+
+cdef bint _limit_allows(PageHeap *h, size_t n) noexcept nogil:
+    """May n more pages become committed? Releases free memory first when the
+    limit would be passed; with a hard limit, says no if that was not enough."""
+    cdef uint64_t need = <uint64_t>n << kPageShift
+    cdef uint64_t committed
+    if h.limit_bytes == 0:
+        return 1
+    committed = h.system_bytes - h.released_bytes
+    if committed + need <= h.limit_bytes:
+        return 1
+    _release_locked(h, committed + need - h.limit_bytes)
+    committed = h.system_bytes - h.released_bytes
+    return committed + need <= h.limit_bytes or not h.limit_hard
+
+cdef int _grow(PageHeap *h, size_t n) noexcept nogil:
+    """Map at least n more pages from the OS (filed as returned: not resident)."""
+    cdef size_t ask = n if n > kMinGrowPages else kMinGrowPages
+    cdef size_t nbytes, lead
+    cdef uintptr_t raw, aligned
+    cdef Span *s
+    if ask > n and h.limit_bytes != 0 and h.limit_hard:
+        # Under a hard limit, map only what is needed: mapped-but-unused
+        # address space is harmless, but keep the heap's footprint exact.
+        ask = n
+    nbytes = ask << kPageShift
+    aligned = 0
+    # First choice: right below the last growth (the kernel hands out
+    # addresses top-down), so the new pages coalesce with the old.
+    if h.last_grow > nbytes:
+        aligned = <uintptr_t>tc_os_map_at(<void *>(h.last_grow - nbytes), nbytes)
+    if aligned == 0:
+        raw = <uintptr_t>tc_os_map(nbytes + kPageSize)
+        if raw == 0 and ask > n:
+            ask = n
+            nbytes = ask << kPageShift
+            raw = <uintptr_t>tc_os_map(nbytes + kPageSize)
+        if raw == 0:
+            return 0
+        # mmap aligns to 4 KiB; trim to our 8 KiB pages.
+        aligned = (raw + kPageSize - 1) & ~(<uintptr_t>kPageSize - 1)
+        lead = aligned - raw
+        if lead:
+            tc_os_unmap(<void *>raw, lead)
+        if kPageSize - lead:
+            tc_os_unmap(<void *>(aligned + nbytes), kPageSize - lead)
+    if pagemap_ensure(&h.pagemap, aligned >> kPageShift, ask) != 0:
+        tc_os_unmap(<void *>aligned, nbytes)
+        return 0
+    s = _span_new(h, aligned >> kPageShift, ask)
+    if s == NULL:
+        tc_os_unmap(<void *>aligned, nbytes)
+        return 0
+    s.location = SPAN_ON_RETURNED
+    s.needzero = 0
+    h.system_bytes += nbytes
+    h.grows += 1
+    if h.last_grow == 0 or aligned < h.last_grow:
+        h.last_grow = aligned
+    _merge_free(h, s)
+    return 1
+
+cdef Span *_alloc_locked(PageHeap *h, size_t n) noexcept nogil:
+    cdef Span *s = _find(h, n, 0)
+    if s != NULL:
+        return _take(h, s, n)
+    # Anything else commits new memory: check the limit first.
+    if not _limit_allows(h, n):
+        return NULL
+    s = _find(h, n, 1)
+    if s == NULL and h.free_bytes + h.released_bytes >= (<uint64_t>n << kPageShift):
+        # Enough free pages, but split between normal and returned runs that
+        # do not merge: release the normal ones so they coalesce, rather than
+        # grow the heap.
+        _release_locked(h, <size_t>-1)
+        s = _find(h, n, 1)
+    if s == NULL and _grow(h, n):
+        s = _find(h, n, 1)
+    if s == NULL:
+        return NULL
+    s = _take(h, s, n)
+    s.needzero = 0          # returned or fresh: reads as zeros
+    return s
+
+# ---- public ---------------------------------------------------------------
+
+cdef Span *pageheap_new(PageHeap *h, size_t npages, uint32_t cl) noexcept nogil:
+    """A span of npages in use; cl != 0 registers it for that size class on
+    every page. NULL with errno ENOMEM when memory (or the limit) says no."""
+    cdef Span *s
+    cdef size_t i
+    if npages == 0 or npages > (<size_t>1 << 35):
+        tc_set_errno(ENOMEM)
+        return NULL
+    tc_spinlock_lock(&h.lock)
+    s = _alloc_locked(h, npages)
+    if s != NULL:
+        if cl != 0:
+            s.sizeclass = <uint8_t>cl
+            for i in range(s.npages):
+                pagemap_set(&h.pagemap, s.start + i, s)
+                pagemap_set_class(&h.pagemap, s.start + i, cl)
+            h.small_span_bytes += <uint64_t>s.npages << kPageShift
+            h.small_spans += 1
+        else:
+            h.large_bytes += <uint64_t>s.npages << kPageShift
+            h.large_spans += 1
+            h.large_allocs += 1
+    tc_spinlock_unlock(&h.lock)
+    if s == NULL:
+        tc_set_errno(ENOMEM)
+    return s
+
+cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) noexcept nogil:
+    """A large span whose first page is a multiple of align_pages (a power of two)."""
+    cdef Span *s
+    cdef uintptr_t start
+    cdef size_t skip, extra
+    cdef uint8_t loc
+    if align_pages <= 1:
+        return pageheap_new(h, npages, 0)
+    if npages == 0 or npages > (<size_t>1 << 35) or align_pages > (<size_t>1 << 30):
+        tc_set_errno(ENOMEM)
+        return NULL
+    tc_spinlock_lock(&h.lock)
+    s = _alloc_locked(h, npages + align_pages - 1)
+    if s != NULL:
+        loc = SPAN_ON_RETURNED if s.needzero == 0 else SPAN_ON_NORMAL
+        start = (s.start + align_pages - 1) & ~(<uintptr_t>align_pages - 1)
+        skip = start - s.start
+        extra = s.npages - skip - npages
+        if skip and not _give_back(h, s.start, skip, loc, s.needzero):
+            s.location = loc
+            _merge_free(h, s)
+            s = NULL
+    if s != NULL:
+        if skip:
+            s.start = start
+            s.npages -= skip
+        if extra:
+            _split_tail(h, s, npages, loc)
+        _record(h, s)
+        h.large_bytes += <uint64_t>s.npages << kPageShift
+        h.large_spans += 1
+        h.large_allocs += 1
+    tc_spinlock_unlock(&h.lock)
+    if s == NULL:
+        tc_set_errno(ENOMEM)
+    return s
+
+cdef void pageheap_delete(PageHeap *h, Span *s) noexcept nogil:
+    """Take back an in-use span (large, or small with all objects free)."""
+    cdef size_t i
+    cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
+    tc_spinlock_lock(&h.lock)
+    if s.sizeclass != 0:
+        for i in range(s.npages):
+            pagemap_set_class(&h.pagemap, s.start + i, 0)
+        h.small_span_bytes -= nbytes
+        h.small_spans -= 1
+    else:
+        h.large_bytes -= nbytes
+        h.large_spans -= 1
+        h.large_frees += 1
+    s.sizeclass = 0
+    s.freelist = NULL
+    s.refcount = 0
+    s.location = SPAN_ON_NORMAL
+    s.needzero = 1
+    _merge_free(h, s)
+    tc_spinlock_unlock(&h.lock)
+
+cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
+    """Shrink or grow a large in-use span where it stands. 1 if done, 0 if
+    the following pages are not free (grow) or metadata ran out."""
+    cdef Span *nxt
+    cdef size_t extra
+    cdef int ok = 0
+    cdef uint64_t before
+    tc_spinlock_lock(&h.lock)
+    before = s.npages
+    if npages == s.npages:
+        ok = 1
+    elif npages < s.npages:
+        nxt = _span_new(h, s.start + npages, s.npages - npages)
+        if nxt != NULL:
+            nxt.location = SPAN_ON_NORMAL
+            nxt.needzero = 1
+            s.npages = npages
+            _record(h, s)
+            _merge_free(h, nxt)
+            ok = 1
+    else:
+        extra = npages - s.npages
+        nxt = pagemap_span(&h.pagemap, s.start + s.npages)
+        if (nxt != NULL and nxt.start == s.start + s.npages and nxt.npages >= extra
+                and (nxt.location == SPAN_ON_NORMAL or
+                     (nxt.location == SPAN_ON_RETURNED and _limit_allows(h, extra)))):
+            # _limit_allows may have released and merged spans: look again.
+            nxt = pagemap_span(&h.pagemap, s.start + s.npages)
+            if (nxt != NULL and nxt.start == s.start + s.npages and nxt.npages >= extra
+                    and (nxt.location == SPAN_ON_NORMAL or nxt.location == SPAN_ON_RETURNED)):
+                _unlink_free(h, nxt)
+                if nxt.npages > extra:
+                    _split_tail(h, nxt, extra, nxt.location)
+                if nxt.npages == extra:
+                    s.npages += extra
+                    _span_free(h, nxt)
+                    _record(h, s)
+                    ok = 1
+                else:
+                    _merge_free(h, nxt)
+    if ok:
+        h.large_bytes += (<uint64_t>s.npages << kPageShift)
+        h.large_bytes -= before << kPageShift
+    tc_spinlock_unlock(&h.lock)
+    return ok
+
+cdef size_t pageheap_release(PageHeap *h, size_t nbytes) noexcept nogil:
+    """Release at least nbytes of free memory to the OS (all: (size_t)-1).
+    Returns the bytes released."""
+    cdef size_t done
+    tc_spinlock_lock(&h.lock)
+    done = _release_locked(h, nbytes)
+    tc_spinlock_unlock(&h.lock)
+    return done
+
+cdef void pageheap_set_limit(PageHeap *h, uint64_t nbytes, int hard) noexcept nogil:
+    tc_spinlock_lock(&h.lock)
+    h.limit_bytes = nbytes
+    h.limit_hard = hard
+    if nbytes and h.system_bytes - h.released_bytes > nbytes:
+        _release_locked(h, h.system_bytes - h.released_bytes - nbytes)
+    tc_spinlock_unlock(&h.lock)
+
+cdef void _hist_tree(Span *t, uint64_t *out) noexcept nogil:
+    if t != NULL:
+        out[0] += 1
+        _hist_tree(t.left, out)
+        _hist_tree(t.right, out)
+
+cdef void pageheap_free_histogram(PageHeap *h, uint64_t *normal, uint64_t *returned) noexcept nogil:
+    """Count free spans per length (index 0: longer than kMaxPages)."""
+    cdef size_t i
+    cdef Span *s
+    tc_spinlock_lock(&h.lock)
+    for i in range(kMaxPages + 1):
+        normal[i] = 0
+        returned[i] = 0
+    for i in range(1, kMaxPages + 1):
+        s = h.normal[i]
+        while s != NULL:
+            normal[i] += 1
+            s = s.next
+        s = h.returned[i]
+        while s != NULL:
+            returned[i] += 1
+            s = s.next
+    _hist_tree(h.large_normal, &normal[0])
+    _hist_tree(h.large_returned, &returned[0])
+    tc_spinlock_unlock(&h.lock)

@@ -1,0 +1,70 @@
+# Pagemap: radix tree from page id (48-bit address >> 13 = 35 bits) to the
+# Span that holds the page and, for small-object spans, the size class.
+# Three levels: 11 + 12 + 12 bits; the root is embedded (16 KiB), interior
+# and leaf nodes come from the metadata arena when the heap first grows there.
+#
+# Thread safety: readers need no lock (free() reads it on every call). Writers
+# hold the page-heap lock. Nodes are published with release stores and never
+# freed, so a reader sees either NULL or a whole node. Entries for a span's
+# interior pages may be stale once it is freed: only boundary pages of free
+# and large spans, and every page of small-object spans, are kept current.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
+from tcalloc.common cimport tc_load_acquire_ptr, tc_load_u8, tc_store_u8, tc_store_relaxed_ptr, tc_load_relaxed_ptr
+from tcalloc.span cimport Span
+from tcalloc.arena cimport MetaArena
+
+cdef enum:
+    kPagemapLeafBits = 12
+    kPagemapMidBits = 12
+    kPagemapRootBits = 11          # 11 + 12 + 12 = 35 = 48 - 13
+    kPagemapLeafLen = 1 << kPagemapLeafBits
+    kPagemapMidLen = 1 << kPagemapMidBits
+    kPagemapRootLen = 1 << kPagemapRootBits
+
+ctypedef struct PagemapLeaf:
+    Span *span[kPagemapLeafLen]
+    uint8_t sizeclass[kPagemapLeafLen]
+
+ctypedef struct PagemapMid:
+    PagemapLeaf *leaf[kPagemapMidLen]
+
+ctypedef struct Pagemap:
+    PagemapMid *root[kPagemapRootLen]
+    MetaArena *arena
+    uint64_t node_bytes
+
+cdef inline PagemapLeaf *pagemap_leaf(const Pagemap *pm, uintptr_t page) noexcept nogil:
+    cdef uintptr_t i1 = page >> (kPagemapLeafBits + kPagemapMidBits)
+    cdef PagemapMid *mid
+    if i1 >= kPagemapRootLen:
+        return NULL
+    mid = <PagemapMid *>tc_load_acquire_ptr(<void **>&pm.root[i1])
+    if mid == NULL:
+        return NULL
+    return <PagemapLeaf *>tc_load_acquire_ptr(<void **>&mid.leaf[(page >> kPagemapLeafBits) & (kPagemapMidLen - 1)])
+
+cdef inline uint32_t pagemap_sizeclass(const Pagemap *pm, uintptr_t page) noexcept nogil:
+    """Size class of the small-object span holding `page`, 0 if none."""
+    cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
+    if leaf == NULL:
+        return 0
+    return tc_load_u8(&leaf.sizeclass[page & (kPagemapLeafLen - 1)])
+
+cdef inline Span *pagemap_span(const Pagemap *pm, uintptr_t page) noexcept nogil:
+    """Span recorded for `page` (may be stale for interior pages, see above)."""
+    cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
+    if leaf == NULL:
+        return NULL
+    return <Span *>tc_load_relaxed_ptr(<void **>&leaf.span[page & (kPagemapLeafLen - 1)])
+
+cdef inline void pagemap_set(Pagemap *pm, uintptr_t page, Span *s) noexcept nogil:
+    """Record `s` for `page`. The nodes must exist (pagemap_ensure)."""
+    cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
+    tc_store_relaxed_ptr(<void **>&leaf.span[page & (kPagemapLeafLen - 1)], s)
+
+cdef inline void pagemap_set_class(Pagemap *pm, uintptr_t page, uint32_t cl) noexcept nogil:
+    cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
+    tc_store_u8(&leaf.sizeclass[page & (kPagemapLeafLen - 1)], <uint8_t>cl)
+
+cdef void pagemap_init(Pagemap *pm, MetaArena *arena) noexcept nogil
+cdef int pagemap_ensure(Pagemap *pm, uintptr_t start, size_t npages) noexcept nogil

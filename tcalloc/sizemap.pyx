@@ -1,0 +1,101 @@
+# Size map: generates the class table. No lock: written once at start-up.
+#
+# Classes: 8, 16, then every 16 B up to 128, then 8 classes per power of two
+# (step 2^k/8) up to 256 KiB: a request never gets more than max(15 B, 1/8 of
+# its block) of slack. Every power of two is a class, so aligned allocation up
+# to the page size can pick a class whose objects are naturally aligned.
+# Pages per span: the fewest pages (at least 2, so span metadata stays under
+# 1 % of the heap) whose tail left over after the last object is at most 1/8
+# of the span. Batch: 64 KiB worth of objects, clamped to 2..32.
+from libc.string cimport memset
+from tcalloc.common cimport kPageSize, kPageShift
+
+cdef enum:
+    kMinSpanPages = 2
+    kBatchBytes = 65536
+    kMaxBatch = 32
+    kMinBatch = 2
+
+cdef inline uint32_t _batch_for(uint32_t size) noexcept nogil:
+    cdef uint32_t n = kBatchBytes // size
+    if n < kMinBatch:
+        n = kMinBatch
+    if n > kMaxBatch:
+        n = kMaxBatch
+    return n
+
+cdef inline uint32_t _pages_for(uint32_t size) noexcept nogil:
+    cdef size_t pages = kMinSpanPages
+    cdef size_t span_bytes
+    while True:
+        span_bytes = pages << kPageShift
+        if span_bytes >= size and (span_bytes % size) <= (span_bytes >> 3):
+            return <uint32_t>pages
+        pages += 1
+
+cdef int sizemap_init(SizeMap *m) noexcept nogil:
+    """Fill the tables. Returns 0, or -1 if the generated table is inconsistent."""
+    cdef uint32_t sizes[kMaxClasses]
+    cdef int n = 1          # class 0 is reserved
+    cdef uint32_t s, step, base
+    cdef int i, cl
+    cdef size_t req, idx
+    memset(m, 0, sizeof(SizeMap))
+    # 8, then 16-byte steps to 128 (16-byte alignment from 16 up)
+    sizes[n] = 8
+    n += 1
+    s = 16
+    while s <= 128:
+        sizes[n] = s
+        n += 1
+        s += 16
+    base = 128
+    while base < kMaxSmallSize:
+        step = base // 8
+        for i in range(1, 9):
+            sizes[n] = base + i * step
+            n += 1
+        base *= 2
+    if n > kMaxClasses or sizes[n - 1] != kMaxSmallSize:
+        return -1
+    m.num_classes = n
+    for cl in range(1, n):
+        m.class_to_size[cl] = sizes[cl]
+        m.class_to_pages[cl] = _pages_for(sizes[cl])
+        m.num_objects_to_move[cl] = _batch_for(sizes[cl])
+        m.objects_per_span[cl] = (m.class_to_pages[cl] << kPageShift) // sizes[cl]
+    # Lookup table: each index covers a range of request sizes; give it the
+    # smallest class that holds the largest size of the range.
+    cl = 1
+    idx = 0
+    while idx < kClassArraySize:
+        # the largest request mapping to idx:
+        if idx <= 128:
+            req = idx << 3
+        else:
+            req = (idx << 7) - (120 << 7)
+        if req > kMaxSmallSize:
+            req = kMaxSmallSize
+        while cl < n and m.class_to_size[cl] < req:
+            cl += 1
+        if cl >= n:
+            return -1
+        m.class_array[idx] = <uint8_t>cl
+        idx += 1
+    return 0
+
+cdef uint32_t sizemap_aligned_class(const SizeMap *m, size_t size, size_t alignment) noexcept nogil:
+    """Smallest class holding `size` whose object size is a multiple of
+    `alignment` (a power of two <= page size), so every object of a
+    page-aligned span is aligned. 0 if none (then use the page heap)."""
+    cdef uint32_t cl
+    if size == 0:
+        size = 1
+    if size > kMaxSmallSize:
+        return 0
+    cl = sizemap_class(m, size)
+    while cl < <uint32_t>m.num_classes:
+        if m.class_to_size[cl] % alignment == 0:
+            return cl
+        cl += 1
+    return 0

@@ -1,0 +1,99 @@
+# Thread cache: one per thread, a singly linked free list per size class.
+# The pop/push below are the allocation fast path; everything else here is
+# the slow path: refill from / release to the transfer cache in batches, a
+# per-list max length that slow-starts and shrinks after repeated overflow,
+# and a byte budget per thread drawn from an overall budget, enforced by
+# scavenging half of each list's low-water mark (the periodic flush).
+#
+# Thread safety: a ThreadCache is owned by one thread and its lists are
+# touched by that thread only, with no lock. Other threads read `size` and
+# the malloc/free counters (relaxed loads), and may lower `max_size` or set
+# `flush_requested` while holding the registry lock. The registry (list of
+# caches, budgets, counters of exited threads) is under reg.lock, which is
+# taken before any transfer/central lock, never after.
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from tcalloc.common cimport (tc_spinlock_t, kMaxClasses, TC_UNLIKELY, tc_inc_owned,
+                             tc_store_u64, tc_load_u64, tc_load_int, tc_fatal_ptr)
+from tcalloc.sizemap cimport SizeMap
+from tcalloc.transfer cimport TransferCache
+from tcalloc.arena cimport MetaArena
+
+ctypedef struct FreeList:
+    void *head
+    uint32_t length
+    uint32_t lowater              # lowest length since the last scavenge
+    uint32_t max_length
+    uint32_t overages
+    uint32_t size                 # object size of the class
+    uint32_t batch
+    uint64_t mallocs              # owner-written, read by stats()
+    uint64_t frees
+
+ctypedef struct ThreadCache:
+    FreeList lists[kMaxClasses]
+    uint64_t size                 # bytes held in the lists
+    uint64_t max_size             # this thread's budget
+    ThreadCache *next
+    ThreadCache *prev
+    ThreadCacheRegistry *reg
+    int num_classes
+    int flush_requested
+    uint64_t fetches
+    uint64_t scavenges
+
+ctypedef struct ThreadCacheRegistry:
+    tc_spinlock_t lock
+    ThreadCache *caches
+    ThreadCache *free_caches      # recycled structs: metadata does not grow per thread
+    ThreadCache *steal_cursor
+    TransferCache *transfer       # indexed by class
+    const SizeMap *sizemap
+    MetaArena *arena
+    int64_t unclaimed             # overall budget not handed to any thread
+    uint64_t overall_max
+    uint64_t per_thread_max
+    uint64_t num_caches
+    uint64_t caches_created
+    uint64_t structs
+    uint64_t retired_mallocs[kMaxClasses]   # counters of exited threads and
+    uint64_t retired_frees[kMaxClasses]     # of cacheless allocations
+
+cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil
+cdef void threadcache_overflow(ThreadCache *tc, uint32_t cl) noexcept nogil
+
+cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
+    """An object of class cl, or NULL when even the central stores are out."""
+    cdef FreeList *l = &tc.lists[cl]
+    cdef void *p = l.head
+    if TC_UNLIKELY(p == NULL):
+        return threadcache_fetch(tc, cl)
+    l.head = (<void **>p)[0]
+    l.length -= 1
+    if l.length < l.lowater:
+        l.lowater = l.length
+    tc_inc_owned(&l.mallocs, 1)
+    tc_store_u64(&tc.size, tc.size - l.size)
+    return p
+
+cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil:
+    cdef FreeList *l = &tc.lists[cl]
+    if TC_UNLIKELY(p == l.head):
+        # The cheapest double-free check there is: freeing the block freed last.
+        tc_fatal_ptr("double free detected", p)
+    (<void **>p)[0] = l.head
+    l.head = p
+    l.length += 1
+    tc_inc_owned(&l.frees, 1)
+    tc_store_u64(&tc.size, tc.size + l.size)
+    if TC_UNLIKELY(l.length > l.max_length or tc.size > tc_load_u64(&tc.max_size)):
+        threadcache_overflow(tc, cl)
+
+cdef int threadcache_registry_init(ThreadCacheRegistry *reg, const SizeMap *sizemap,
+                                   TransferCache *transfer, MetaArena *arena) noexcept nogil
+cdef ThreadCache *threadcache_create(ThreadCacheRegistry *reg) noexcept nogil
+cdef void threadcache_destroy(ThreadCache *tc) noexcept nogil
+cdef void threadcache_flush(ThreadCache *tc) noexcept nogil
+cdef void threadcache_request_flush_all(ThreadCacheRegistry *reg) noexcept nogil
+cdef void threadcache_set_overall_max(ThreadCacheRegistry *reg, uint64_t nbytes) noexcept nogil
+cdef void *threadcache_alloc_uncached(ThreadCacheRegistry *reg, uint32_t cl) noexcept nogil
+cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void *p) noexcept nogil

@@ -1,0 +1,73 @@
+# Transfer cache. Lock discipline: t.lock around slot operations only; the
+# central free list is called with it dropped. See transfer.pxd.
+from tcalloc.common cimport tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock, tc_inc_owned
+from tcalloc.central cimport central_remove_range, central_insert_range
+from tcalloc.arena cimport MetaArena, arena_alloc
+
+cdef enum:
+    kTransferBytes = 512 * 1024   # per class: at most this much parked here...
+    kMaxSlots = 64                # ...and at most this many batches
+    kMinSlots = 2
+
+cdef int transfer_init(TransferCache *t, uint32_t cl, uint32_t batch, uint32_t size,
+                       CentralFreeList *central, void *arena) noexcept nogil:
+    cdef long cap = kTransferBytes // (<long>batch * size)
+    if cap < kMinSlots:
+        cap = kMinSlots
+    if cap > kMaxSlots:
+        cap = kMaxSlots
+    tc_spinlock_init(&t.lock)
+    t.cl = cl
+    t.batch = batch
+    t.used = 0
+    t.capacity = <int>cap
+    t.central = central
+    t.insert_hits = t.insert_misses = t.remove_hits = t.remove_misses = 0
+    t.slots = <TransferBatch *>arena_alloc(<MetaArena *>arena, sizeof(TransferBatch) * cap)
+    if t.slots == NULL:
+        t.capacity = 0
+        return -1
+    return 0
+
+cdef int transfer_remove_range(TransferCache *t, void **head, void **tail, int n) noexcept nogil:
+    """Up to n objects as a chain; a whole batch in O(1) when one is parked."""
+    if n == <int>t.batch:
+        tc_spinlock_lock(&t.lock)
+        if t.used > 0:
+            t.used -= 1
+            head[0] = t.slots[t.used].head
+            tail[0] = t.slots[t.used].tail
+            tc_inc_owned(&t.remove_hits, 1)
+            tc_spinlock_unlock(&t.lock)
+            return n
+        tc_inc_owned(&t.remove_misses, 1)
+        tc_spinlock_unlock(&t.lock)
+    return central_remove_range(t.central, head, tail, n)
+
+cdef void transfer_insert_range(TransferCache *t, void *head, void *tail, int n) noexcept nogil:
+    """Give back a chain of n objects."""
+    if n == <int>t.batch:
+        tc_spinlock_lock(&t.lock)
+        if t.used < t.capacity:
+            t.slots[t.used].head = head
+            t.slots[t.used].tail = tail
+            t.used += 1
+            tc_inc_owned(&t.insert_hits, 1)
+            tc_spinlock_unlock(&t.lock)
+            return
+        tc_inc_owned(&t.insert_misses, 1)
+        tc_spinlock_unlock(&t.lock)
+    central_insert_range(t.central, head, n)
+
+cdef void transfer_drain(TransferCache *t) noexcept nogil:
+    """Move every parked batch to the central free list (so spans can empty)."""
+    cdef TransferBatch b
+    while True:
+        tc_spinlock_lock(&t.lock)
+        if t.used == 0:
+            tc_spinlock_unlock(&t.lock)
+            return
+        t.used -= 1
+        b = t.slots[t.used]
+        tc_spinlock_unlock(&t.lock)
+        central_insert_range(t.central, b.head, t.batch)
