@@ -141,8 +141,16 @@ def child_main(a):
             pass
         elif what == "pairs":
             n = a.iters or ITERS["pairs"][full]
+            # Sizes interleaved run by run: a burst of background load then
+            # costs every size one sample instead of one size its median.
             for size in PAIR_SIZES:
-                out[f"pair{size}"] = _timed(lambda: b.pairs(size, n), n, a.repeat)
+                b.pairs(size, n)                 # warm-up, discarded
+            samples = {size: [] for size in PAIR_SIZES}
+            for _ in range(a.repeat):
+                for size in PAIR_SIZES:
+                    samples[size].append(b.pairs(size, n) / n)
+            for size in PAIR_SIZES:
+                out[f"pair{size}"] = {"ops": n, "ns_per_op": samples[size]}
         elif what == "batch":
             rounds = a.iters or ITERS["batch"][full]
             out["batch"] = _timed(lambda: b.batch(rounds, BATCH), rounds * BATCH, a.repeat)
@@ -538,13 +546,13 @@ def _functions(outfile):
         m = _ANNOT.match(line) if started else None
         if m:
             name = m.group(2)
-            # "path/file.c:func [lib]" -> "func [lib basename]"; build paths
-            # differ between machines and do not help.
+            # "path/file.c:func [lib]" -> "func": code inlined from a header
+            # is listed under the header's file (and without the library),
+            # so entries are merged by function name.
             lib = re.search(r"\[(.*)\]\s*$", name)
             fn = name[:lib.start()].strip() if lib else name
             fn = fn.rsplit(":", 1)[-1]
-            key = fn + (f" [{os.path.basename(lib.group(1))}]" if lib else "")
-            funcs[key] = funcs.get(key, 0) + int(m.group(1).replace(",", ""))
+            funcs[fn] = funcs.get(fn, 0) + int(m.group(1).replace(",", ""))
     return funcs
 
 
