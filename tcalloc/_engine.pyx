@@ -32,7 +32,10 @@ from tcalloc.threadcache cimport (ThreadCache, ThreadCacheRegistry, threadcache_
 
 cdef extern from "tc_tls.h" nogil:
     void *tc_tls_get()
-    void tc_tls_set(void *p)
+    void *tc_tls_owner()
+    void tc_tls_set(void *p, int fast)
+    bint tc_tls_exiting()
+    void tc_tls_set_exiting()
 
 cdef extern from "tcalloc.h":
     ctypedef struct TcallocCAPI:
@@ -109,14 +112,13 @@ cdef inline void *_malloc(size_t size) noexcept nogil:
 cdef inline void _free(void *p) noexcept nogil:
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
     cdef ThreadCache *tc
+    # Every slow path below is a tail call, so the fast path saves no registers.
     if TC_LIKELY(cl != 0):
-        if TC_UNLIKELY(g_debug):
-            _debug_check_small(p, cl)
         tc = <ThreadCache *>tc_tls_get()
         if TC_LIKELY(tc != NULL):
             threadcache_push(tc, cl, p)
             return
-        threadcache_free_uncached(&g_registry, cl, p)
+        _free_small_slow(p, cl)
         return
     _free_large(p)
 
@@ -126,7 +128,7 @@ cdef ThreadCache *_cache_for_thread() noexcept nogil:
     """Create the calling thread's cache; NULL if metadata memory is out."""
     cdef ThreadCache *tc = threadcache_create(&g_registry)
     if tc != NULL:
-        tc_tls_set(tc)
+        tc_tls_set(tc, not g_debug)
         pthread_setspecific(g_key, tc)
     if TC_UNLIKELY(g_bg_restart):
         _bg_start()
@@ -134,13 +136,28 @@ cdef ThreadCache *_cache_for_thread() noexcept nogil:
 
 cdef void _thread_exit(void *arg) noexcept nogil:
     """pthread key destructor: the thread's cache goes back to the central stores."""
-    tc_tls_set(NULL)
+    tc_tls_set(NULL, 0)
+    tc_tls_set_exiting()
     threadcache_destroy(<ThreadCache *>arg)
 
+cdef void _free_small_slow(void *p, uint32_t cl) noexcept nogil:
+    """Debug checks, or no cache yet: a thread that only frees (consumer of
+    a queue) needs one as much as one that allocates, or every free takes a
+    central lock."""
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
+    if g_debug:
+        _debug_check_small(p, cl)
+    if tc == NULL and not tc_tls_exiting():
+        tc = _cache_for_thread()
+    if tc != NULL:
+        threadcache_push(tc, cl, p)
+    else:
+        threadcache_free_uncached(&g_registry, cl, p)
+
 cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
-    cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef void *p = NULL
-    if tc == NULL:
+    if tc == NULL and not tc_tls_exiting():
         tc = _cache_for_thread()
     if tc != NULL:
         p = threadcache_pop(tc, cl)
@@ -161,7 +178,7 @@ cdef bint _reclaim_for_limit() noexcept nogil:
     cdef int cl
     if g_heap.limit_bytes == 0:
         return 0
-    tc = <ThreadCache *>tc_tls_get()
+    tc = <ThreadCache *>tc_tls_owner()
     if tc != NULL:
         threadcache_flush(tc)
     for cl in range(1, g_sizemap.num_classes):
@@ -631,7 +648,7 @@ def release_free_memory():
     cdef int cl
     cdef size_t done
     with nogil:
-        tc = <ThreadCache *>tc_tls_get()
+        tc = <ThreadCache *>tc_tls_owner()
         if tc != NULL:
             threadcache_flush(tc)
         threadcache_request_flush_all(&g_registry)

@@ -1,7 +1,9 @@
 # Pagemap: radix tree from page id (48-bit address >> 13 = 35 bits) to the
 # Span that holds the page and, for small-object spans, the size class.
-# Three levels: 11 + 12 + 12 bits; the root is embedded (16 KiB), interior
-# and leaf nodes come from the metadata arena when the heap first grows there.
+# Two levels, 17 + 18 bits: free() pays two dependent loads. The root is
+# embedded (1 MiB of zero pages, untouched until used); a leaf (2.25 MiB,
+# covering 2 GiB of address space) comes from the metadata arena when the
+# heap first grows there, and only its touched pages become resident.
 #
 # Thread safety: readers need no lock (free() reads it on every call). Writers
 # hold the page-heap lock. Nodes are published with release stores and never
@@ -14,34 +16,25 @@ from tcalloc.span cimport Span
 from tcalloc.arena cimport MetaArena
 
 cdef enum:
-    kPagemapLeafBits = 12
-    kPagemapMidBits = 12
-    kPagemapRootBits = 11          # 11 + 12 + 12 = 35 = 48 - 13
+    kPagemapLeafBits = 18
+    kPagemapRootBits = 17          # 17 + 18 = 35 = 48 - 13
     kPagemapLeafLen = 1 << kPagemapLeafBits
-    kPagemapMidLen = 1 << kPagemapMidBits
     kPagemapRootLen = 1 << kPagemapRootBits
 
 ctypedef struct PagemapLeaf:
+    uint8_t sizeclass[kPagemapLeafLen]    # first: free() reads only this
     Span *span[kPagemapLeafLen]
-    uint8_t sizeclass[kPagemapLeafLen]
-
-ctypedef struct PagemapMid:
-    PagemapLeaf *leaf[kPagemapMidLen]
 
 ctypedef struct Pagemap:
-    PagemapMid *root[kPagemapRootLen]
+    PagemapLeaf *root[kPagemapRootLen]
     MetaArena *arena
     uint64_t node_bytes
 
 cdef inline PagemapLeaf *pagemap_leaf(const Pagemap *pm, uintptr_t page) noexcept nogil:
-    cdef uintptr_t i1 = page >> (kPagemapLeafBits + kPagemapMidBits)
-    cdef PagemapMid *mid
+    cdef uintptr_t i1 = page >> kPagemapLeafBits
     if i1 >= kPagemapRootLen:
         return NULL
-    mid = <PagemapMid *>tc_load_acquire_ptr(<void **>&pm.root[i1])
-    if mid == NULL:
-        return NULL
-    return <PagemapLeaf *>tc_load_acquire_ptr(<void **>&mid.leaf[(page >> kPagemapLeafBits) & (kPagemapMidLen - 1)])
+    return <PagemapLeaf *>tc_load_acquire_ptr(<void **>&pm.root[i1])
 
 cdef inline uint32_t pagemap_sizeclass(const Pagemap *pm, uintptr_t page) noexcept nogil:
     """Size class of the small-object span holding `page`, 0 if none."""

@@ -6,9 +6,13 @@
 # scavenging half of each list's low-water mark (the periodic flush).
 #
 # Thread safety: a ThreadCache is owned by one thread and its lists are
-# touched by that thread only, with no lock. Other threads read `size` and
-# the malloc/free counters (relaxed loads), and may lower `max_size` or set
-# `flush_requested` while holding the registry lock. The registry (list of
+# touched by that thread only, with no lock. stats() on other threads reads
+# `size` and the malloc/free counters with relaxed loads while the owner
+# writes them with plain stores: aligned 8-byte accesses are single
+# instructions on every 64-bit target, so a reader sees an old or a new
+# value, never a torn one, and the fast path pays nothing for it (gperftools
+# reads its per-thread stats the same way). Other threads may lower
+# `max_size` or set `flush_requested` while holding the registry lock. The registry (list of
 # caches, budgets, counters of exited threads) is under reg.lock, which is
 # taken before any transfer/central lock, never after.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
@@ -18,7 +22,7 @@ from tcalloc.sizemap cimport SizeMap
 from tcalloc.transfer cimport TransferCache
 from tcalloc.arena cimport MetaArena
 
-ctypedef struct FreeList:
+ctypedef struct FreeList:         # 64 bytes: one cache line per class
     void *head
     uint32_t length
     uint32_t lowater              # lowest length since the last scavenge
@@ -28,6 +32,7 @@ ctypedef struct FreeList:
     uint32_t batch
     uint64_t mallocs              # owner-written, read by stats()
     uint64_t frees
+    uint64_t _pad[2]
 
 ctypedef struct ThreadCache:
     FreeList lists[kMaxClasses]
@@ -71,21 +76,26 @@ cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
     l.length -= 1
     if l.length < l.lowater:
         l.lowater = l.length
-    tc_inc_owned(&l.mallocs, 1)
-    tc_store_u64(&tc.size, tc.size - l.size)
+    l.mallocs += 1
+    tc.size -= l.size
     return p
 
 cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil:
     cdef FreeList *l = &tc.lists[cl]
-    if TC_UNLIKELY(p == l.head):
+    cdef void *head = l.head
+    cdef uint32_t length = l.length + 1
+    cdef uint64_t size = tc.size + l.size
+    if TC_UNLIKELY(p == head):
         # The cheapest double-free check there is: freeing the block freed last.
         tc_fatal_ptr("double free detected", p)
-    (<void **>p)[0] = l.head
     l.head = p
-    l.length += 1
-    tc_inc_owned(&l.frees, 1)
-    tc_store_u64(&tc.size, tc.size + l.size)
-    if TC_UNLIKELY(l.length > l.max_length or tc.size > tc_load_u64(&tc.max_size)):
+    l.length = length
+    l.frees += 1
+    tc.size = size
+    # The link goes into the block last: the compiler must assume the block
+    # may alias the list, and would reload the list after this store.
+    (<void **>p)[0] = head
+    if TC_UNLIKELY(length > l.max_length or size > tc.max_size):
         threadcache_overflow(tc, cl)
 
 cdef int threadcache_registry_init(ThreadCacheRegistry *reg, const SizeMap *sizemap,

@@ -43,7 +43,7 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
     l.length -= n
     if l.length < l.lowater:
         l.lowater = l.length
-    tc_store_u64(&tc.size, tc.size - <uint64_t>n * l.size)
+    tc.size -= <uint64_t>n * l.size
     while n > 0:
         k = l.batch if n > l.batch else n
         head = l.head
@@ -71,8 +71,8 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     (<void **>tail)[0] = NULL
     l.head = (<void **>head)[0]
     l.length = <uint32_t>got - 1
-    tc_store_u64(&tc.size, tc.size + <uint64_t>(got - 1) * l.size)
-    tc_inc_owned(&l.mallocs, 1)
+    tc.size += <uint64_t>(got - 1) * l.size
+    l.mallocs += 1
     tc.fetches += 1
     # Slow start: grow by one per fetch up to a batch, then by a batch.
     if l.max_length < l.batch:
