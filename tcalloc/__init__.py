@@ -23,3 +23,7 @@ def get_include():
 def get_pxd_dir():
     """The directory to add to Cython's include path to `cimport tcalloc...`."""
     return _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
+# Buffer objects, buffer pools and the interpreter hook (issue 3).
+from tcalloc.buffer import Buffer, BufferPool, alloc
+from tcalloc._hook import install, uninstall, installed
