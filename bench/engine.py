@@ -106,6 +106,14 @@ def _mapped(path):
         return any(real in line for line in f)
 
 
+def _engine_build():
+    """Identity of the loaded engine binary: a rebuild in the middle of a run
+    would otherwise mix two engines in one table."""
+    import tcalloc._engine as e
+    st = os.stat(e.__file__)
+    return f"{os.path.basename(e.__file__)} {st.st_size} B mtime {st.st_mtime_ns}"
+
+
 def _timed(fn, ops, repeat):
     fn()                                         # warm-up, discarded
     return {"ops": ops, "ns_per_op": [fn() / ops for _ in range(repeat)]}
@@ -133,10 +141,13 @@ def child_main(a):
         r2 = _rss()
         b.pairs(64, 1)
         r3 = _rss()
-        out.update(before=r0, after_import=r1, after_load_bench=r2, after_first_malloc=r3)
+        out.update(before=r0, after_import=r1, after_load_bench=r2, after_first_malloc=r3,
+                   engine_build=_engine_build())
     else:
         b = _load_bench()
         b.use(a.alloc)
+        if a.alloc == "tcalloc":
+            out["engine_build"] = _engine_build()
         if what == "baseline":
             pass
         elif what == "pairs":
@@ -210,6 +221,15 @@ def find_lib(soname):
 def pkg_version(pkg):
     try:
         r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg],
+                           capture_output=True, text=True)
+        return r.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def git_describe():
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
                            capture_output=True, text=True)
         return r.stdout.strip() or None
     except OSError:
@@ -363,6 +383,7 @@ def measure(a):
     results = {b: {} for b in live}
     peak_rss = {b: {} for b in live}
     errors = {}
+    builds = set()
     t_start = time.monotonic()
     # Row-major: every backend runs a row close in time to the others, so
     # background load drifts across backends rather than against one.
@@ -376,6 +397,8 @@ def measure(a):
                 errors[(be, row)] = err
                 continue
             res.pop("preload_ok", None)
+            if "engine_build" in res:
+                builds.add(res.pop("engine_build"))
             results[be].update(res)
             peak_rss[be][row] = peak - baseline[be]
     log(f"rows took {time.monotonic() - t_start:.0f} s")
@@ -388,9 +411,13 @@ def measure(a):
         res, err, _ = run_child(child_argv("metadata", "tcalloc", a),
                                 backend_env("tcalloc", libs))
         memory["metadata"] = res if res else {"error": err}
+        for r in memory.values():
+            if "engine_build" in r:
+                builds.add(r.pop("engine_build"))
 
     versions = {peer: pkg_version(PEERS[peer][1]) for peer in libs}
     return {"meta": dict(info, stat=a.stat, repeat=a.repeat, quick=a.quick,
+                         git=git_describe(), engine_builds=sorted(builds),
                          iters={r: ITERS[r][1 if a.quick else 0] for r in a.rows},
                          peer_versions=versions),
             "backends": {b: {"measured": b in live, "lib": libs.get(b),
@@ -417,6 +444,11 @@ def report(data, a):
              + (f", {m['peer_versions'].get(b)}" if m['peer_versions'].get(b) else "") + ")"
              if data['backends'][b]['lib'] else "")
         for b in live))
+    if has_tc:
+        out.append(f"tcalloc: git {m.get('git')}")
+    if len(m.get("engine_builds", [])) > 1:
+        out.append("WARNING: tcalloc's engine was rebuilt during this run; its rows mix "
+                   "builds: " + "; ".join(m["engine_builds"]) + ". Rerun.")
     for b in a.backends:
         if b not in live:
             out.append(f"NOT MEASURED: {b}: {data['backends'][b]['reason']}")
