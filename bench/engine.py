@@ -334,7 +334,12 @@ def machine_info():
         libc = os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):
         libc = None
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = None
     return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_at_start": load,
             "python": platform.python_version(), "libc": libc,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -418,6 +423,7 @@ def measure(a):
     versions = {peer: pkg_version(PEERS[peer][1]) for peer in libs}
     return {"meta": dict(info, stat=a.stat, repeat=a.repeat, quick=a.quick,
                          git=git_describe(), engine_builds=sorted(builds),
+                         loadavg_at_end=" ".join(f"{x:.2f}" for x in os.getloadavg()),
                          iters={r: ITERS[r][1 if a.quick else 0] for r in a.rows},
                          peer_versions=versions),
             "backends": {b: {"measured": b in live, "lib": libs.get(b),
@@ -444,6 +450,9 @@ def report(data, a):
              + (f", {m['peer_versions'].get(b)}" if m['peer_versions'].get(b) else "") + ")"
              if data['backends'][b]['lib'] else "")
         for b in live))
+    out.append(f"load average at start {m.get('loadavg_at_start')}, at end "
+               f"{m.get('loadavg_at_end')} (other work on the machine inflates and "
+               "scatters the times)")
     if has_tc:
         out.append(f"tcalloc: git {m.get('git')}")
     if len(m.get("engine_builds", [])) > 1:
