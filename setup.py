@@ -33,7 +33,7 @@ macros = [("TCALLOC_DEBUG", "1" if os.environ.get("TCALLOC_DEBUG_BUILD") == "1" 
 # -fno-inline-functions-called-once: keep slow paths (large free, cache
 # creation) out of the fast paths that call them once; inlined, they make
 # every small free save and restore six registers.
-cflags = ["-O3", "-fno-strict-aliasing", "-fno-plt", "-fno-inline-functions-called-once",
+cflags = ["-O3", "-fno-plt", "-fno-inline-functions-called-once",
           "-Wno-unused-function"]
 
 only = {m for m in os.environ.get("TCALLOC_BUILD_ONLY", "").split(",") if m}

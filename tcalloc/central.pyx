@@ -132,6 +132,11 @@ cdef void central_insert_range(CentralFreeList *c, void *head, int n) noexcept n
             if off % c.size != 0 or <uintptr_t>obj >= s.limit or s.refcount == 0:
                 tc_spinlock_unlock(&c.lock)
                 tc_fatal_ptr("free(): invalid pointer (not the start of a block)", obj)
+        if s.refcount == 0:
+            # More objects coming back than went out: a double free that
+            # slipped past the thread cache's checks.
+            tc_spinlock_unlock(&c.lock)
+            tc_fatal_ptr("double free detected (span has no object out)", obj)
         if _exhausted(s):
             _remove(&c.full, s)
             _push(&c.nonempty, s)

@@ -41,6 +41,7 @@ ctypedef struct ThreadCache:
     ThreadCache *next
     ThreadCache *prev
     ThreadCacheRegistry *reg
+    void *free_key                # copy of the registry's: one load less per free
     int num_classes
     int flush_requested
     uint64_t fetches
@@ -54,6 +55,7 @@ ctypedef struct ThreadCacheRegistry:
     TransferCache *transfer       # indexed by class
     const SizeMap *sizemap
     MetaArena *arena
+    void *free_key                # marks free blocks (second word); random per process
     int64_t unclaimed             # overall budget not handed to any thread
     uint64_t overall_max
     uint64_t per_thread_max
@@ -65,6 +67,7 @@ ctypedef struct ThreadCacheRegistry:
 
 cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil
 cdef void threadcache_overflow(ThreadCache *tc, uint32_t cl) noexcept nogil
+cdef void threadcache_push_suspect(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil
 
 cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
     """An object of class cl, or NULL when even the central stores are out."""
@@ -73,6 +76,8 @@ cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
     if TC_UNLIKELY(p == NULL):
         return threadcache_fetch(tc, cl)
     l.head = (<void **>p)[0]
+    if l.size > 8:
+        (<void **>p)[1] = NULL    # drop the free-block key (see push)
     l.length -= 1
     if l.length < l.lowater:
         l.lowater = l.length
@@ -81,19 +86,28 @@ cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
     return p
 
 cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil:
+    # Reads first, stores into the block last: a store through void** may
+    # alias the cache's pointer fields, and the compiler would reload them.
     cdef FreeList *l = &tc.lists[cl]
     cdef void *head = l.head
     cdef uint32_t length = l.length + 1
-    cdef uint64_t size = tc.size + l.size
-    if TC_UNLIKELY(p == head):
-        # The cheapest double-free check there is: freeing the block freed last.
-        tc_fatal_ptr("double free detected", p)
+    cdef uint32_t objsize = l.size
+    cdef uint64_t size = tc.size + objsize
+    cdef void *key = tc.free_key
+    # Double free, cheaply (glibc's tcache does the same): a free block
+    # carries the process's key in its second word and pop clears it, so a
+    # block that already holds the key is probably on a free list: look.
+    # Blocks of the 8-byte class have no second word; for them only the
+    # block freed last is checked.
+    if TC_UNLIKELY(p == head or (objsize > 8 and (<void **>p)[1] == key)):
+        threadcache_push_suspect(tc, cl, p)     # a tail call: no registers saved here
+        return
     l.head = p
     l.length = length
     l.frees += 1
     tc.size = size
-    # The link goes into the block last: the compiler must assume the block
-    # may alias the list, and would reload the list after this store.
+    if objsize > 8:
+        (<void **>p)[1] = key
     (<void **>p)[0] = head
     if TC_UNLIKELY(length > l.max_length or size > tc.max_size):
         threadcache_overflow(tc, cl)

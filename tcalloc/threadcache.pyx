@@ -2,8 +2,9 @@
 # owner's (no lock); the registry's lock guards the cache list, budgets and
 # retired counters; see threadcache.pxd.
 from libc.string cimport memset
+from libc.stdint cimport uintptr_t
 from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
-                             tc_atomic_add_u64, tc_store_int, kMaxSmallSize)
+                             tc_atomic_add_u64, tc_store_int, tc_now_ns, kMaxSmallSize)
 from tcalloc.transfer cimport transfer_remove_range, transfer_insert_range
 from tcalloc.arena cimport arena_alloc
 
@@ -25,6 +26,9 @@ cdef int threadcache_registry_init(ThreadCacheRegistry *reg, const SizeMap *size
     reg.overall_max = kDefaultOverallMax
     reg.per_thread_max = kDefaultPerThreadMax
     reg.unclaimed = kDefaultOverallMax
+    # Any value an application is unlikely to store: mixed from the
+    # registry's address (ASLR) and the clock.
+    reg.free_key = <void *>((<uintptr_t>reg * <uintptr_t>0x9E3779B97F4A7C15UL) ^ tc_now_ns() ^ 0x5A5A5A5A5A5A5A5AUL)
     return 0
 
 # ---- moving objects to the central stores ----------------------------------
@@ -55,6 +59,20 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
         transfer_insert_range(t, head, tail, <int>k)
         n -= k
 
+cdef void threadcache_push_suspect(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil:
+    """p is the list head or carries the free key: abort if it is on this
+    thread's list (a double free); otherwise the key was the application's
+    data, so clear it and push normally."""
+    cdef FreeList *l = &tc.lists[cl]
+    cdef void *q = l.head
+    cdef uint32_t i
+    for i in range(l.length):
+        if q == p:
+            tc_fatal_ptr("double free detected", p)
+        q = (<void **>q)[0]
+    (<void **>p)[1] = NULL
+    threadcache_push(tc, cl, p)
+
 cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     """List cl is empty: refill it with up to one batch, return one object."""
     cdef FreeList *l = &tc.lists[cl]
@@ -70,6 +88,8 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
         return NULL
     (<void **>tail)[0] = NULL
     l.head = (<void **>head)[0]
+    if l.size > 8:
+        (<void **>head)[1] = NULL
     l.length = <uint32_t>got - 1
     tc.size += <uint64_t>(got - 1) * l.size
     l.mallocs += 1
@@ -175,6 +195,7 @@ cdef ThreadCache *threadcache_create(ThreadCacheRegistry *reg) noexcept nogil:
         reg.structs += 1
     memset(tc, 0, sizeof(ThreadCache))
     tc.reg = reg
+    tc.free_key = reg.free_key
     tc.num_classes = reg.sizemap.num_classes
     for cl in range(1, tc.num_classes):
         tc.lists[cl].size = reg.sizemap.class_to_size[cl]
@@ -245,10 +266,14 @@ cdef void *threadcache_alloc_uncached(ThreadCacheRegistry *reg, uint32_t cl) noe
     cdef void *tail
     if transfer_remove_range(&reg.transfer[cl], &head, &tail, 1) == 0:
         return NULL
+    if reg.sizemap.class_to_size[cl] > 8:
+        (<void **>head)[1] = NULL
     tc_atomic_add_u64(&reg.retired_mallocs[cl], 1)
     return head
 
 cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void *p) noexcept nogil:
     (<void **>p)[0] = NULL
+    if reg.sizemap.class_to_size[cl] > 8:
+        (<void **>p)[1] = reg.free_key
     transfer_insert_range(&reg.transfer[cl], p, p, 1)
     tc_atomic_add_u64(&reg.retired_frees[cl], 1)
