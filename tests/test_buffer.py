@@ -1,0 +1,242 @@
+"""tcalloc.alloc / tcalloc.Buffer: what users of the buffer protocol rely on."""
+import gc
+import io
+import pickle
+import socket
+import threading
+
+import pytest
+
+import tcalloc
+from tcalloc import Buffer, alloc
+
+
+def test_buffer_protocol_shape_and_writes():
+    b = alloc(1000)
+    m = memoryview(b)
+    assert (m.format, m.itemsize, m.ndim, m.shape, m.strides) == ("B", 1, 1, (1000,), (1,))
+    assert not m.readonly and m.contiguous and m.nbytes == 1000
+    m[:] = bytes(range(256)) * 3 + bytes(range(232))
+    assert bytes(b)[:256] == bytes(range(256))
+    m.release()
+    assert len(b) == 1000 and b.capacity >= 1000 and b.address != 0
+    b.release()
+
+
+def test_zero_and_alignment():
+    for n in (1, 64, 4096, 300_000, 3 << 20):
+        with alloc(n, zero=True) as b:
+            assert bytes(b) == bytes(n)
+            memoryview(b)[:] = b"\xff" * n
+    for a in (1, 2, 8, 16, 64, 4096, 65536, 1 << 21):
+        with alloc(100, alignment=a) as b:
+            assert b.address % a == 0
+    with alloc(5000, zero=True, alignment=4096) as b:
+        assert b.address % 4096 == 0 and bytes(b) == bytes(5000)
+
+
+def test_size_zero_is_distinct():
+    a, b = alloc(0), alloc(0)
+    assert len(a) == 0 and a.address != b.address
+    assert bytes(a) == b"" and memoryview(a).nbytes == 0
+
+
+@pytest.mark.parametrize("size,exc", [
+    (-1, ValueError), (-(2**70), ValueError), (2**70, MemoryError), (1 << 62, MemoryError),
+    (1.0, TypeError), ("10", TypeError), (None, TypeError), (b"x", TypeError),
+])
+def test_bad_sizes(size, exc):
+    with pytest.raises(exc, match="size|allocate"):
+        alloc(size)
+    with pytest.raises(exc):
+        Buffer(size)
+
+
+def test_index_objects_and_bool_are_sizes():
+    class N:
+        def __index__(self):
+            return 7
+    assert len(alloc(N())) == 7
+    assert len(alloc(True)) == 1
+
+
+@pytest.mark.parametrize("a", [0, 3, 12, -8, 1 << 40])
+def test_bad_alignment(a):
+    with pytest.raises(ValueError, match="alignment"):
+        alloc(16, alignment=a)
+    with pytest.raises(TypeError):
+        alloc(16, alignment=8.0)
+
+
+def test_release_is_idempotent_and_released_buffer_raises():
+    b = alloc(64)
+    b.release()
+    b.release()
+    assert b.released
+    for op in (len, lambda x: x.address, lambda x: x.capacity, memoryview, bytes,
+               lambda x: x.resize(10), lambda x: x.__enter__()):
+        with pytest.raises(ValueError, match="released"):
+            op(b)
+    assert "released" in repr(b)
+
+
+def test_release_and_resize_refused_while_exported():
+    b = alloc(128)
+    m = memoryview(b)
+    m2 = m[10:20]
+    m.release()
+    with pytest.raises(BufferError, match="export"):
+        b.release()
+    with pytest.raises(BufferError, match="export"):
+        b.resize(1 << 20)
+    assert m2.nbytes == 10        # still valid: nothing was freed
+    m2[0] = 7
+    m2.release()
+    b.resize(4096)
+    b.release()
+    assert b.released
+
+
+def test_with_block_releases_and_reports_live_export():
+    with alloc(10) as b:
+        pass
+    assert b.released
+    with pytest.raises(BufferError):
+        with alloc(10) as c:
+            keep = memoryview(c)
+    keep.release()
+    c.release()
+
+
+def test_resize_keeps_contents_and_zeroes_when_asked():
+    b = alloc(100, zero=True)
+    memoryview(b)[:] = b"a" * 100
+    for n in (5000, 300_000, 40, 2 << 20):
+        b.resize(n)
+        assert len(b) == n
+        assert bytes(b)[:40] == b"a" * 40
+    assert bytes(b)[100:200] != b"a" * 100
+    b.resize(50)
+    b.resize(1000)
+    assert bytes(b)[50:] == bytes(950)      # grown bytes are zero with zero=True
+    b.resize(0)
+    assert len(b) == 0
+    b.release()
+
+
+def test_resize_keeps_alignment():
+    b = alloc(100, alignment=1 << 16)
+    memoryview(b)[:] = b"z" * 100
+    for n in (10, 70_000, 1 << 20, 300):
+        b.resize(n)
+        assert b.address % (1 << 16) == 0
+        assert bytes(b)[:10] == b"z" * 10
+
+
+def test_resize_failure_leaves_buffer_intact():
+    b = alloc(64)
+    memoryview(b)[:] = b"q" * 64
+    with pytest.raises(MemoryError):
+        b.resize(1 << 62)
+    with pytest.raises(ValueError):
+        b.resize(-1)
+    assert bytes(b) == b"q" * 64
+
+
+def test_finaliser_frees():
+    before = tcalloc.stats()["large_bytes_in_use"]
+    for _ in range(50):
+        alloc(1 << 20)
+    gc.collect()
+    assert tcalloc.stats()["large_bytes_in_use"] <= before + (1 << 20)
+
+
+def test_no_leak_under_churn():
+    # Large blocks are accounted exactly, so any leak shows up.
+    before = tcalloc.stats()["large_bytes_in_use"]
+    for i in range(300):
+        b = alloc(300_000 + i)
+        m = memoryview(b)
+        if i % 2:
+            with pytest.raises(BufferError):
+                b.release()
+        m.release()
+        if i % 3 == 0:
+            b.resize(600_000)
+        b.release()
+    assert tcalloc.stats()["large_bytes_in_use"] == before
+
+
+def test_readinto_and_recv_into():
+    data = bytes(range(256)) * 40
+    b = alloc(len(data))
+    assert io.BytesIO(data).readinto(b) == len(data)
+    assert bytes(b) == data
+    s1, s2 = socket.socketpair()
+    with s1, s2:
+        s1.sendall(b"hello tcalloc")
+        with alloc(64) as r:
+            n = s2.recv_into(r)
+            assert bytes(r)[:n] == b"hello tcalloc"
+
+
+def test_bytes_like_apis():
+    b = alloc(6)
+    memoryview(b)[:] = b"abcdef"
+    assert bytes(b) == b"abcdef" and bytearray(b) == bytearray(b"abcdef")
+    assert b"".join([b, b]) == b"abcdefabcdef"
+    import hashlib
+    assert hashlib.sha256(b).hexdigest() == hashlib.sha256(b"abcdef").hexdigest()
+
+
+def test_pickle_by_value():
+    b = alloc(10)
+    memoryview(b)[:] = b"0123456789"
+    c = pickle.loads(pickle.dumps(b))
+    assert isinstance(c, Buffer) and bytes(c) == b"0123456789" and c.address != b.address
+
+
+def test_buffer_init_twice_refused():
+    b = Buffer(8)
+    with pytest.raises(TypeError):
+        b.__init__(8)
+    assert len(b) == 8
+
+
+def test_concurrent_release_frees_once():
+    # Many threads race to release the same buffers: each block must be freed
+    # exactly once (a double free would abort the process).
+    for _ in range(50):
+        bufs = [alloc(1000) for _ in range(64)]
+        def worker():
+            for b in bufs:
+                b.release()
+        ts = [threading.Thread(target=worker) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(b.released for b in bufs)
+
+
+def test_threads_allocate_and_verify():
+    errors = []
+
+    def worker(seed):
+        try:
+            for i in range(2000):
+                n = (seed * 7919 + i * 104729) % 70000
+                b = alloc(n)
+                pat = bytes([seed % 256]) * n
+                memoryview(b)[:] = pat
+                assert bytes(b) == pat
+                b.release()
+        except Exception as e:      # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
