@@ -1,0 +1,69 @@
+"""Pagemap: a radix tree over 48-bit addresses, read without locks."""
+import pytest
+
+PAGE_BITS = 35          # 48-bit addresses, 8 KiB pages
+
+
+def test_empty_map_reads_nothing(comp):
+    pm = comp.PrivatePagemap()
+    for page in (0, 1, 4095, 4096, 1 << 24, (1 << PAGE_BITS) - 1, 1 << PAGE_BITS, 1 << 40):
+        assert pm.get(page) == (0, 0)
+    assert pm.node_bytes == 0
+
+
+def test_set_get_round_trip_across_leaf_boundaries(comp):
+    pm = comp.PrivatePagemap()
+    leaf = comp.PAGEMAP_LEAF_PAGES
+    pages = [0, 1, leaf - 1, leaf, leaf + 1, 5 * leaf - 1, (1 << PAGE_BITS) - 1, 0x3ABCDEF12]
+    for i, page in enumerate(pages):
+        assert pm.ensure(page, 1) == 0
+        pm.set(page, 0x1000 + 16 * i, cl=(i % 100) + 1)
+    for i, page in enumerate(pages):
+        assert pm.get(page) == (0x1000 + 16 * i, (i % 100) + 1)
+    # neighbours stay empty
+    assert pm.get(2) == (0, 0)
+    assert pm.get(leaf + 2) == (0, 0)
+
+
+def test_ensure_creates_each_node_once(comp):
+    pm = comp.PrivatePagemap()
+    leaf = comp.PAGEMAP_LEAF_PAGES
+    assert pm.ensure(leaf * 10, leaf) == 0
+    one_leaf = pm.node_bytes
+    assert one_leaf > 0
+    assert pm.ensure(leaf * 10 + 5, 100) == 0
+    assert pm.node_bytes == one_leaf, "ensure of a covered range must not allocate"
+    assert pm.ensure(leaf * 10, leaf + 1) == 0      # spills into the next leaf
+    assert pm.node_bytes > one_leaf
+    assert pm.has_leaf(leaf * 11) and not pm.has_leaf(leaf * 12)
+    # nodes come from the private metadata arena, never malloc
+    assert pm.arena_mapped_bytes >= pm.node_bytes
+
+
+def test_ensure_rejects_pages_beyond_48_bits(comp):
+    pm = comp.PrivatePagemap()
+    assert pm.ensure((1 << PAGE_BITS) - 1, 1) == 0
+    assert pm.ensure((1 << PAGE_BITS) - 1, 2) == -1
+    assert pm.ensure(1 << PAGE_BITS, 1) == -1
+    with pytest.raises(KeyError):
+        pm.set(1 << 30, 0x10)      # no leaf there: refused, not a crash
+
+
+def test_lock_free_readers_see_empty_or_written_values(comp):
+    r = comp.pagemap_concurrent(readers=3, writes=20000, seed=7)
+    assert r["bad"] == 0, r
+    assert r["seen"] > 0 and r["reads"] > 0, r
+
+
+def test_page_heap_spans_are_found_through_their_pagemap(comp):
+    h = comp.PrivateHeap()
+    small = h.new(4, 5)               # a small-object span of class 5
+    large = h.new(20)
+    si, li = h.span(small), h.span(large)
+    for off in range(0, si["nbytes"], 4096):
+        assert h.lookup(si["addr"] + off) == (small, 5)
+    assert h.lookup(li["addr"]) == (large, 0)
+    assert h.lookup(li["addr"] + li["nbytes"] - 1) == (large, 0)
+    h.delete(small)
+    assert h.lookup(si["addr"])[1] == 0, "a freed small span must lose its class"
+    assert h.check() == []

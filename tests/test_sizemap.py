@@ -1,0 +1,77 @@
+"""Size classes: bounded waste for every request size, the table's shape,
+and the lookup table agreeing with size_class_of."""
+import pytest
+
+import tcalloc
+
+MAX_SMALL = 262144
+
+
+@pytest.fixture(scope="module")
+def table():
+    return tcalloc.size_class_table()
+
+
+def test_every_request_size_gets_a_class_that_fits_and_wastes_little(comp):
+    priv = comp.sizemap_private()
+    sizes = {cl: size for (cl, size, _, _, _) in priv["classes"]}
+    lookup = priv["lookup"]
+    bad = []
+    for s in range(1, MAX_SMALL + 1):
+        c = sizes.get(lookup[s])
+        if c is None or c < s or (c - s) > max(15, c // 8):
+            bad.append((s, c))
+            if len(bad) > 10:
+                break
+    assert not bad, "request size -> class size violating fit or waste bound: %r" % bad
+
+
+def test_public_table_matches_a_fresh_private_table(comp, table):
+    priv = comp.sizemap_private()
+    assert [tuple(r) for r in table] == [tuple(r) for r in priv["classes"]]
+
+
+def test_size_class_of_agrees_with_table_lookup(comp, table):
+    lookup = comp.sizemap_private()["lookup"]
+    sizes = {cl: size for (cl, size, _, _, _) in table}
+    for s in range(1, MAX_SMALL + 1):
+        cl, size = tcalloc.size_class_of(s)
+        assert cl == lookup[s] and size == sizes[cl], s
+    assert tcalloc.size_class_of(MAX_SMALL + 1) == (0, 0)
+
+
+def test_classes_sorted_and_aligned(table):
+    sizes = [size for (_, size, _, _, _) in table]
+    assert sizes[0] == 8 and sizes[-1] == MAX_SMALL
+    assert sizes == sorted(set(sizes)), "classes must be strictly increasing"
+    for s in sizes:
+        assert s % 8 == 0
+        if s >= 16:
+            assert s % 16 == 0, s
+    assert len(table) < 128
+
+
+def test_every_power_of_two_is_a_class(table):
+    sizes = {size for (_, size, _, _, _) in table}
+    p = 8
+    while p <= MAX_SMALL:
+        assert p in sizes, p
+        p *= 2
+
+
+def test_span_tails_at_most_one_eighth_and_batches_in_range(table):
+    for cl, size, pages, batch, per_span in table:
+        span = pages * 8192
+        assert span >= size
+        assert per_span == span // size
+        assert span - per_span * size <= span // 8, (cl, size, pages)
+        assert 2 <= batch <= 32, (cl, size, batch)
+    # small objects move 32 at a time, the largest 2
+    assert table[0][3] == 32 and table[-1][3] == 2
+
+
+def test_aligned_class_sizes_are_multiples_of_alignment(comp, table):
+    sizes = {cl: size for (cl, size, _, _, _) in table}
+    for (size, align), cl in comp.sizemap_private()["aligned"].items():
+        assert cl != 0, (size, align)
+        assert sizes[cl] >= size and sizes[cl] % align == 0, (size, align, sizes[cl])
