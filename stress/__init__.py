@@ -1,0 +1,38 @@
+"""The tcalloc stress lab: ``python -m stress``.
+
+Runs the native workloads of ``tcalloc._workloads`` (larson, xmalloc,
+prodcons, cache-thrash, cache-scratch, churn, mixed, fork) against tcalloc
+and the system malloc in this process, and against gperftools tcmalloc,
+jemalloc and mimalloc in child processes started with LD_PRELOAD (the same
+workload code, whose "system" malloc is then the peer). Every block is
+filled with a pattern and checked before it is freed; a corrupt, lost,
+misaligned or failed block, or a failed/hung fork child, fails the run and
+makes the command exit 1. Usage errors exit 2.
+
+``--json FILE`` writes::
+
+    {"version": 1,
+     "command": [...argv...],
+     "machine": {"cpus", "platform", "python"},
+     "config": {"workloads", "backends", "threads", "duration_s", "ops",
+                "min_size", "max_size", "seed", "isolate"},
+     "peers": {"found": {name: library path}, "missing": [names]},
+     "runs": [RUN, ...],
+     "failures": number of runs that are not ok,
+     "soak": {...} (only with --soak)}
+
+where each RUN has: workload, backend, where ("in-process" or "child"),
+library, threads, ops, allocs, frees, reallocs, bytes, corrupt, lost,
+misaligned, failed, elapsed_s, throughput_ops_s, ratio_to_tcalloc (None
+without a tcalloc run of the same workload and threads), per_thread (per
+worker: ops, allocs, frees, corrupt, cpu_user_s, cpu_system_s,
+ctx_voluntary, ctx_involuntary), cpu_user_s, cpu_system_s, ctx_voluntary,
+ctx_involuntary (all threads), rss_start, rss_peak, rss_end, uss_peak,
+rss_series ([seconds, bytes] samples), thread_cpu (per thread seen by the
+sampler), locks and hottest_locks (tcalloc only: per lock acquisitions,
+contended, spins, wait_ns; hottest with wait_share = wait / wall time and
+wait_share_threads = wait / (wall time x threads)), ok, error, and for fork:
+forks, child_failures, child_hung; for churn: rounds, pthreads.
+"""
+
+JSON_VERSION = 1

@@ -1,0 +1,329 @@
+"""``python -m stress``: argument parsing, the suite, the soak run."""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+from . import JSON_VERSION
+from .peers import PEERS, find_peers, install_hint
+from .report import ProgressLine, add_ratios, fmt_mib, fmt_rate, plot, profile_lines, summary_table
+
+BACKENDS = ("tcalloc", "system") + tuple(PEERS)
+DEFAULT_DURATION = 1.5      # seconds per run: 8 workloads x 5 backends ~ 75 s on 2 cores
+QUICK_DURATION = 0.25
+MAX_SIZE_LIMIT = 1 << 30
+
+
+def _workloads():
+    from tcalloc import _workloads as wl
+    return wl
+
+
+def _size(text):
+    t = text.strip().lower().rstrip("b")
+    mult = 1
+    for suffix, m in (("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        v = int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a size: %r (use e.g. 64, 4K, 2M)" % text)
+    if v < 1 or v > MAX_SIZE_LIMIT:
+        raise argparse.ArgumentTypeError("size must be between 1 and 1G, not %r" % text)
+    return v
+
+
+def _list_of(choices):
+    def parse(text):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        if "all" in items:
+            return list(choices)
+        bad = [x for x in items if x not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError("unknown: %s (choose from %s)"
+                                             % (", ".join(bad), ", ".join(choices)))
+        return list(dict.fromkeys(items))
+    return parse
+
+
+def _threads(text):
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a comma-separated list of integers: %r" % text)
+    if not vals or any(not 1 <= v <= 256 for v in vals):
+        raise argparse.ArgumentTypeError("thread counts must be between 1 and 256")
+    return list(dict.fromkeys(vals))
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a number: %r" % text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be > 0, not %r" % text)
+        return v
+    return parse
+
+
+WORKLOAD_NAMES = ("larson", "xmalloc", "prodcons", "cache-thrash", "cache-scratch",
+                  "churn", "mixed", "fork")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m stress",
+        description="tcalloc stress lab: multi-threaded workloads with every block checked, "
+                    "tcalloc side by side with the system malloc and the peers found "
+                    "(gperftools, jemalloc, mimalloc via LD_PRELOAD), and a contention profile.",
+        epilog="Exit status: 0 all runs clean, 1 a run failed (corrupt/lost block, failed "
+               "fork child, error), 2 bad usage.")
+    p.add_argument("--workloads", type=_list_of(WORKLOAD_NAMES), default=list(WORKLOAD_NAMES),
+                   metavar="LIST", help="comma list of: %s, or all (default all)"
+                   % ", ".join(WORKLOAD_NAMES))
+    p.add_argument("--backends", type=_list_of(BACKENDS), default=None, metavar="LIST",
+                   help="comma list of: %s (default: tcalloc, system and every peer found)"
+                   % ", ".join(BACKENDS))
+    p.add_argument("--threads", type=_threads, default=[2], metavar="N[,N...]",
+                   help="worker thread counts (default 2)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration", type=_positive(float), default=None, metavar="SECONDS",
+                   help="seconds per run (default %.1f, --quick %.2f)" % (DEFAULT_DURATION, QUICK_DURATION))
+    g.add_argument("--ops", type=_positive(int), default=None, metavar="N",
+                   help="operations per worker thread instead of a duration")
+    p.add_argument("--min-size", type=_size, default=None, metavar="BYTES",
+                   help="smallest block (default: per workload, e.g. 8 for mixed)")
+    p.add_argument("--max-size", type=_size, default=None, metavar="BYTES",
+                   help="largest block (default: per workload, e.g. 4M for mixed)")
+    p.add_argument("--seed", type=int, default=1, help="PRNG seed (default 1)")
+    p.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw throughput against threads and RSS over time (needs matplotlib)")
+    p.add_argument("--soak", type=_positive(float), default=None, metavar="MINUTES",
+                   help="long run on tcalloc (or --backends): report corrupt blocks and whether "
+                        "RSS stays flat once warm")
+    p.add_argument("--quick", action="store_true", help="short runs (%.2f s each)" % QUICK_DURATION)
+    p.add_argument("--isolate", action="store_true",
+                   help="run tcalloc and system in child processes too (fresh heap per run)")
+    p.add_argument("--list", action="store_true", help="list workloads and peers, then exit")
+    return p
+
+
+def _check_args(p, a, found, missing):
+    if a.min_size is not None and a.max_size is not None and a.max_size < a.min_size:
+        p.error("--max-size (%d) is smaller than --min-size (%d)" % (a.max_size, a.min_size))
+    if a.backends is not None:
+        absent = [b for b in a.backends if b in PEERS and b not in found]
+        if absent:
+            p.error("backend(s) not installed: %s (%s)" % (", ".join(absent), install_hint(absent)))
+    for opt, path in (("--json", a.json), ("--plot", a.plot)):
+        if path:
+            d = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(d):
+                p.error("%s: directory %s does not exist" % (opt, d))
+    if a.plot:
+        if not a.plot.lower().endswith(".png"):
+            p.error("--plot writes a PNG file; give a name ending in .png")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib, which is not installed "
+                    "(pip install matplotlib, or pip install tcalloc[plot])")
+    if a.soak is not None and a.ops is not None:
+        p.error("--soak runs for a time; use --duration for the length of each run, not --ops")
+
+
+def _specs(a, backends):
+    dur = None if a.ops else (a.duration or (QUICK_DURATION if a.quick else DEFAULT_DURATION))
+    for w in a.workloads:
+        for t in a.threads:
+            for b in backends:
+                yield dict(workload=w, backend=b, threads=t, duration=dur, ops=a.ops,
+                           min_size=a.min_size, max_size=a.max_size, seed=a.seed)
+
+
+def _run_spec(spec, found, isolate, progress):
+    from .runner import run_child, run_in_process
+    label = "%-13s %-10s %2d thr" % (spec["workload"], spec["backend"], spec["threads"])
+
+    def on_progress(ops, elapsed):
+        progress.update("  %s  %6.1f s  %s ops" % (label, elapsed, fmt_rate(ops)))
+
+    progress.update("  %s  starting" % label)
+    if spec["backend"] in PEERS:
+        rec = run_child(spec, found[spec["backend"]], on_progress)
+    elif isolate:
+        rec = run_child(spec, None, on_progress)
+    else:
+        rec = run_in_process(spec, on_progress)
+    progress.done("  %s  %s ops/s  peak RSS %s  %s" % (
+        label, fmt_rate(rec.get("throughput_ops_s")), fmt_mib(rec.get("rss_peak")),
+        "ok" if rec["ok"] else "FAIL: " + "; ".join(rec["problems"])))
+    return rec
+
+
+def _soak(a, backends, found, progress, out):
+    """Cycle through the workloads until the time is up. Warm = after the first
+    full pass (every workload has run once); RSS counts as flat when no later
+    run's peak exceeds the warm peak by more than max(8 MiB, 10%)."""
+    minutes = a.soak
+    per_run = a.duration or 2.0
+    end = time.monotonic() + minutes * 60.0
+    specs = list(_specs(a, backends))
+    for s in specs:
+        s["duration"] = per_run
+    runs, passes = [], 0
+    warm_peak = None
+    print("soak: %.1f min, %d runs per pass of %.1f s each, backends %s"
+          % (minutes, len(specs), per_run, ", ".join(backends)), file=out)
+    while time.monotonic() < end or passes == 0:
+        pass_runs = []
+        for s in specs:
+            rec = _run_spec(dict(s, seed=a.seed + passes), found, a.isolate, progress)
+            rec["pass"] = passes
+            pass_runs.append(rec)
+        runs += pass_runs
+        peak = max(r.get("rss_peak") or 0 for r in pass_runs)
+        if passes == 0:
+            warm_peak = peak
+        print("pass %3d  %5.1f min  ops %s  corrupt %d  lost %d  failed runs %d  "
+              "RSS peak %s (warm %s)"
+              % (passes, minutes - max(0.0, end - time.monotonic()) / 60.0,
+                 fmt_rate(sum(r.get("ops", 0) for r in pass_runs)),
+                 sum(r.get("corrupt", 0) for r in pass_runs),
+                 sum(r.get("lost", 0) for r in pass_runs),
+                 sum(not r["ok"] for r in pass_runs), fmt_mib(peak), fmt_mib(warm_peak)), file=out)
+        out.flush()
+        passes += 1
+    later = [r.get("rss_peak") or 0 for r in runs if r["pass"] > 0]
+    later_peak = max(later) if later else None
+    slack = max(8 << 20, int(0.10 * warm_peak))
+    flat = None if later_peak is None else later_peak <= warm_peak + slack
+    verdict = dict(minutes=minutes, passes=passes, runs=len(runs),
+                   corrupt=sum(r.get("corrupt", 0) for r in runs),
+                   lost=sum(r.get("lost", 0) for r in runs),
+                   failed_runs=sum(not r["ok"] for r in runs),
+                   rss_warm_peak=warm_peak, rss_later_peak=later_peak, rss_slack=slack,
+                   rss_flat=flat)
+    print("soak result: %d passes, corrupt %d, lost %d, failed runs %d; RSS warm peak %s, "
+          "later peak %s: %s"
+          % (passes, verdict["corrupt"], verdict["lost"], verdict["failed_runs"],
+             fmt_mib(warm_peak), fmt_mib(later_peak),
+             "too short to judge (one pass)" if flat is None else
+             ("flat (within %s)" % fmt_mib(slack)) if flat else
+             ("GREW by %s (allowed %s)" % (fmt_mib(later_peak - warm_peak), fmt_mib(slack)))),
+          file=out)
+    return runs, verdict
+
+
+def main(argv=None, out=None):
+    out = out or sys.stdout
+    p = build_parser()
+    a = p.parse_args(argv)
+    found, missing = find_peers()
+    _check_args(p, a, found, missing)
+    try:
+        wl = _workloads()
+    except ImportError as e:
+        print("stress: cannot import tcalloc (%s). Build and install it first: "
+              "pip install -e .  (from the repository root)" % e, file=sys.stderr)
+        return 2
+    if a.list:
+        for name in WORKLOAD_NAMES:
+            print("%-14s %s" % (name, wl.DESCRIPTIONS[name]), file=out)
+        for name in PEERS:
+            print("peer %-10s %s" % (name, found.get(name, "missing (%s)" % install_hint([name]))),
+                  file=out)
+        return 0
+    if a.backends is None:
+        backends = ["tcalloc", "system"] + [b for b in PEERS if b in found]
+    else:
+        backends = a.backends
+    if a.soak is not None and a.backends is None:
+        backends = ["tcalloc"]
+
+    print("peers found: %s; missing: %s" % (
+        ", ".join("%s (%s)" % (n, path) for n, path in found.items()) or "none",
+        ", ".join(missing) + " (" + install_hint(missing) + ")" if missing else "none"), file=out)
+    progress = ProgressLine()
+    t0 = time.monotonic()
+    soak = None
+    hung = False
+    if a.soak is not None:
+        from .runner import RunHung
+        try:
+            runs, soak = _soak(a, backends, found, progress, out)
+        except RunHung as e:
+            print("soak: HUNG: %s" % e, file=out)
+            out.flush()
+            os._exit(1)
+    else:
+        specs = list(_specs(a, backends))
+        dur = specs[0]["duration"] if specs else None
+        print("running %d runs (%s workloads x %s backends x threads %s), %s each"
+              % (len(specs), len(a.workloads), len(backends), ",".join(map(str, a.threads)),
+                 "%.2f s" % dur if dur else "%d ops per thread" % a.ops), file=out)
+        out.flush()
+        runs = []
+        from .runner import RunHung, finish
+        for i, spec in enumerate(specs):
+            progress.update("[%d/%d]" % (i + 1, len(specs)))
+            try:
+                runs.append(_run_spec(spec, found, a.isolate, progress))
+            except RunHung as e:
+                # Its threads are stuck in this process: report and end the suite.
+                progress.done("  HUNG: %s" % e)
+                runs.append(finish(dict(workload=spec["workload"], backend=spec["backend"],
+                                        threads=spec["threads"], error="hung: %s" % e)))
+                hung = True
+                break
+    add_ratios(runs)
+    wall = time.monotonic() - t0
+    failures = sum(not r["ok"] for r in runs)
+
+    print("\nContention profile (tcalloc lock counters; psutil/getrusage process figures):",
+          file=out)
+    for r in runs:
+        for line in profile_lines(r):
+            print(line, file=out)
+    print("\nSummary (%d runs in %.0f s; ops = blocks allocated, filled, checked and freed):"
+          % (len(runs), wall), file=out)
+    print(summary_table(runs), file=out)
+    if failures:
+        print("\n%d run(s) FAILED" % failures, file=out)
+    if a.json:
+        doc = dict(version=JSON_VERSION, command=[sys.executable, "-m", "stress"] + list(
+                       sys.argv[1:] if argv is None else argv),
+                   machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
+                                python=platform.python_version()),
+                   config=dict(workloads=a.workloads, backends=backends, threads=a.threads,
+                               duration_s=None if a.ops else (a.duration or (
+                                   QUICK_DURATION if a.quick else DEFAULT_DURATION)),
+                               ops=a.ops, min_size=a.min_size, max_size=a.max_size,
+                               seed=a.seed, isolate=a.isolate),
+                   peers=dict(found=found, missing=missing),
+                   runs=runs, failures=failures)
+        if soak is not None:
+            doc["soak"] = soak
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print("results written to %s" % a.json, file=out)
+    if a.plot:
+        plot(runs, a.plot)
+        print("plot written to %s" % a.plot, file=out)
+    if hung:
+        out.flush()
+        sys.stderr.flush()
+        os._exit(1)     # the stuck threads would block a normal interpreter exit
+    if soak is not None and (soak["rss_flat"] is False or soak["corrupt"] or soak["lost"]):
+        return 1
+    return 1 if failures else 0

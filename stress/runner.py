@@ -1,0 +1,184 @@
+"""One run of one workload on one backend, with its profile.
+
+tcalloc and the system malloc run in this process (``execute``); a peer
+runs in a child process with LD_PRELOAD (``run_child``), which calls
+``execute`` with the "system" allocator, i.e. the preloaded library.
+"""
+
+import ctypes
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+IN_PROCESS = ("tcalloc", "system")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _reset_heap():
+    # Start each in-process run from a clean slate: free memory left cached
+    # by earlier runs goes back to the OS, so RSS figures are this run's.
+    try:
+        import tcalloc
+        tcalloc.release_free_memory()
+    except Exception:
+        pass
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
+def _verdict(rec):
+    bad = []
+    for k in ("corrupt", "lost", "misaligned", "failed", "child_failures", "child_hung"):
+        if rec.get(k):
+            bad.append("%d %s" % (rec[k], k.replace("_", " ")))
+    return bad
+
+
+class RunHung(RuntimeError):
+    """A run did not finish in time: its threads are stuck (a deadlock or a
+    lost wakeup in the allocator). They cannot be stopped from Python, so the
+    caller reports what it has and ends the process."""
+
+
+def _time_limit(spec):
+    return 60.0 + 4 * (spec.get("duration") or 30.0)
+
+
+def execute(spec, allocator, engine, on_progress=None, poll=0.2):
+    """Run spec (dict: workload, threads, duration or ops, min_size, max_size,
+    seed) with the given allocator under a Profile; returns the run record.
+    Raises RunHung when the run does not finish within its time limit."""
+    from tcalloc import _workloads as wl
+    from tcalloc.profile import Profile
+
+    prog = wl.Progress()
+    box = {}
+
+    def target():
+        try:
+            box["r"] = wl.run(spec["workload"], allocator, threads=spec["threads"],
+                              ops=spec.get("ops") or 0, duration=spec.get("duration") or 0.0,
+                              min_size=spec.get("min_size"), max_size=spec.get("max_size"),
+                              seed=spec.get("seed", 1), progress=prog)
+        except Exception as e:      # reported in the record, the suite goes on
+            box["e"] = "%s: %s" % (type(e).__name__, e)
+
+    t0 = time.monotonic()
+    with Profile(interval=0.05, engine=engine) as p:
+        th = threading.Thread(target=target, name="stress " + spec["workload"], daemon=True)
+        th.start()
+        limit = _time_limit(spec)
+        while th.is_alive():
+            th.join(poll)
+            if on_progress:
+                on_progress(prog.ops, time.monotonic() - t0)
+            if time.monotonic() - t0 > limit:
+                raise RunHung("%s on %s did not finish within %.0f s (stuck at %d ops: "
+                              "deadlock or lost wakeup in the allocator?)"
+                              % (spec["workload"], spec["backend"], limit, prog.ops))
+    prof = p.as_dict()
+    rec = dict(workload=spec["workload"], backend=spec["backend"], threads=spec["threads"],
+               error=box.get("e"))
+    r = box.get("r")
+    if r is not None:
+        rec.update({k: v for k, v in r.items() if k not in ("workload", "allocator", "elapsed_ns")})
+        rec["elapsed_s"] = r["elapsed_ns"] / 1e9
+        rec["throughput_ops_s"] = r["ops"] / rec["elapsed_s"] if r["elapsed_ns"] else 0.0
+    for k in ("cpu_user_s", "cpu_system_s", "ctx_voluntary", "ctx_involuntary", "ctx_main_thread",
+              "rss_start", "rss_peak", "rss_end", "uss_start", "uss_peak", "rss_series", "samples"):
+        rec[k] = prof[k]
+    rec["thread_cpu"] = prof["threads"]
+    if engine:
+        rec["locks"] = prof["locks"]
+        rec["lock_wait_ns"] = prof["lock_wait_ns"]
+        el = rec.get("elapsed_s") or prof["elapsed_s"]
+        hot = []
+        for h in prof["hottest_locks"]:
+            h = dict(h)
+            h["wait_share_threads"] = h["wait_ns"] / (el * 1e9 * rec["threads"]) if el else 0.0
+            hot.append(h)
+        rec["hottest_locks"] = hot
+    else:
+        rec["locks"] = None
+        rec["hottest_locks"] = None
+    return rec
+
+
+def finish(rec):
+    """Fill in ok/problems once the record is complete."""
+    problems = _verdict(rec)
+    if rec.get("error"):
+        problems.insert(0, rec["error"])
+    rec["problems"] = problems
+    rec["ok"] = not problems
+    return rec
+
+
+def run_in_process(spec, on_progress=None):
+    _reset_heap()
+    rec = execute(spec, spec["backend"], engine=(spec["backend"] == "tcalloc"),
+                  on_progress=on_progress)
+    rec["where"] = "in-process"
+    rec["library"] = None
+    return finish(rec)
+
+
+def run_child(spec, library, on_progress=None, timeout=None):
+    """Run spec in `python -m stress._child` (LD_PRELOAD=library when given)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if library:
+        env["LD_PRELOAD"] = library
+    else:
+        env.pop("LD_PRELOAD", None)
+    if timeout is None:
+        # Generous: a hung fork child alone may take child_timeout_s (10 s).
+        timeout = _time_limit(spec) + 10.0
+    proc = subprocess.Popen([sys.executable, "-m", "stress._child", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    lines = queue.Queue()
+
+    def reader():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    errs = []
+    threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True).start()
+    t0 = time.monotonic()
+    rec = None
+    while True:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                break
+            continue
+        if line is None:
+            break
+        if line.startswith("progress ") and on_progress:
+            on_progress(int(line.split()[1]), time.monotonic() - t0)
+        elif line.startswith("result "):
+            rec = json.loads(line[len("result "):])
+    rc = proc.wait()
+    stderr = errs[0] if errs else ""
+    if rec is None:
+        tail = stderr.strip().splitlines()[-3:]
+        rec = dict(workload=spec["workload"], backend=spec["backend"], threads=spec["threads"],
+                   error="child process %s (exit %s)%s" % (
+                       "timed out" if time.monotonic() - t0 > timeout else "failed", rc,
+                       (": " + " | ".join(tail)) if tail else ""))
+    rec["where"] = "child"
+    rec["library"] = library
+    if library and rec.get("preloaded") is False and not rec.get("error"):
+        rec["error"] = "LD_PRELOAD=%s had no effect in the child" % library
+    return finish(rec)

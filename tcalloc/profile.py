@@ -1,0 +1,260 @@
+"""``tcalloc.profile()``: what a block of code cost the process and tcalloc.
+
+    with tcalloc.profile() as p:
+        run_my_code()
+    print(p.report())
+    figures = p.as_dict()
+
+Collected over the block:
+
+- tcalloc's lock counters (acquisitions, contended acquisitions, spins,
+  nanoseconds waited) as deltas, and the hottest locks with their wait as a
+  share of the elapsed wall time (N threads waiting at once can add up to
+  N x 100%);
+- deltas of tcalloc.stats()' integer figures, and their values at the end;
+- the process (psutil): user and system CPU, RSS and USS at start, end and
+  peak (sampled by a background thread every ``interval`` seconds, plus at
+  start and end), CPU per thread as the sampler saw it;
+- context switches, voluntary and involuntary, of all threads of the
+  process from getrusage(RUSAGE_SELF). psutil's num_ctx_switches() reads
+  /proc/PID/status, which on Linux counts the main thread only; it is
+  reported too, as ``ctx_main_thread``.
+
+The sampler is a Python thread: its own (small) CPU time is part of the
+process figures, and threads that start and end between two samples do
+not appear in the per-thread list (their CPU is in the process totals).
+"""
+
+import os
+import resource
+import threading
+import time
+
+__all__ = ["Profile", "profile"]
+
+_MIB = 1024.0 * 1024.0
+
+
+def _engine_stats():
+    # Lazy: importing tcalloc loads the engine.
+    import tcalloc
+    return tcalloc.stats()
+
+
+def _lock_delta(before, after):
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        d = {k: int(a.get(k, 0)) - int(b.get(k, 0))
+             for k in ("acquisitions", "contended", "spins", "wait_ns")}
+        if any(d.values()):
+            out[name] = d
+    return out
+
+
+def _thread_names():
+    names = {}
+    for t in threading.enumerate():
+        if getattr(t, "native_id", None) is not None:
+            names[t.native_id] = t.name
+    return names
+
+
+def _comm(tid):
+    try:
+        with open("/proc/self/task/%d/comm" % tid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class Profile:
+    """Context manager; see the module docstring. ``engine=False`` leaves
+    tcalloc out (psutil figures only), e.g. for a process whose malloc is
+    another allocator."""
+
+    def __init__(self, interval=0.02, engine=True, top=5):
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.interval = float(interval)
+        self.engine = bool(engine)
+        self.top = int(top)
+        self._running = False
+        self._result = None
+
+    # -- collection ------------------------------------------------------
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def start(self):
+        import psutil
+        if self._running:
+            raise RuntimeError("profile already running")
+        self._proc = psutil.Process()
+        self._stats0 = _engine_stats() if self.engine else None
+        self._ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu0 = self._proc.cpu_times()
+        self._ctx0 = self._proc.num_ctx_switches()
+        self._thr0 = {t.id: (t.user_time, t.system_time) for t in self._proc.threads()}
+        self._thr_last = dict(self._thr0)
+        self._names = {}
+        mem = self._proc.memory_full_info()
+        self._rss0, self._uss0 = mem.rss, mem.uss
+        self._rss_peak, self._uss_peak = mem.rss, mem.uss
+        self._series = []
+        self._samples = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter_ns()
+        self._record(mem.rss, mem.uss)
+        self._sampler = threading.Thread(target=self._sample_loop,
+                                         name="tcalloc.profile sampler", daemon=True)
+        self._running = True
+        self._result = None
+        self._sampler.start()
+        return self
+
+    @property
+    def samples(self):
+        """Samples taken so far (start, each sampler tick, end)."""
+        return self._samples
+
+    def _record(self, rss, uss):
+        with self._lock:
+            self._samples += 1
+            self._rss_peak = max(self._rss_peak, rss)
+            self._uss_peak = max(self._uss_peak, uss)
+            self._series.append(((time.perf_counter_ns() - self._t0) / 1e9, rss))
+
+    def _sample_once(self):
+        mem = self._proc.memory_full_info()
+        try:
+            threads = self._proc.threads()
+        except Exception:
+            threads = []
+        names = _thread_names()
+        with self._lock:
+            for t in threads:
+                self._thr_last[t.id] = (t.user_time, t.system_time)
+                if t.id not in self._names:
+                    self._names[t.id] = names.get(t.id) or _comm(t.id)
+        self._record(mem.rss, mem.uss)
+
+    def _sample_loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self._sample_once()
+            except Exception:       # the process is going away; keep what we have
+                return
+
+    def stop(self):
+        if not self._running:
+            raise RuntimeError("profile not running")
+        self._stop.set()
+        self._sampler.join()
+        self._sample_once()
+        elapsed_ns = time.perf_counter_ns() - self._t0
+        cpu1 = self._proc.cpu_times()
+        ctx1 = self._proc.num_ctx_switches()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        mem = self._proc.memory_full_info()
+        stats1 = _engine_stats() if self.engine else None
+        self._running = False
+        self._result = self._build(elapsed_ns, cpu1, ctx1, ru1, mem, stats1)
+        return self
+
+    # -- results ---------------------------------------------------------
+    def _build(self, elapsed_ns, cpu1, ctx1, ru1, mem, stats1):
+        me = threading.get_native_id()
+        threads = []
+        for tid, (u, s) in sorted(self._thr_last.items()):
+            u0, s0 = self._thr0.get(tid, (0.0, 0.0))
+            name = self._names.get(tid) or _comm(tid)
+            if tid == me and not name:
+                name = "main"
+            threads.append(dict(id=tid, name=name, cpu_user_s=round(u - u0, 6),
+                                cpu_system_s=round(s - s0, 6)))
+        d = dict(
+            elapsed_s=elapsed_ns / 1e9,
+            cpu_user_s=cpu1.user - self._cpu0.user,
+            cpu_system_s=cpu1.system - self._cpu0.system,
+            ctx_voluntary=ru1.ru_nvcsw - self._ru0.ru_nvcsw,
+            ctx_involuntary=ru1.ru_nivcsw - self._ru0.ru_nivcsw,
+            ctx_main_thread=dict(voluntary=ctx1.voluntary - self._ctx0.voluntary,
+                                 involuntary=ctx1.involuntary - self._ctx0.involuntary),
+            rss_start=self._rss0, rss_end=mem.rss, rss_peak=max(self._rss_peak, mem.rss),
+            uss_start=self._uss0, uss_end=mem.uss, uss_peak=max(self._uss_peak, mem.uss),
+            samples=self._samples,
+            rss_series=[[round(t, 4), r] for t, r in self._series],
+            threads=threads,
+            engine=self.engine,
+        )
+        cpu = d["cpu_user_s"] + d["cpu_system_s"]
+        d["cpu_percent"] = 100.0 * cpu / d["elapsed_s"] if elapsed_ns else 0.0
+        if self.engine:
+            locks = _lock_delta(self._stats0.get("locks", {}), stats1.get("locks", {}))
+            hot = sorted(locks.items(), key=lambda kv: (kv[1]["wait_ns"], kv[1]["contended"]),
+                         reverse=True)
+            d["locks"] = locks
+            d["lock_wait_ns"] = sum(v["wait_ns"] for v in locks.values())
+            d["hottest_locks"] = [
+                dict(name=n, wait_share=v["wait_ns"] / elapsed_ns if elapsed_ns else 0.0, **v)
+                for n, v in hot[: self.top] if v["contended"] or v["wait_ns"]]
+            d["stats_delta"] = {k: v - self._stats0.get(k, 0) for k, v in stats1.items()
+                                if isinstance(v, int) and isinstance(self._stats0.get(k, 0), int)}
+            d["stats_end"] = {k: v for k, v in stats1.items() if isinstance(v, int)}
+        return d
+
+    def as_dict(self):
+        """All figures as a dict of plain values (JSON-ready)."""
+        if self._result is None:
+            raise RuntimeError("profile has not finished (use it as a context manager)")
+        return self._result
+
+    def report(self):
+        """The figures as text, hottest locks first."""
+        d = self.as_dict()
+        out = []
+        out.append("elapsed %.3f s   cpu user %.3f s  system %.3f s  (%.0f%% of one core)"
+                   % (d["elapsed_s"], d["cpu_user_s"], d["cpu_system_s"], d["cpu_percent"]))
+        out.append("context switches (all threads): voluntary %d  involuntary %d"
+                   % (d["ctx_voluntary"], d["ctx_involuntary"]))
+        out.append("rss  start %.1f MiB  peak %.1f MiB  end %.1f MiB   uss peak %.1f MiB   (%d samples)"
+                   % (d["rss_start"] / _MIB, d["rss_peak"] / _MIB, d["rss_end"] / _MIB,
+                      d["uss_peak"] / _MIB, d["samples"]))
+        busy = [t for t in d["threads"] if t["cpu_user_s"] + t["cpu_system_s"] > 0]
+        if busy:
+            out.append("cpu per thread (seen by the sampler):")
+            for t in sorted(busy, key=lambda t: -(t["cpu_user_s"] + t["cpu_system_s"]))[:8]:
+                out.append("  %-8d %-28s user %.3f s  system %.3f s"
+                           % (t["id"], t["name"][:28], t["cpu_user_s"], t["cpu_system_s"]))
+        if d["engine"]:
+            if d["hottest_locks"]:
+                out.append("hottest tcalloc locks (wait as a share of elapsed wall time):")
+                out.append("  %-22s %12s %10s %12s %12s %8s"
+                           % ("lock", "acquisitions", "contended", "spins", "wait ms", "share"))
+                for h in d["hottest_locks"]:
+                    out.append("  %-22s %12d %10d %12d %12.3f %7.2f%%"
+                               % (h["name"], h["acquisitions"], h["contended"], h["spins"],
+                                  h["wait_ns"] / 1e6, 100.0 * h["wait_share"]))
+            else:
+                busiest = sorted(d["locks"].items(), key=lambda kv: -kv[1]["acquisitions"])[:1]
+                out.append("tcalloc locks: no contention"
+                           + (" (busiest: %s, %d acquisitions)" % (busiest[0][0], busiest[0][1]["acquisitions"])
+                              if busiest else " (no lock taken)"))
+            sd = d["stats_delta"]
+            out.append("tcalloc: bytes_in_use %+d  heap_bytes %+d  (now %.1f MiB in use, %.1f MiB heap)"
+                       % (sd.get("bytes_in_use", 0), sd.get("heap_bytes", 0),
+                          d["stats_end"].get("bytes_in_use", 0) / _MIB,
+                          d["stats_end"].get("heap_bytes", 0) / _MIB))
+        return "\n".join(out)
+
+
+def profile(interval=0.02, engine=True, top=5):
+    """``with tcalloc.profile() as p: ...`` -- see :class:`Profile`."""
+    return Profile(interval=interval, engine=engine, top=top)

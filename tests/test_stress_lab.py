@@ -1,0 +1,224 @@
+"""The stress lab: every workload, verified, against tcalloc and the system
+malloc; the verification against a broken allocator; the CLI.
+
+Bounded: about 20 s of runs in all on 2 cores. No timing assertions.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKLOADS = ("larson", "xmalloc", "prodcons", "cache-thrash", "cache-scratch",
+             "churn", "mixed", "fork")
+
+
+@pytest.fixture(scope="module")
+def wl():
+    # The lab needs the engine: fail loudly (not skip) if it is not built.
+    try:
+        import tcalloc  # noqa: F401
+        from tcalloc import _workloads
+    except ImportError as e:
+        pytest.fail("tcalloc (engine and _workloads) cannot be imported: %s" % e)
+    return _workloads
+
+
+def _assert_clean(r):
+    assert r["ops"] > 0
+    assert r["corrupt"] == 0, r
+    assert r["lost"] == 0, r
+    assert r["misaligned"] == 0, r
+    assert r["failed"] == 0, r
+    assert r["allocs"] == r["frees"]
+    for p in r["per_thread"]:
+        # every thread took part: producers/workers allocate, consumers free
+        assert p["ops"] + p["frees"] > 0, r["per_thread"]
+
+
+def _run_isolated(workload, allocator, timeout=120, **kw):
+    # In a child process with a time limit: a deadlocked allocator fails the
+    # test instead of hanging the test run (stuck threads cannot be stopped).
+    code = ("import json, sys; from tcalloc import _workloads as wl; "
+            "print(json.dumps(wl.run(%r, %r, **%r)))" % (workload, allocator, kw))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("%s on %s did not finish in %d s: deadlock or lost wakeup"
+                    % (workload, allocator, timeout))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("allocator", ["tcalloc", "system"])
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_workload_clean(wl, workload, allocator):
+    if workload == "fork":
+        r = _run_isolated(workload, allocator, threads=2, duration=0.25, seed=7)
+    else:
+        r = wl.run(workload, allocator, threads=2, duration=0.25, seed=7)
+    _assert_clean(r)
+    assert r["threads"] == 2
+    if workload == "fork":
+        assert r["forks"] >= 1
+        assert r["child_failures"] == 0 and r["child_hung"] == 0
+    if workload == "churn":
+        assert r["rounds"] >= 1 and r["pthreads"] == 2 * r["rounds"]
+
+
+@pytest.mark.parametrize("allocator", ["tcalloc", "system"])
+def test_ops_mode_is_exact_per_thread(wl, allocator):
+    r = wl.run("larson", allocator, threads=3, ops=4000, seed=3)
+    _assert_clean(r)
+    assert [p["ops"] for p in r["per_thread"]] == [4000, 4000, 4000]
+
+
+def test_more_threads_than_cores(wl):
+    r = wl.run("xmalloc", "tcalloc", threads=6, ops=3000)
+    _assert_clean(r)
+    roles = [p["role"] for p in r["per_thread"]]
+    assert roles.count("producer") == 3 and roles.count("consumer") == 3
+    assert sum(p["frees"] for p in r["per_thread"] if p["role"] == "consumer") == 9000
+
+
+# Workloads whose blocks stay live while others are allocated: there the
+# broken allocator really hands a live block out twice. (cache-thrash and
+# cache-scratch free each block right away, so it never gets the chance.)
+@pytest.mark.parametrize("workload,every", [("larson", 500), ("xmalloc", 500), ("prodcons", 500),
+                                            ("churn", 500), ("mixed", 20)])
+def test_broken_allocator_is_caught(wl, workload, every):
+    prev = wl.broken_configure(every)
+    try:
+        before = wl.broken_doubled()
+        r = wl.run(workload, "broken", threads=2, duration=0.3)
+        doubled = wl.broken_doubled() - before
+    finally:
+        wl.broken_configure(prev)
+    assert doubled > 0, "the broken allocator never misbehaved; the test proves nothing"
+    assert r["corrupt"] > 0, "a block handed out twice passed verification"
+
+
+def test_broken_allocator_when_behaving_is_clean(wl):
+    # Control: the wrapper itself is sound, the corruption above is the bug.
+    prev = wl.broken_configure(0)
+    try:
+        _assert_clean(wl.run("larson", "broken", threads=2, ops=5000))
+    finally:
+        wl.broken_configure(prev)
+
+
+@pytest.mark.parametrize("kwargs,err", [
+    (dict(workload="nope", duration=0.1), ValueError),
+    (dict(workload="larson"), ValueError),                       # neither ops nor duration
+    (dict(workload="larson", ops=10, duration=0.1), ValueError),  # both
+    (dict(workload="larson", ops=10, threads=0), ValueError),
+    (dict(workload="larson", ops=10, min_size=0), ValueError),
+    (dict(workload="larson", ops=10, min_size=100, max_size=10), ValueError),
+    (dict(workload="larson", ops=10, allocator="nope"), ValueError),
+    (dict(workload="larson", ops=10, bogus=1), TypeError),
+])
+def test_run_rejects_bad_arguments(wl, kwargs, err):
+    kw = dict(kwargs)
+    name = kw.pop("workload")
+    with pytest.raises(err):
+        wl.run(name, **kw)
+
+
+# ---- CLI ------------------------------------------------------------------
+
+def _stress(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "stress", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [
+    ["--threads", "0"], ["--threads", "two"], ["--workloads", "nope"], ["--backends", "dlmalloc"],
+    ["--duration", "-1"], ["--ops", "0"], ["--min-size", "0"], ["--max-size", "lots"],
+    ["--min-size", "100", "--max-size", "10"], ["--ops", "5", "--duration", "1"],
+    ["--json", "/nonexistent-dir/x.json"], ["--plot", "/nonexistent-dir/x.png"],
+    ["--plot", "x.svg"], ["--soak", "1", "--ops", "10"], ["--bogus"],
+])
+def test_cli_rejects_bad_options(wl, capsys, args):
+    from stress.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "error:" in err
+
+
+def test_cli_bad_option_no_traceback():
+    r = _stress("--threads", "-3")
+    assert r.returncode == 2
+    assert "usage:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_json_fields(wl, tmp_path):
+    out = tmp_path / "r.json"
+    r = _stress("--workloads", "larson,fork", "--backends", "tcalloc,system", "--duration", "0.2",
+                "--json", str(out), "--isolate")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Summary" in r.stdout and "hottest lock" in r.stdout
+    doc = json.loads(out.read_text())
+    for k in ("version", "command", "machine", "config", "peers", "runs", "failures"):
+        assert k in doc
+    assert doc["failures"] == 0
+    assert {(x["workload"], x["backend"]) for x in doc["runs"]} == {
+        ("larson", "tcalloc"), ("larson", "system"), ("fork", "tcalloc"), ("fork", "system")}
+    for run in doc["runs"]:
+        for k in ("workload", "backend", "where", "threads", "ops", "corrupt", "lost", "elapsed_s",
+                  "throughput_ops_s", "ratio_to_tcalloc", "per_thread", "cpu_user_s",
+                  "cpu_system_s", "ctx_voluntary", "ctx_involuntary", "rss_peak", "uss_peak",
+                  "rss_series", "thread_cpu", "locks", "hottest_locks", "ok"):
+            assert k in run, k
+        assert run["ok"] and run["ops"] > 0 and run["corrupt"] == 0 and run["lost"] == 0
+        assert run["rss_peak"] >= run["rss_start"] > 0
+        if run["backend"] == "tcalloc":
+            assert run["ratio_to_tcalloc"] == 1.0
+            assert run["locks"], "tcalloc runs report lock counters"
+            assert any(v["acquisitions"] > 0 for v in run["locks"].values())
+        else:
+            assert run["locks"] is None
+
+
+def test_peers_run_in_children_with_preload(wl, tmp_path):
+    from stress.peers import find_peers
+    found, missing = find_peers()
+    if not found:
+        pytest.skip("no peer allocator installed (%s)" % ", ".join(missing))
+    out = tmp_path / "p.json"
+    r = _stress("--workloads", "prodcons", "--backends", ",".join(["tcalloc"] + list(found)),
+                "--duration", "0.2", "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    for run in doc["runs"]:
+        if run["backend"] in found:
+            assert run["where"] == "child" and run["library"] == found[run["backend"]]
+            assert run["preloaded"] is True
+            assert run["ok"] and run["ratio_to_tcalloc"] is not None
+
+
+def test_cli_plot(wl, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    r = _stress("--workloads", "larson", "--backends", "tcalloc,system", "--threads", "1,2",
+                "--duration", "0.15", "--plot", str(png))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_soak_reports(wl, tmp_path):
+    out = tmp_path / "s.json"
+    r = _stress("--soak", "0.01", "--workloads", "larson,churn", "--duration", "0.2",
+                "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "soak result" in r.stdout
+    soak = json.loads(out.read_text())["soak"]
+    assert soak["passes"] >= 1 and soak["corrupt"] == 0 and soak["lost"] == 0
+    assert soak["rss_warm_peak"] > 0
