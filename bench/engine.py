@@ -625,7 +625,7 @@ def callgrind(a):
         for be in a.backends:
             if be in missing:
                 continue
-            totals, funcs = [], []
+            totals, funcs, builds = [], [], set()
             for n in (n1, n2):
                 f = os.path.join(tmp, f"{be}.{n}.out")
                 argv = [vg, "--tool=callgrind", f"--callgrind-out-file={f}",
@@ -640,7 +640,12 @@ def callgrind(a):
                     break
                 totals.append(_total_ir(f))
                 funcs.append(_functions(f))
+                if res.get("engine_build"):
+                    builds.add(res["engine_build"])
             if be in missing:
+                continue
+            if len(builds) > 1:
+                missing[be] = "engine rebuilt between the N1 and N2 runs; rerun"
                 continue
             per = (totals[1] - totals[0]) / (n2 - n1)
             diff = {k: (funcs[1].get(k, 0) - funcs[0].get(k, 0)) / (n2 - n1)
@@ -662,8 +667,8 @@ def callgrind(a):
         out.append(f"  {b}: " + (", ".join(f"{k} {v:.1f}" for k, v in fs.items()) or "-"))
     for b, why in missing.items():
         out.append(f"NOT MEASURED: {b}: {why}")
-    return {"callgrind": {"N1": n1, "N2": n2, "results": results,
-                          "missing": missing}}, "\n".join(out)
+    return {"callgrind": {"N1": n1, "N2": n2, "results": results, "missing": missing,
+                          "git": git_describe()}}, "\n".join(out)
 
 
 # ---- command line -----------------------------------------------------------
