@@ -169,22 +169,20 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         p = threadcache_pop(tc, cl)
     else:
         p = threadcache_alloc_uncached(&g_registry, cl)
-    if p == NULL and _reclaim_for_limit():
-        # Under a hard limit, memory parked in caches counts against it:
-        # give it back and try once more.
+    if p == NULL and _reclaim():
+        # Memory parked in caches keeps spans from emptying: give it back
+        # and try once more.
         p = threadcache_pop(tc, cl) if tc != NULL else threadcache_alloc_uncached(&g_registry, cl)
     if p == NULL:
         tc_set_errno(ENOMEM)
     return p
 
-cdef bint _reclaim_for_limit() noexcept nogil:
-    """If a memory limit is set, flush this thread's cache and the transfer
-    caches so empty spans return to the page heap. True if worth retrying."""
-    cdef ThreadCache *tc
+cdef bint _reclaim() noexcept nogil:
+    """An allocation failed (the OS or a hard limit said no): flush this
+    thread's cache and the transfer caches, so spans they kept from emptying
+    go back to the page heap. True: worth one more try."""
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef int cl
-    if g_heap.limit_bytes == 0:
-        return 0
-    tc = <ThreadCache *>tc_tls_owner()
     if tc != NULL:
         threadcache_flush(tc)
     for cl in range(1, g_sizemap.num_classes):
@@ -203,7 +201,7 @@ cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
         size = 1
     npages = (size + kPageSize - 1) >> kPageShift
     s = pageheap_new_aligned(&g_heap, npages, align_pages)
-    if s == NULL and _reclaim_for_limit():
+    if s == NULL and _reclaim():
         s = pageheap_new_aligned(&g_heap, npages, align_pages)
     if s == NULL:
         tc_set_errno(ENOMEM)
@@ -370,11 +368,14 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
         size = 1          # like CPython's raw allocator: a minimal block, never NULL-on-success
     old = tc_usable_size(ptr)
     cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
+    if cl == 0 and size <= old and size > kMaxSmallSize:
+        # A large block that stays large shrinks where it stands: its tail
+        # pages go back to the page heap, nothing is copied.
+        npages = (size + kPageSize - 1) >> kPageShift
+        if npages < (old >> kPageShift):
+            pageheap_resize(&g_heap, _large_span(ptr), npages)
+        return ptr
     if size <= old and (size > old // 2 or (cl != 0 and sizemap_class(&g_sizemap, size) == cl)):
-        if cl == 0 and size > kMaxSmallSize:
-            npages = (size + kPageSize - 1) >> kPageShift
-            if npages < (old >> kPageShift):
-                pageheap_resize(&g_heap, _large_span(ptr), npages)   # give the tail back
         return ptr
     if cl == 0 and size > old and size <= kMaxAllocBytes:
         # A large block may grow in place when the pages after it are free.
@@ -536,6 +537,7 @@ cdef struct EngineStats:
     uint64_t thread_cache_free
     uint64_t span_overhead
     uint64_t metadata
+    uint64_t metadata_mapped
     uint64_t large_in_use
     uint64_t large_allocs
     uint64_t large_frees
@@ -602,7 +604,13 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     st.spans_in_use = g_heap.small_spans + g_heap.large_spans
     st.small_span_bytes = g_heap.small_span_bytes
     tc_spinlock_unlock(&g_heap.lock)
-    st.metadata = tc_load_u64(&g_arena.mapped_bytes)
+    # In use: every arena allocation except pagemap leaves, plus the leaf
+    # entries of heap pages (a class byte and a span pointer each). A leaf is
+    # mapped whole (2.25 MiB for 2 GiB of address space) but only the entries
+    # of pages the heap owns are ever written, so only those are resident.
+    st.metadata = (tc_load_u64(&g_arena.used_bytes) - g_heap.pagemap.node_bytes
+                   + (st.heap_bytes >> kPageShift) * (1 + sizeof(void *)))
+    st.metadata_mapped = tc_load_u64(&g_arena.mapped_bytes)
     st.bytes_in_use = st.small_in_use + st.large_in_use
 
 cdef dict _lock_dict(tc_spinlock_t *l):
@@ -648,6 +656,7 @@ def stats():
         "thread_cache_free_bytes": st.thread_cache_free,
         "span_overhead_bytes": st.span_overhead,
         "metadata_bytes": st.metadata,
+        "metadata_mapped_bytes": st.metadata_mapped,
         "thread_caches": st.thread_caches,
         "spans_in_use": st.spans_in_use,
         "small_bytes_in_use": st.small_in_use,
@@ -687,7 +696,8 @@ def stats_text():
         out.append("MALLOC: %1s %15d (%9.1f MiB) %s" % (sign, s[key], _mib(s[key]), label))
     out.append("MALLOC:   ------------")
     out.append("MALLOC: = %15d (%9.1f MiB) Actual memory used (heap mapped from the OS)" % (s["heap_bytes"], _mib(s["heap_bytes"])))
-    out.append("MALLOC:   %15d (%9.1f MiB) Bytes in malloc metadata" % (s["metadata_bytes"], _mib(s["metadata_bytes"])))
+    out.append("MALLOC:   %15d (%9.1f MiB) Bytes in malloc metadata (%.1f MiB mapped)"
+               % (s["metadata_bytes"], _mib(s["metadata_bytes"]), _mib(s["metadata_mapped_bytes"])))
     out.append("MALLOC:   ------------")
     out.append("MALLOC:   %15d              Spans in use" % s["spans_in_use"])
     out.append("MALLOC:   %15d              Thread heaps in use" % s["thread_caches"])

@@ -11,7 +11,12 @@ from tcalloc.arena cimport arena_alloc
 from libc.errno cimport ENOMEM
 
 cdef void pageheap_init(PageHeap *h, MetaArena *arena) noexcept nogil:
-    memset(h, 0, sizeof(PageHeap))
+    """h must be zeroed memory (static or mmap'd): the pagemap root inside
+    it is 1 MiB that stays untouched, so not resident, until the heap grows
+    into its range. Clearing it here would make it all resident."""
+    cdef Pagemap *pm = &h.pagemap
+    memset(h, 0, <size_t>(<char *>pm - <char *>h))
+    memset(<char *>pm + sizeof(Pagemap), 0, sizeof(PageHeap) - (<size_t>(<char *>pm - <char *>h) + sizeof(Pagemap)))
     tc_spinlock_init(&h.lock)
     h.arena = arena
     pagemap_init(&h.pagemap, arena)
@@ -232,6 +237,8 @@ cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
     return s
 
 cdef void _split_tail(PageHeap *h, Span *s, size_t n, uint8_t loc) noexcept nogil:
+    """Cut s to n pages and file the rest WITHOUT merging: only for s cut
+    from a maximal free span, whose right neighbour cannot be mergeable."""
     cdef Span *t = _span_new(h, s.start + n, s.npages - n)
     if t == NULL:
         return
@@ -416,8 +423,11 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
         if skip:
             s.start = start
             s.npages -= skip
-        if extra:
-            _split_tail(h, s, npages, loc)
+        # The tail's right neighbour may be the free remainder _take just
+        # filed, so it goes back through the merging path. Without a struct
+        # for it the span keeps the extra pages.
+        if extra and _give_back(h, s.start + npages, extra, loc, s.needzero):
+            s.npages = npages
         _record(h, s)
         h.large_bytes += <uint64_t>s.npages << kPageShift
         h.large_spans += 1

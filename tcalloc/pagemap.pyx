@@ -4,8 +4,10 @@ from tcalloc.common cimport tc_store_release_ptr
 from tcalloc.arena cimport arena_alloc
 
 cdef void pagemap_init(Pagemap *pm, MetaArena *arena) noexcept nogil:
-    memset(pm, 0, sizeof(Pagemap))
+    """pm must be zeroed memory: the root is not cleared here, so that its
+    untouched pages stay non-resident."""
     pm.arena = arena
+    pm.node_bytes = 0
 
 cdef int pagemap_ensure(Pagemap *pm, uintptr_t start, size_t npages) noexcept nogil:
     """Create the leaves covering pages [start, start+npages). 0, or -1 if the

@@ -93,24 +93,26 @@ static void __attribute__((noinline)) tc_spinlock_lock_slow(tc_spinlock_t *l) {
     uint64_t t0 = tc_now_ns();
 #endif
     uint64_t spins = 0;
-    for (;;) {
-        for (int i = 0; i < TC_SPIN_LIMIT; i++) {
-            int s = __atomic_load_n(&l->state, __ATOMIC_RELAXED);
-            if (s == 0) {
-                int expected = 0;
-                if (__atomic_compare_exchange_n(&l->state, &expected, 1, 0,
-                                                __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-                    goto acquired;
-            }
-            tc_cpu_relax();
-            spins++;
+    /* Spin phase: take the lock as 0 -> 1 while nobody sleeps on it. */
+    for (int i = 0; i < TC_SPIN_LIMIT; i++) {
+        int s = __atomic_load_n(&l->state, __ATOMIC_RELAXED);
+        if (s == 0) {
+            int expected = 0;
+            if (__atomic_compare_exchange_n(&l->state, &expected, 1, 0,
+                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                goto acquired;
+        } else if (s == 2) {
+            break;                      /* others sleep already: join them */
         }
-        /* Announce a sleeper; if the lock was free we now hold it (state 2,
-         * so unlock makes one harmless wake call). */
-        if (__atomic_exchange_n(&l->state, 2, __ATOMIC_ACQUIRE) == 0)
-            goto acquired;
-        tc_futex_wait(&l->state, 2);
+        tc_cpu_relax();
+        spins++;
     }
+    /* Sleep phase (Drepper's mutex): from here on the lock is only ever
+     * taken by exchanging in 2. Taking it as 0 -> 1 after a wake-up would
+     * erase the mark of the other sleepers, and the next unlock would wake
+     * nobody: a lost wake-up, a thread asleep forever. */
+    while (__atomic_exchange_n(&l->state, 2, __ATOMIC_ACQUIRE) != 0)
+        tc_futex_wait(&l->state, 2);
 acquired:
 #if TCALLOC_LOCK_STATS
     tc_inc_owned(&l->acquisitions, 1);
