@@ -6,6 +6,7 @@ once, here. Environment switches for debugging:
   TCALLOC_CYTHON_CHECKS=1  bounds/wraparound/None checks back on in Cython code
   TCALLOC_DEBUG_BUILD=1    compile with TCALLOC_DEBUG=1 (full heap checks)
   TCALLOC_LOCK_STATS=0     compile the lock counters out
+  TCALLOC_FREE_KEY=0       compile out the double-free key check (~1 ns per pair)
   TCALLOC_BUILD_ONLY=a,b   build only these modules (e.g. "_workloads")
 """
 import glob
@@ -29,7 +30,8 @@ directives = {
 }
 
 macros = [("TCALLOC_DEBUG", "1" if os.environ.get("TCALLOC_DEBUG_BUILD") == "1" else "0"),
-          ("TCALLOC_LOCK_STATS", os.environ.get("TCALLOC_LOCK_STATS", "1"))]
+          ("TCALLOC_LOCK_STATS", os.environ.get("TCALLOC_LOCK_STATS", "1")),
+          ("TCALLOC_FREE_KEY", os.environ.get("TCALLOC_FREE_KEY", "1"))]
 # -fno-inline-functions-called-once: keep slow paths (large free, cache
 # creation) out of the fast paths that call them once; inlined, they make
 # every small free save and restore six registers.

@@ -27,3 +27,6 @@ def get_pxd_dir():
 # Buffer objects, buffer pools and the interpreter hook (issue 3).
 from tcalloc.buffer import Buffer, BufferPool, alloc
 from tcalloc._hook import install, uninstall, installed
+
+# Contention profiling of any code: lock counters and psutil figures (issue 4).
+from tcalloc.profile import profile

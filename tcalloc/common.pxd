@@ -6,6 +6,7 @@ cdef extern from "tc_platform.h" nogil:
     enum:
         TCALLOC_DEBUG
         TCALLOC_LOCK_STATS
+        TCALLOC_FREE_KEY
     ctypedef struct tc_spinlock_t:
         int state
         uint64_t acquisitions

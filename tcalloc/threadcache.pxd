@@ -16,7 +16,7 @@
 # caches, budgets, counters of exited threads) is under reg.lock, which is
 # taken before any transfer/central lock, never after.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
-from tcalloc.common cimport (tc_spinlock_t, kMaxClasses, TC_UNLIKELY, tc_inc_owned,
+from tcalloc.common cimport (tc_spinlock_t, kMaxClasses, TC_UNLIKELY, tc_inc_owned, TCALLOC_FREE_KEY,
                              tc_store_u64, tc_load_u64, tc_load_int, tc_fatal_ptr)
 from tcalloc.sizemap cimport SizeMap
 from tcalloc.transfer cimport TransferCache
@@ -76,7 +76,7 @@ cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
     if TC_UNLIKELY(p == NULL):
         return threadcache_fetch(tc, cl)
     l.head = (<void **>p)[0]
-    if l.size > 8:
+    if TCALLOC_FREE_KEY and l.size > 8:
         (<void **>p)[1] = NULL    # drop the free-block key (see push)
     l.length -= 1
     if l.length < l.lowater:
@@ -99,14 +99,14 @@ cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcep
     # block that already holds the key is probably on a free list: look.
     # Blocks of the 8-byte class have no second word; for them only the
     # block freed last is checked.
-    if TC_UNLIKELY(p == head or (objsize > 8 and (<void **>p)[1] == key)):
+    if TC_UNLIKELY(p == head or (TCALLOC_FREE_KEY and objsize > 8 and (<void **>p)[1] == key)):
         threadcache_push_suspect(tc, cl, p)     # a tail call: no registers saved here
         return
     l.head = p
     l.length = length
     l.frees += 1
     tc.size = size
-    if objsize > 8:
+    if TCALLOC_FREE_KEY and objsize > 8:
         (<void **>p)[1] = key
     (<void **>p)[0] = head
     if TC_UNLIKELY(length > l.max_length or size > tc.max_size):

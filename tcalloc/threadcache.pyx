@@ -4,7 +4,7 @@
 from libc.string cimport memset
 from libc.stdint cimport uintptr_t
 from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
-                             tc_atomic_add_u64, tc_store_int, tc_now_ns, kMaxSmallSize)
+                             tc_atomic_add_u64, tc_store_int, tc_now_ns, kMaxSmallSize, TCALLOC_FREE_KEY)
 from tcalloc.transfer cimport transfer_remove_range, transfer_insert_range
 from tcalloc.arena cimport arena_alloc
 
@@ -88,7 +88,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
         return NULL
     (<void **>tail)[0] = NULL
     l.head = (<void **>head)[0]
-    if l.size > 8:
+    if TCALLOC_FREE_KEY and l.size > 8:
         (<void **>head)[1] = NULL
     l.length = <uint32_t>got - 1
     tc.size += <uint64_t>(got - 1) * l.size
@@ -266,14 +266,14 @@ cdef void *threadcache_alloc_uncached(ThreadCacheRegistry *reg, uint32_t cl) noe
     cdef void *tail
     if transfer_remove_range(&reg.transfer[cl], &head, &tail, 1) == 0:
         return NULL
-    if reg.sizemap.class_to_size[cl] > 8:
+    if TCALLOC_FREE_KEY and reg.sizemap.class_to_size[cl] > 8:
         (<void **>head)[1] = NULL
     tc_atomic_add_u64(&reg.retired_mallocs[cl], 1)
     return head
 
 cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void *p) noexcept nogil:
     (<void **>p)[0] = NULL
-    if reg.sizemap.class_to_size[cl] > 8:
+    if TCALLOC_FREE_KEY and reg.sizemap.class_to_size[cl] > 8:
         (<void **>p)[1] = reg.free_key
     transfer_insert_range(&reg.transfer[cl], p, p, 1)
     tc_atomic_add_u64(&reg.retired_frees[cl], 1)

@@ -5,6 +5,10 @@
  *                    runtime switch TCALLOC_DEBUG=1 in the environment turns
  *                    the same checks on in a normal build, at a cost only on
  *                    the slow paths' flag test.
+ * TCALLOC_FREE_KEY   1: free blocks carry a key in their second word so a
+ *                    double free of a block still in the thread's cache
+ *                    aborts instead of corrupting the heap (about 1 ns per
+ *                    malloc+free pair); 0 compiles the check out.
  * TCALLOC_LOCK_STATS 1: every spinlock counts acquisitions, contended
  *                    acquisitions, spin iterations and nanoseconds waited.
  *                    The counters are written only by the lock holder, so the
@@ -14,6 +18,9 @@
 #define TC_CONFIG_H
 #ifndef TCALLOC_DEBUG
 #define TCALLOC_DEBUG 0
+#endif
+#ifndef TCALLOC_FREE_KEY
+#define TCALLOC_FREE_KEY 1
 #endif
 #ifndef TCALLOC_LOCK_STATS
 #define TCALLOC_LOCK_STATS 1
