@@ -1,0 +1,205 @@
+"""The C API through the capsule tcalloc._C_API: C standard semantics."""
+import ctypes
+import errno
+import os
+
+import pytest
+
+import tcalloc
+
+SIZE_MAX = 2 ** 64 - 1
+
+
+def _fill(p, n, byte):
+    ctypes.memset(p, byte, n)
+
+
+def _all(p, n, byte):
+    return ctypes.string_at(p, n) == bytes([byte]) * n
+
+
+def test_capsule_name_abi_and_header():
+    assert type(tcalloc._C_API).__name__ == "PyCapsule"
+    assert 'capsule object "tcalloc._C_API"' in repr(tcalloc._C_API)
+    inc = tcalloc.get_include()
+    header = os.path.join(inc, "tcalloc.h")
+    assert os.path.isfile(header)
+    text = open(header).read()
+    assert "TcallocCAPI" in text and '"tcalloc._C_API"' in text
+
+
+def test_abi_version(capi):
+    assert capi.abi_version == 1
+
+
+def test_malloc_zero_is_unique_and_non_null(capi):
+    ps = [capi.malloc(0) for _ in range(1000)]
+    assert all(ps) and len(set(ps)) == 1000
+    for p in ps:
+        capi.free(p)
+
+
+def test_free_null_is_a_no_op(comp, capi):
+    before = tcalloc.stats()["bytes_in_use"]
+    capi.free(None)
+    assert comp.capi_call_errno("free", 0) == (0, 0), "free(NULL) must not touch errno"
+    assert tcalloc.stats()["bytes_in_use"] == before
+
+
+@pytest.mark.parametrize("size", [2 ** 47, 2 ** 62, SIZE_MAX, SIZE_MAX - 8192])
+def test_huge_malloc_fails_with_enomem(comp, size):
+    assert comp.capi_call_errno("malloc", size) == (0, errno.ENOMEM)
+
+
+@pytest.mark.parametrize("n,size", [(2 ** 33, 2 ** 33), (SIZE_MAX, 2), (2, SIZE_MAX // 2 + 1), (2 ** 40, 2 ** 40)])
+def test_calloc_overflow_fails_with_enomem(comp, n, size):
+    assert comp.capi_call_errno("calloc", n, size) == (0, errno.ENOMEM)
+
+
+def test_huge_aligned_alloc_fails_with_enomem(comp):
+    assert comp.capi_call_errno("aligned_alloc", 64, SIZE_MAX) == (0, errno.ENOMEM)
+    assert comp.capi_call_errno("aligned_alloc", 2 ** 20, 2 ** 62) == (0, errno.ENOMEM)
+
+
+def test_huge_realloc_fails_and_keeps_the_block(comp, capi):
+    p = capi.malloc(100)
+    _fill(p, 100, 0x3C)
+    assert comp.capi_call_errno("realloc", p, 2 ** 62) == (0, errno.ENOMEM)
+    assert _all(p, 100, 0x3C), "a failed realloc leaves the block untouched"
+    capi.free(p)
+
+
+@pytest.mark.parametrize("n,size", [(1, 1), (3, 7), (10, 100), (100, 1000), (1, 262144),
+                                    (1, 262145), (1000, 1000), (8, 1 << 20), (1, 5 << 20)])
+def test_calloc_zeroes_even_reused_dirty_memory(capi, n, size):
+    total = n * size
+    # dirty blocks of the same size are freed first, so calloc reuses them
+    dirty = [capi.malloc(total) for _ in range(4)]
+    for p in dirty:
+        _fill(p, total, 0xEE)
+    for p in dirty:
+        capi.free(p)
+    ps = [capi.calloc(n, size) for _ in range(4)]
+    assert set(ps) & set(dirty), "expected calloc to reuse a freed block (the case under test)"
+    for p in ps:
+        assert p and capi.usable_size(p) >= total
+        assert _all(p, total, 0), "calloc must return zeroed memory"
+        _fill(p, total, 0xEE)
+    for p in ps:
+        capi.free(p)
+
+
+def test_calloc_zero(capi):
+    p = capi.calloc(0, 10)
+    q = capi.calloc(10, 0)
+    assert p and q and p != q
+    capi.free(p)
+    capi.free(q)
+
+
+SIZES = [1, 8, 15, 100, 1000, 8192, 100000, 262144, 262145, 300000, 1 << 20, 4 << 20,
+         100000, 3000, 16, 1]
+
+
+def test_realloc_preserves_contents_across_small_and_large(comp, capi):
+    p = capi.malloc(SIZES[0])
+    comp.fill(p, SIZES[0], 1)
+    old = SIZES[0]
+    for i, size in enumerate(SIZES[1:], 2):
+        q = capi.realloc(p, size)
+        assert q, size
+        assert capi.usable_size(q) >= size
+        assert comp.check(q, min(old, size), i - 1), "realloc %d -> %d lost data" % (old, size)
+        comp.fill(q, size, i)
+        p, old = q, size
+    capi.free(p)
+
+
+def test_realloc_null_is_malloc_and_shrink_in_place(capi):
+    p = capi.realloc(None, 500)
+    assert p and capi.usable_size(p) >= 500
+    q = capi.realloc(p, 490)
+    assert q == p, "a shrink within the block's class stays in place"
+    capi.free(q)
+    big = capi.malloc(2 << 20)
+    _fill(big, 1 << 20, 0x11)
+    small = capi.realloc(big, 1 << 20)
+    assert small == big and _all(small, 1 << 20, 0x11)
+    capi.free(small)
+
+
+def test_realloc_zero_returns_a_minimal_block(capi):
+    p = capi.malloc(100)
+    q = capi.realloc(p, 0)
+    assert q
+    capi.free(q)
+
+
+@pytest.mark.parametrize("align", [2 ** k for k in range(0, 17)] + [1 << 20, 2 << 20])
+def test_aligned_alloc_every_power_of_two(comp, capi, align):
+    ps = []
+    for size in (1, 8, max(1, align - 1), align, align + 1, 3 * align, 5000, 300000):
+        p = capi.aligned_alloc(align, size)
+        assert p, (align, size)
+        assert p % align == 0, (align, size, hex(p))
+        assert capi.usable_size(p) >= size
+        comp.fill(p, size, align + size)
+        ps.append((p, size))
+    for p, size in ps:
+        assert comp.check(p, size, align + size)
+        capi.free(p)
+
+
+@pytest.mark.parametrize("align", [0, 3, 6, 24, 100, 4095, 65537])
+def test_aligned_alloc_rejects_non_powers_of_two(comp, align):
+    assert comp.capi_call_errno("aligned_alloc", align, 64) == (0, errno.EINVAL)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 100, 1024, 5000, 262144, 262145, 1 << 20, 3 * (1 << 20) + 5])
+def test_usable_size_at_least_requested_and_writable(comp, capi, size):
+    p = capi.malloc(size)
+    u = capi.usable_size(p)
+    assert u >= size
+    comp.fill(p, u, 77)        # the whole usable size belongs to the caller
+    assert comp.check(p, u, 77)
+    capi.free(p)
+
+
+def test_usable_size_null_is_zero(capi):
+    assert capi.usable_size(None) == 0
+
+
+def test_small_block_neighbours_are_untouched(comp, capi):
+    # Adjacent blocks of one class (the 8- and 16-byte classes pack blocks
+    # back to back): freeing and reallocating one must not write into the
+    # next, whatever bookkeeping the free list keeps in a free block.
+    for size in (8, 16, 24):
+        blocks = sorted(capi.malloc(size) for _ in range(256))
+        pairs, used = [], set()
+        for a, b in zip(blocks, blocks[1:]):
+            if b - a == capi.usable_size(a) and a not in used and b not in used:
+                pairs.append((a, b))
+                used.update((a, b))
+        assert pairs, "expected neighbouring blocks"
+        for i, (a, b) in enumerate(pairs[:50]):
+            comp.fill(b, size, 1000 + i)
+        for a, b in pairs[:50]:
+            capi.free(a)
+        again = [capi.malloc(size) for _ in range(50)]
+        for i, (a, b) in enumerate(pairs[:50]):
+            assert comp.check(b, size, 1000 + i), "block %#x (size %d) changed by its neighbour's free/malloc" % (b, size)
+        for p in again:
+            capi.free(p)
+        freed = {a for a, _ in pairs[:50]}
+        for p in blocks:
+            if p not in freed:
+                capi.free(p)
+
+
+def test_cython_cimport_table_is_the_same_engine(comp, capi):
+    # the capsule and the engine's stats agree on what is in use
+    before = tcalloc.stats()["large_bytes_in_use"]
+    p = capi.malloc(3 << 20)
+    assert tcalloc.stats()["large_bytes_in_use"] >= before + (3 << 20)
+    capi.free(p)
+    assert tcalloc.stats()["large_bytes_in_use"] == before

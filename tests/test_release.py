@@ -1,0 +1,65 @@
+"""Memory goes back to the OS: an explicit release after freeing 512 MiB,
+and the background releaser at a set rate. Each runs in a fresh interpreter
+so RSS and the release rate are its own."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(code, timeout=120):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TCALLOC_RELEASE_RATE", None)
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_512_mib_freed_and_released_drops_rss():
+    out = _run("""
+        import psutil, tcalloc
+        from tcalloc import _test_components as comp
+        MIB = 1 << 20
+        proc = psutil.Process()
+        base = proc.memory_info().rss
+        small = comp.BlockSet(256 * MIB, 16, 4096, seed=1)        # ~125k small blocks
+        large = comp.BlockSet(256 * MIB, 300000, 4 * MIB, seed=2)  # large blocks
+        peak = proc.memory_info().rss
+        assert peak - base >= 0.9 * 512 * MIB, ("allocation not resident", base, peak)
+        small.free_all()
+        large.free_all()
+        released = tcalloc.release_free_memory()
+        end = proc.memory_info().rss
+        s = tcalloc.stats()
+        print(base, peak, end, released, s["page_heap_free_bytes"])
+        assert peak - end >= 0.9 * 512 * MIB, ("RSS did not drop", base, peak, end)
+        assert released >= 0.9 * 512 * MIB, released
+        assert s["page_heap_free_bytes"] == 0
+    """)
+    assert out.strip()
+
+
+def test_background_release_at_a_set_rate():
+    _run("""
+        import time, tcalloc
+        from tcalloc import _test_components as comp
+        MIB = 1 << 20
+        blocks = comp.BlockSet(64 * MIB, 1 * MIB, 2 * MIB, seed=3)
+        blocks.free_all()
+        free0 = tcalloc.stats()["page_heap_free_bytes"]
+        assert free0 >= 60 * MIB, free0
+        assert tcalloc.get_release_rate() == 0
+        tcalloc.set_release_rate(256 * MIB)
+        assert tcalloc.get_release_rate() == 256 * MIB
+        deadline = time.monotonic() + 60        # generous: "eventually"
+        while tcalloc.stats()["page_heap_free_bytes"] > free0 // 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s = tcalloc.stats()
+        assert s["page_heap_free_bytes"] <= free0 // 10, (free0, s["page_heap_free_bytes"])
+        assert s["background_released_bytes"] > 0
+        tcalloc.set_release_rate(0)
+    """)

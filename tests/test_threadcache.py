@@ -1,0 +1,161 @@
+"""Thread caches: slow start, per-list limits, byte budgets (private
+registry, exact), and the global engine's behaviour with many short-lived
+threads (stats)."""
+import threading
+import time
+
+import pytest
+
+import tcalloc
+
+
+@pytest.fixture
+def eng(comp):
+    return comp.PrivateEngine()
+
+
+def test_slow_start_grows_max_length_one_by_one_then_by_batches(eng):
+    tc = eng.cache_create()
+    cl = eng.class_of(64)
+    batch = eng.batch(cl)
+    assert eng.cache_list(tc, cl)["max_length"] == 1
+    p = eng.cache_alloc(tc, 64)
+    assert p and eng.cache_list(tc, cl)["length"] == 0, "first fetch brings one object, not a batch"
+    maxes = [eng.cache_list(tc, cl)["max_length"]]
+    for _ in range(3000):
+        assert eng.cache_alloc(tc, 64)
+        maxes.append(eng.cache_list(tc, cl)["max_length"])
+    steps = [b - a for a, b in zip(maxes, maxes[1:]) if b != a]
+    assert all(s == 1 for s in steps[:batch - 2]), steps[:40]
+    assert all(s % batch == 0 for s in steps[batch:]), steps
+    assert maxes[-1] > batch
+    assert max(maxes) <= 8192
+
+
+def test_list_length_bounded_and_shrinks_after_repeated_overflow(eng):
+    tc = eng.cache_create()
+    eng.set_per_thread_max(64 << 20)       # keep the byte budget out of the way
+    eng.set_overall_max(64 << 20)
+    size = 64
+    cl = eng.class_of(size)
+    objs = eng.cache_alloc_many(tc, size, 4000)
+    peak_max = eng.cache_list(tc, cl)["max_length"]
+    r = eng.cache_free_many(tc, objs)
+    assert r["max_over_length"] <= 1, "a push never leaves the list longer than max_length + 1"
+    after = eng.cache_list(tc, cl)
+    assert after["max_length"] < peak_max, "repeated overflow shrinks max_length"
+    assert after["length"] <= after["max_length"] + 1
+
+
+def test_thread_budget_bounds_the_cache(eng):
+    tc = eng.cache_create()
+    per_thread = eng.registry_info()["per_thread_max"]
+    objs = eng.cache_alloc_many(tc, 1024, 20000)       # 20 MiB
+    assert all(objs)
+    r = eng.cache_free_many(tc, objs)
+    info = eng.cache_info(tc)
+    assert info["max_size"] <= per_thread
+    assert r["peak_size"] <= per_thread + 262144, r
+    assert info["size"] <= per_thread
+    assert info["scavenges"] > 0
+    p = eng.byte_pools()
+    assert p["thread_cache_free_bytes"] == info["size"]
+
+
+def test_overall_budget_is_shared(eng):
+    eng.set_overall_max(1 << 20)
+    caches = [eng.cache_create() for _ in range(8)]
+    for tc in caches:
+        eng.cache_free_many(tc, eng.cache_alloc_many(tc, 2048, 3000))
+    total = sum(eng.cache_info(tc)["size"] for tc in caches)
+    # each cache may run the budget a minimum (512 KiB) into deficit
+    assert total <= (1 << 20) + len(caches) * 512 * 1024
+    assert sum(eng.cache_info(tc)["max_size"] for tc in caches) <= (1 << 20) + len(caches) * 512 * 1024
+
+
+def test_destroy_flushes_and_recycles(eng):
+    reg0 = eng.registry_info()
+    tc = eng.cache_create()
+    eng.cache_free_many(tc, eng.cache_alloc_many(tc, 100, 500))
+    assert eng.cache_info(tc)["size"] > 0
+    eng.cache_destroy(tc)
+    assert eng.byte_pools()["thread_cache_free_bytes"] == 0
+    reg = eng.registry_info()
+    assert reg["num_caches"] == reg0["num_caches"]
+    assert reg["unclaimed"] == reg0["unclaimed"], "the budget comes back"
+    for c in range(1, len(eng.classes()) + 1):
+        eng.transfer_drain(c)
+    assert eng.counters()["small_span_bytes"] == 0, "every object reached its span again"
+    for _ in range(20):
+        eng.cache_destroy(eng.cache_create())
+    assert eng.registry_info()["structs"] == reg["structs"], "cache structs are recycled"
+    assert eng.check() == []
+
+
+# ---- the global engine ---------------------------------------------------------
+
+def _in_fresh_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:      # re-raised in the caller
+            out["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_global_first_malloc_of_a_thread_fetches_one_object(comp):
+    def work():
+        before = tcalloc.stats()["thread_cache_free_bytes"]
+        blocks = comp.churn(64, 1, free_all=False)
+        after = tcalloc.stats()["thread_cache_free_bytes"]
+        comp.free_blocks(blocks)
+        return before, after
+    before, after = _in_fresh_thread(work)
+    assert after == before, "slow start: a new thread's first malloc must not prefetch a batch"
+
+
+def test_global_thread_cache_stays_within_per_thread_budget(comp):
+    def work():
+        base = tcalloc.stats()["thread_cache_free_bytes"]
+        comp.churn(1024, 30000)            # 30 MiB through this thread's cache
+        return tcalloc.stats()["thread_cache_free_bytes"] - base
+    grown = _in_fresh_thread(work)
+    assert grown <= 4 * 1024 * 1024 + 262144
+
+
+def test_global_1000_short_lived_native_threads(comp):
+    s0 = tcalloc.stats()
+    r = comp.short_lived_threads(total=1000, concurrent=16, blocks=32, seed=3)
+    assert r == {"threads": 1000, "corrupt": 0, "failed": 0}
+    s1 = tcalloc.stats()
+    assert s1["thread_caches"] == s0["thread_caches"], "exited threads' caches must be destroyed"
+    assert s1["thread_cache_free_bytes"] <= s0["thread_cache_free_bytes"], "and flushed"
+    assert s1["bytes_in_use"] == s0["bytes_in_use"]
+
+
+def test_global_short_lived_python_threads(comp):
+    s0 = tcalloc.stats()
+
+    def work():
+        comp.churn(200, 300)
+    for _ in range(10):
+        ts = [threading.Thread(target=work) for _ in range(20)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    # Thread.join() returns before the pthread runs its key destructors:
+    # wait (bounded) for the caches to go.
+    deadline = time.monotonic() + 30
+    while tcalloc.stats()["thread_caches"] > s0["thread_caches"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s1 = tcalloc.stats()
+    assert s1["thread_caches"] == s0["thread_caches"]
+    assert s1["thread_cache_free_bytes"] <= s0["thread_cache_free_bytes"]
