@@ -521,6 +521,26 @@ def report(data, a):
                 (["" for _ in peers] if has_tc else []))
     out.append(table(["row"] + live + ([f"tc-{p}" for p in peers] if has_tc else []), rows))
 
+    # The same peaks, absolute: what the process really held. A preloaded
+    # peer also serves the interpreter's own allocations, so its baseline
+    # already holds a warm heap that the row reuses; the absolute figure is
+    # the one a user of the process sees.
+    out.append("\nPeak RSS of the row's child, absolute, MiB; last columns: tcalloc minus peer")
+    rows = []
+    for row in a.rows:
+        cells = [ROW_LABELS[row]]
+        absval = {}
+        for b in live:
+            v = rss[b].get(row)
+            absval[b] = None if v is None else v + base[b]
+            cells.append("-" if v is None else f"{(v + base[b]) / 1024:.1f}")
+        if has_tc:
+            for p in peers:
+                t, v = absval.get("tcalloc"), absval.get(p)
+                cells.append("-" if t is None or v is None else f"{(t - v) / 1024:+.1f}")
+        rows.append(cells)
+    out.append(table(["row"] + live + ([f"tc-{p}" for p in peers] if has_tc else []), rows))
+
     mem = data["memory"]
     if "import_rss" in mem:
         r = mem["import_rss"]

@@ -18,4 +18,4 @@ ctypedef struct MetaArena:
     uint64_t used_bytes        # handed out by arena_alloc
 
 cdef void arena_init(MetaArena *a) noexcept nogil
-cdef void *arena_alloc(MetaArena *a, size_t nbytes) noexcept nogil
+cdef void *arena_alloc(MetaArena *a, size_t nbytes, size_t align) noexcept nogil

@@ -28,7 +28,7 @@ cdef Span *_span_new(PageHeap *h, uintptr_t start, size_t npages) noexcept nogil
     if s != NULL:
         h.span_freelist = s.next
     else:
-        s = <Span *>arena_alloc(h.arena, sizeof(Span))
+        s = <Span *>arena_alloc(h.arena, sizeof(Span), 16)
         if s == NULL:
             return NULL
         h.span_structs += 1

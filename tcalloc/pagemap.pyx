@@ -23,7 +23,7 @@ cdef int pagemap_ensure(Pagemap *pm, uintptr_t start, size_t npages) noexcept no
         return -1
     for i in range(first, last + 1):
         if pm.root[i] == NULL:
-            leaf = <PagemapLeaf *>arena_alloc(pm.arena, sizeof(PagemapLeaf))
+            leaf = <PagemapLeaf *>arena_alloc(pm.arena, sizeof(PagemapLeaf), 4096)
             if leaf == NULL:
                 return -1
             pm.node_bytes += sizeof(PagemapLeaf)

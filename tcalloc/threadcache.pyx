@@ -188,7 +188,7 @@ cdef ThreadCache *threadcache_create(ThreadCacheRegistry *reg) noexcept nogil:
     if tc != NULL:
         reg.free_caches = tc.next
     else:
-        tc = <ThreadCache *>arena_alloc(reg.arena, sizeof(ThreadCache))
+        tc = <ThreadCache *>arena_alloc(reg.arena, sizeof(ThreadCache), 64)
         if tc == NULL:
             tc_spinlock_unlock(&reg.lock)
             return NULL

@@ -23,7 +23,7 @@ cdef int transfer_init(TransferCache *t, uint32_t cl, uint32_t batch, uint32_t s
     t.capacity = <int>cap
     t.central = central
     t.insert_hits = t.insert_misses = t.remove_hits = t.remove_misses = 0
-    t.slots = <TransferBatch *>arena_alloc(<MetaArena *>arena, sizeof(TransferBatch) * cap)
+    t.slots = <TransferBatch *>arena_alloc(<MetaArena *>arena, sizeof(TransferBatch) * cap, 16)
     if t.slots == NULL:
         t.capacity = 0
         return -1
