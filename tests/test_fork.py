@@ -1,0 +1,130 @@
+"""Fork safety: tcalloc's pthread_atfork handlers take every lock before
+fork() and release/reset them after, so a child never inherits a lock held by
+a thread that does not exist in it.
+
+Each scenario runs in a fresh interpreter (subprocess) so the global settings
+it changes and the threads it starts do not leak into other tests; the
+subprocess timeout is only a deadlock guard.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import tcalloc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
+
+
+def run_py(code, *, env=None, timeout=180):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    for k in ("TCALLOC_DEBUG", "TCALLOC_MEMORY_LIMIT", "TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_RELEASE_RATE"):
+        e.pop(k, None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_json(proc):
+    assert proc.returncode == 0, "child failed (rc %s):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_50_native_forks_while_four_threads_allocate():
+    # A thread-cache budget of 0 and 10 % page-heap-sized requests make the
+    # workers take the transfer, central and page-heap locks all the time, so
+    # a fork lands while one is held. Without the atfork handlers this
+    # configuration leaves about one child in five deadlocked (measured
+    # against an engine built without pthread_atfork), so 50 clean forks
+    # are a real test. The child exercises every size class, large and
+    # aligned blocks and a new thread (see _test_native.child_exercise) and
+    # must exit 0 within 20 s, else it is killed and counted as hung.
+    proc = run_py("""
+        import json, tcalloc
+        from tcalloc import _test_native as tn
+        tcalloc.set_max_total_thread_cache_bytes(0)
+        w = tn.start_workers(4, nslots=128, large_permille=100)
+        r = tn.fork_children(50, timeout_s=20.0)
+        r["workers"] = w.stop()
+        print(json.dumps(r))
+    """)
+    r = last_json(proc)
+    assert r["hung"] == [], "children deadlocked after fork (killed after 20 s): %s" % r["hung"]
+    assert r["failed"] == [], "children failed: %s" % r["failed"]
+    assert r["ok"] == 50
+    assert r["workers"]["ops"] > 0
+    assert r["workers"]["corrupt"] == 0, r["workers"]
+    assert r["workers"]["failed"] == 0, r["workers"]
+
+
+def test_python_os_fork_children_allocate_while_threads_run():
+    # The same through os.fork(): the child runs Python code too, and the
+    # parent's native threads keep allocating in the parent.
+    proc = run_py("""
+        import json, os, time, tcalloc
+        from tcalloc import _test_native as tn
+        tcalloc.set_max_total_thread_cache_bytes(0)
+        w = tn.start_workers(4, nslots=128, large_permille=100)
+        results = []
+        for i in range(10):
+            pid = os.fork()
+            if pid == 0:
+                errors = tn.child_exercise()
+                p = tn.malloc(12345)
+                tn.fill(p, 12345, 9)
+                ok = tn.check(p, 12345, 9)
+                tn.free(p)
+                os._exit(0 if errors == 0 and ok else 3)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    results.append(os.waitstatus_to_exitcode(status))
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    results.append("hung")
+                    break
+                time.sleep(0.005)
+        print(json.dumps({"children": results, "workers": w.stop()}))
+    """)
+    r = last_json(proc)
+    assert r["children"] == [0] * 10, "child exit codes ('hung' = deadlock): %s" % r["children"]
+    assert r["workers"]["corrupt"] == 0, r["workers"]
+
+
+def test_multiprocessing_fork_with_interpreter_hook():
+    # With the hook installed every Python object lives in tcalloc; a fork
+    # pool's workers must run, allocate and return results, while native
+    # threads allocate in the parent. tcalloc.install() comes with issue 3:
+    # until it lands this test fails with the AttributeError message below.
+    proc = run_py("""
+        import json, multiprocessing, tcalloc
+        from tcalloc import _test_native as tn
+        if not hasattr(tcalloc, "install"):
+            raise AttributeError("tcalloc.install() is missing: the interpreter hook (issue 3) "
+                                 "has not landed, so fork with the hook cannot be tested")
+        tcalloc.install()
+        assert tcalloc.installed()
+
+        def work(i):
+            data = [bytes([i % 256]) * (j * 37 % 5000) for j in range(2000)]
+            d = {str(j): list(range(j % 50)) for j in range(3000)}
+            assert tn.child_exercise() == 0
+            return (i, sum(map(len, data)), len(d), tcalloc.installed())
+
+        w = tn.start_workers(4, nslots=128)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(4) as pool:
+            got = pool.map_async(work, range(16)).get(timeout=90)
+        r = {"got": got, "workers": w.stop()}
+        tcalloc.uninstall()
+        print(json.dumps(r))
+    """)
+    r = last_json(proc)
+    want = [[i, sum(j * 37 % 5000 for j in range(2000)), 3000, True] for i in range(16)]
+    assert r["got"] == want
+    assert r["workers"]["corrupt"] == 0
