@@ -853,6 +853,8 @@ cdef int _init() except -1:
     tc_spinlock_init(&g_bg_lock)
     dbg = getenv("TCALLOC_DEBUG")
     g_debug = 1 if (TCALLOC_DEBUG or (dbg != NULL and dbg[0] != 0 and dbg[0] != c'0')) else 0
+    for cl in range(1, g_sizemap.num_classes):
+        g_central[cl].wipe_new_spans = g_debug
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc
     g_capi.free = _capi_free

@@ -18,6 +18,7 @@ ctypedef struct CentralFreeList:
     uint32_t size
     uint32_t pages
     uint32_t objects_per_span
+    int wipe_new_spans            # debug mode: clear a span's pages when it is carved
     PageHeap *heap
     Span *nonempty                # spans with free or never-used objects
     Span *full                    # spans with every object handed out

@@ -1,6 +1,7 @@
 # Central free list. Lock discipline: c.lock inside each function, dropped
 # around page-heap calls; see central.pxd.
 from libc.stdint cimport uintptr_t
+from libc.string cimport memset
 from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
                              tc_fatal_ptr, tc_store_u64, tc_load_u64, kPageShift, TCALLOC_DEBUG)
 from tcalloc.span cimport SPAN_IN_USE, span_addr
@@ -14,6 +15,7 @@ cdef void central_init(CentralFreeList *c, uint32_t cl, uint32_t size, uint32_t 
     c.size = size
     c.pages = pages
     c.objects_per_span = objects_per_span
+    c.wipe_new_spans = 0
     c.heap = heap
     c.nonempty = NULL
     c.full = NULL
@@ -57,6 +59,10 @@ cdef bint _populate(CentralFreeList *c) noexcept nogil:
     # Objects are carved lazily from a bump pointer: a new span's pages are
     # not touched until its objects are used.
     objects = (s.npages << kPageShift) // c.size
+    if c.wipe_new_spans and s.needzero:
+        # Debug mode: the pages may hold another class's poison, which the
+        # checks would take for a block of this class freed and overwritten.
+        memset(<void *>span_addr(s), 0, s.npages << kPageShift)
     s.freelist = NULL
     s.refcount = 0
     s.bump = span_addr(s)

@@ -35,8 +35,15 @@ def _assert_clean(r):
     assert r["failed"] == 0, r
     assert r["allocs"] == r["frees"]
     for p in r["per_thread"]:
-        # every thread took part: producers/workers allocate, consumers free
+        # Every thread with work of its own took part. xmalloc's consumers
+        # share one queue, so on a 2-core machine one of them may find it
+        # drained every time it runs: only their total is the workload's.
+        if p["role"] == "consumer" and r["workload"] == "xmalloc":
+            continue
         assert p["ops"] + p["frees"] > 0, r["per_thread"]
+    consumers = [p for p in r["per_thread"] if p["role"] == "consumer"]
+    if consumers and r["workload"] == "xmalloc":
+        assert sum(p["frees"] for p in consumers) == r["allocs"], r["per_thread"]
 
 
 def _run_isolated(workload, allocator, timeout=120, **kw):
