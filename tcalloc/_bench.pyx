@@ -8,25 +8,8 @@ size tables) come from mmap so they never touch the allocator under test.
 """
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
-
-cdef extern from "tc_allocator.h" nogil:
-    ctypedef struct tc_allocator_t:
-        const char *name
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-    tc_allocator_t tc_allocator_system()
-
-cdef extern from "tcalloc.h" nogil:
-    ctypedef struct TcallocCAPI:
-        unsigned int abi_version
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-    unsigned int TCALLOC_CAPI_ABI_VERSION
-    const char *TCALLOC_CAPI_CAPSULE_NAME
+from tcalloc.allocator cimport tc_allocator_t, tc_allocator_system
+from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CAPSULE_NAME
 
 cdef extern from "tc_platform.h" nogil:
     uint64_t tc_now_ns()

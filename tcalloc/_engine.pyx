@@ -24,6 +24,7 @@ from tcalloc.pageheap cimport (PageHeap, pageheap_init, pageheap_new, pageheap_n
                                pageheap_set_limit, pageheap_free_histogram)
 from tcalloc.central cimport CentralFreeList, central_init
 from tcalloc.transfer cimport TransferCache, transfer_init, transfer_drain
+from tcalloc.capi cimport TcallocCAPI, TcallocExtAPI
 from tcalloc.threadcache cimport (ThreadCache, ThreadCacheRegistry, threadcache_registry_init,
                                   threadcache_create, threadcache_destroy, threadcache_flush,
                                   threadcache_pop, threadcache_push, threadcache_request_flush_all,
@@ -36,20 +37,6 @@ cdef extern from "tc_tls.h" nogil:
     void tc_tls_set(void *p, int fast)
     bint tc_tls_exiting()
     void tc_tls_set_exiting()
-
-cdef extern from "tcalloc.h":
-    ctypedef struct TcallocCAPI:
-        unsigned int abi_version
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-        void *(*aligned_alloc)(size_t, size_t) noexcept nogil
-        size_t (*usable_size)(void *) noexcept nogil
-    ctypedef struct TcallocExtAPI:
-        unsigned int abi_version
-        int (*owns)(const void *) noexcept nogil
-        size_t (*bytes_in_use)() noexcept nogil
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned int pthread_key_t

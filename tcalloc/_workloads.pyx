@@ -22,6 +22,8 @@ allocator - block operations - workloads - driver - Python API.
 """
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_CheckExact
+from tcalloc.allocator cimport tc_allocator_t, tc_allocator_system
+from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CAPSULE_NAME
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc as libc_malloc, free as libc_free, calloc as libc_calloc
@@ -59,24 +61,6 @@ cdef extern from "<time.h>" nogil:
         long tv_sec
         long tv_nsec
     int nanosleep(const timespec *req, timespec *rem)
-
-cdef extern from "tc_allocator.h" nogil:
-    ctypedef struct tc_allocator_t:
-        const char *name
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-    tc_allocator_t tc_allocator_system()
-
-cdef extern from "tcalloc.h" nogil:
-    ctypedef struct TcallocCAPI:
-        unsigned int abi_version
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-    enum: TCALLOC_CAPI_ABI_VERSION
 
 cdef extern from "tc_platform.h" nogil:
     ctypedef struct tc_spinlock_t:

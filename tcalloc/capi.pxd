@@ -10,6 +10,12 @@
 # Every function in the tables is thread-safe and needs no GIL.
 
 cdef extern from "tcalloc.h":
+    enum:
+        TCALLOC_CAPI_ABI_VERSION
+        TCALLOC_EXT_ABI_VERSION
+    const char *TCALLOC_CAPI_CAPSULE_NAME
+    const char *TCALLOC_EXT_CAPSULE_NAME
+
     ctypedef struct TcallocCAPI:
         unsigned int abi_version
         void *(*malloc)(size_t) noexcept nogil

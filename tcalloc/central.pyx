@@ -4,7 +4,7 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
                              tc_fatal_ptr, tc_store_u64, tc_load_u64, kPageShift, TCALLOC_DEBUG)
-from tcalloc.span cimport SPAN_IN_USE, span_addr
+from tcalloc.span cimport SPAN_IN_USE, span_addr, span_list_push, span_list_remove
 from tcalloc.pagemap cimport pagemap_span
 from tcalloc.pageheap cimport pageheap_new, pageheap_delete
 
@@ -25,23 +25,6 @@ cdef void central_init(CentralFreeList *c, uint32_t cl, uint32_t size, uint32_t 
     c.total_objects = 0
     c.spans_created = 0
     c.spans_returned = 0
-
-cdef inline void _push(Span **head, Span *s) noexcept nogil:
-    s.prev = NULL
-    s.next = head[0]
-    if head[0] != NULL:
-        head[0].prev = s
-    head[0] = s
-
-cdef inline void _remove(Span **head, Span *s) noexcept nogil:
-    if s.prev != NULL:
-        s.prev.next = s.next
-    else:
-        head[0] = s.next
-    if s.next != NULL:
-        s.next.prev = s.prev
-    s.next = NULL
-    s.prev = NULL
 
 cdef inline bint _exhausted(const Span *s) noexcept nogil:
     return s.freelist == NULL and s.bump >= s.limit
@@ -67,7 +50,7 @@ cdef bint _populate(CentralFreeList *c) noexcept nogil:
     s.refcount = 0
     s.bump = span_addr(s)
     s.limit = s.bump + objects * c.size
-    _push(&c.nonempty, s)
+    span_list_push(&c.nonempty, s)
     c.nspans += 1
     c.span_bytes += s.npages << kPageShift
     c.spans_created += 1
@@ -107,8 +90,8 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
             last = obj
             got += 1
         if _exhausted(s):
-            _remove(&c.nonempty, s)
-            _push(&c.full, s)
+            span_list_remove(&c.nonempty, s)
+            span_list_push(&c.full, s)
     if got:
         (<void **>last)[0] = NULL
         tc_store_u64(&c.free_objects, c.free_objects - got)
@@ -144,15 +127,15 @@ cdef void central_insert_range(CentralFreeList *c, void *head, int n) noexcept n
             tc_spinlock_unlock(&c.lock)
             tc_fatal_ptr("double free detected (span has no object out)", obj)
         if _exhausted(s):
-            _remove(&c.full, s)
-            _push(&c.nonempty, s)
+            span_list_remove(&c.full, s)
+            span_list_push(&c.nonempty, s)
         (<void **>obj)[0] = s.freelist
         s.freelist = obj
         s.refcount -= 1
         if s.refcount == 0:
             # Every object is back: the span goes to the page heap after the
             # lock is dropped (chained through .next, which we own now).
-            _remove(&c.nonempty, s)
+            span_list_remove(&c.nonempty, s)
             c.nspans -= 1
             c.span_bytes -= s.npages << kPageShift
             c.spans_returned += 1

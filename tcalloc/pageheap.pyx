@@ -5,7 +5,7 @@ from libc.stdint cimport uint8_t
 from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
                              tc_os_map, tc_os_map_at, tc_os_unmap, tc_os_release, tc_set_errno,
                              kPageShift, kPageSize)
-from tcalloc.span cimport SPAN_IN_USE, SPAN_ON_NORMAL, SPAN_ON_RETURNED, SPAN_DEAD
+from tcalloc.span cimport SPAN_IN_USE, SPAN_ON_NORMAL, SPAN_ON_RETURNED, SPAN_DEAD, span_list_push, span_list_remove
 from tcalloc.pagemap cimport pagemap_init, pagemap_ensure, pagemap_span, pagemap_set, pagemap_set_class
 from tcalloc.arena cimport arena_alloc
 from libc.errno cimport ENOMEM
@@ -122,23 +122,6 @@ cdef inline Span *_tree_max(Span *t) noexcept nogil:
 
 # ---- free structures ---------------------------------------------------------
 
-cdef inline void _list_push(Span **head, Span *s) noexcept nogil:
-    s.prev = NULL
-    s.next = head[0]
-    if head[0] != NULL:
-        head[0].prev = s
-    head[0] = s
-
-cdef inline void _list_remove(Span **head, Span *s) noexcept nogil:
-    if s.prev != NULL:
-        s.prev.next = s.next
-    else:
-        head[0] = s.next
-    if s.next != NULL:
-        s.next.prev = s.prev
-    s.next = NULL
-    s.prev = NULL
-
 cdef inline Span **_list_head(PageHeap *h, size_t npages, bint returned) noexcept nogil:
     if returned:
         return &h.returned[npages]
@@ -153,7 +136,7 @@ cdef void _link_free(PageHeap *h, Span *s) noexcept nogil:
         h.free_bytes += nbytes
     if s.npages <= kMaxPages:
         s.in_tree = 0
-        _list_push(_list_head(h, s.npages, ret), s)
+        span_list_push(_list_head(h, s.npages, ret), s)
     else:
         s.in_tree = 1
         if ret:
@@ -177,7 +160,7 @@ cdef void _unlink_free(PageHeap *h, Span *s) noexcept nogil:
         s.left = NULL
         s.right = NULL
     else:
-        _list_remove(_list_head(h, s.npages, ret), s)
+        span_list_remove(_list_head(h, s.npages, ret), s)
 
 cdef void _merge_free(PageHeap *h, Span *s) noexcept nogil:
     """Put unlinked free span `s` (location NORMAL or RETURNED) on the free
@@ -368,6 +351,11 @@ cdef Span *_alloc_locked(PageHeap *h, size_t n) noexcept nogil:
     s.needzero = 0          # returned or fresh: reads as zeros
     return s
 
+cdef inline void _count_large(PageHeap *h, Span *s) noexcept nogil:
+    h.large_bytes += <uint64_t>s.npages << kPageShift
+    h.large_spans += 1
+    h.large_allocs += 1
+
 # ---- public ---------------------------------------------------------------
 
 cdef Span *pageheap_new(PageHeap *h, size_t npages, uint32_t cl) noexcept nogil:
@@ -389,9 +377,7 @@ cdef Span *pageheap_new(PageHeap *h, size_t npages, uint32_t cl) noexcept nogil:
             h.small_span_bytes += <uint64_t>s.npages << kPageShift
             h.small_spans += 1
         else:
-            h.large_bytes += <uint64_t>s.npages << kPageShift
-            h.large_spans += 1
-            h.large_allocs += 1
+            _count_large(h, s)
     tc_spinlock_unlock(&h.lock)
     if s == NULL:
         tc_set_errno(ENOMEM)
@@ -429,9 +415,7 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
         if extra and _give_back(h, s.start + npages, extra, loc, s.needzero):
             s.npages = npages
         _record(h, s)
-        h.large_bytes += <uint64_t>s.npages << kPageShift
-        h.large_spans += 1
-        h.large_allocs += 1
+        _count_large(h, s)
     tc_spinlock_unlock(&h.lock)
     if s == NULL:
         tc_set_errno(ENOMEM)

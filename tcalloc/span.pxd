@@ -34,3 +34,22 @@ cdef inline uintptr_t span_addr(const Span *s) noexcept nogil:
 
 cdef inline bint span_contains(const Span *s, uintptr_t page) noexcept nogil:
     return s.start <= page < s.start + s.npages
+
+# Doubly linked span lists (NULL-terminated), used by the page heap's free
+# lists and the central free lists; the caller holds the list owner's lock.
+cdef inline void span_list_push(Span **head, Span *s) noexcept nogil:
+    s.prev = NULL
+    s.next = head[0]
+    if head[0] != NULL:
+        head[0].prev = s
+    head[0] = s
+
+cdef inline void span_list_remove(Span **head, Span *s) noexcept nogil:
+    if s.prev != NULL:
+        s.prev.next = s.next
+    else:
+        head[0] = s.next
+    if s.next != NULL:
+        s.next.prev = s.prev
+    s.next = NULL
+    s.prev = NULL
