@@ -38,6 +38,7 @@ cdef class BufferPool:
     cdef Py_ssize_t _total_bytes
     cdef Py_ssize_t _nacquire
     cdef Py_ssize_t _nfresh      # acquisitions that needed a new block from tcalloc
+    cdef object __weakref__      # the fork handler keeps a weak set of live pools
 
     cdef Buffer _acquire(self, Py_ssize_t n)
     cdef void _put(self, void *p, Py_ssize_t block) noexcept

@@ -17,11 +17,32 @@ from libc.string cimport memset, memcpy
 from tcalloc.capi cimport TcallocCAPI, TcallocCAPI_Import
 
 import operator as _operator
+import os as _os
+import weakref as _weakref
+
+# fork(): a pool lock held by another thread at that moment would stay held
+# in the child, whose copy of that thread is gone; the child resets them.
+# (With the GIL no pool lock is held across a GIL release, so a Python-level
+# os.fork() cannot catch one held; a fork from native code, or a
+# free-threaded build, can.)
+_live_pools = _weakref.WeakSet()
+
+
+def _reset_pool_locks_after_fork():
+    cdef BufferPool pool
+    for pool in list(_live_pools):
+        if pool._lock != NULL:
+            tc_spinlock_reset(pool._lock)
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_reset_pool_locks_after_fork)
 
 cdef extern from "tc_platform.h" nogil:
     void tc_spinlock_init(tc_spinlock_t *l)
     void tc_spinlock_lock(tc_spinlock_t *l)
     void tc_spinlock_unlock(tc_spinlock_t *l)
+    void tc_spinlock_reset(tc_spinlock_t *l)
 
 cdef extern from "Python.h":
     # Declared without an exception clause: overflow is handled by the caller.
@@ -363,6 +384,7 @@ cdef class BufferPool:
         if self._lock == NULL or self._cache == NULL:
             raise MemoryError("tcalloc: cannot allocate the pool's bookkeeping")
         tc_spinlock_init(self._lock)
+        _live_pools.add(self)
 
     def __dealloc__(self):
         # Buffers out hold a reference to the pool, so none is out now.
