@@ -530,6 +530,7 @@ cdef struct EngineStats:
     uint64_t large_frees
     uint64_t spans_in_use
     uint64_t thread_caches
+    uint64_t thread_cache_structs
     uint64_t small_span_bytes
 
 cdef struct ClassStats:
@@ -565,6 +566,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
         st.thread_cache_free += tc_load_u64(&tc.size)
         tc = tc.next
     st.thread_caches = g_registry.num_caches
+    st.thread_cache_structs = g_registry.structs
     tc_spinlock_unlock(&g_registry.lock)
     for cl in range(1, n):
         size = g_sizemap.class_to_size[cl]
@@ -645,6 +647,7 @@ def stats():
         "metadata_bytes": st.metadata,
         "metadata_mapped_bytes": st.metadata_mapped,
         "thread_caches": st.thread_caches,
+        "thread_cache_structs": st.thread_cache_structs,
         "spans_in_use": st.spans_in_use,
         "small_bytes_in_use": st.small_in_use,
         "large_bytes_in_use": st.large_in_use,
