@@ -29,7 +29,7 @@ from tcalloc.threadcache cimport (ThreadCache, ThreadCacheRegistry, threadcache_
                                   threadcache_create, threadcache_destroy, threadcache_flush,
                                   threadcache_pop, threadcache_push, threadcache_request_flush_all,
                                   threadcache_set_overall_max, threadcache_alloc_uncached,
-                                  threadcache_free_uncached)
+                                  threadcache_free_uncached, freelist_mallocs)
 
 cdef extern from "tc_tls.h" nogil:
     void *tc_tls_get()
@@ -74,7 +74,6 @@ cdef tc_spinlock_t g_bg_lock
 cdef uint64_t g_release_rate = 0     # bytes per second; 0: no thread
 cdef int g_bg_running = 0
 cdef int g_bg_restart = 0            # set in a fork child whose parent had a releaser
-cdef uint64_t g_bg_released = 0
 
 # =============================================================================
 # The hot path. Everything a small malloc or free does when its thread cache
@@ -496,9 +495,8 @@ cdef void *_bg_main(void *arg) noexcept nogil:
         if credit > 0:
             # Whole spans are released, so a tick may overshoot: the debt is
             # paid by later ticks and the long-run rate holds.
-            done = pageheap_release(&g_heap, <size_t>credit)
+            done = pageheap_release(&g_heap, <size_t>credit, 1)
             credit -= <int64_t>done
-            tc_inc_owned(&g_bg_released, done)
 
 cdef void _bg_start() noexcept nogil:
     global g_bg_running, g_bg_restart
@@ -525,6 +523,8 @@ cdef struct EngineStats:
     uint64_t span_overhead
     uint64_t metadata
     uint64_t metadata_mapped
+    uint64_t released_background
+    uint64_t released_total
     uint64_t large_in_use
     uint64_t large_allocs
     uint64_t large_frees
@@ -561,7 +561,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     tc = g_registry.caches
     while tc != NULL:
         for cl in range(1, n):
-            cs[cl].mallocs += tc_load_u64(&tc.lists[cl].mallocs)
+            cs[cl].mallocs += freelist_mallocs(&tc.lists[cl])
             cs[cl].frees += tc_load_u64(&tc.lists[cl].frees)
         st.thread_cache_free += tc_load_u64(&tc.size)
         tc = tc.next
@@ -587,6 +587,8 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     st.heap_bytes = g_heap.system_bytes
     st.page_heap_free = g_heap.free_bytes
     st.released = g_heap.released_bytes
+    st.released_background = g_heap.released_background
+    st.released_total = g_heap.released_total
     st.large_in_use = g_heap.large_bytes
     st.large_allocs = g_heap.large_allocs
     st.large_frees = g_heap.large_frees
@@ -656,8 +658,8 @@ def stats():
         "memory_limit": g_heap.limit_bytes,
         "memory_limit_hard": bool(g_heap.limit_hard),
         "release_rate": g_release_rate,
-        "background_released_bytes": tc_load_u64(&g_bg_released),
-        "released_total_bytes": g_heap.released_total,
+        "background_released_bytes": st.released_background,
+        "released_total_bytes": st.released_total,
         "size_classes": classes,
         "locks": locks,
     }
@@ -739,7 +741,7 @@ def release_free_memory():
             tc.flush_requested = 0
         for cl in range(1, g_sizemap.num_classes):
             transfer_drain(&g_transfer[cl])
-        done = pageheap_release(&g_heap, <size_t>-1)
+        done = pageheap_release(&g_heap, <size_t>-1, 0)
     return done
 
 def set_release_rate(bytes_per_second):

@@ -30,7 +30,7 @@ from tcalloc.central cimport CentralFreeList, central_init, central_remove_range
 from tcalloc.transfer cimport TransferCache, transfer_init, transfer_remove_range, transfer_insert_range, transfer_drain
 from tcalloc.threadcache cimport (ThreadCache, ThreadCacheRegistry, FreeList, threadcache_registry_init,
                                   threadcache_create, threadcache_destroy, threadcache_flush,
-                                  threadcache_pop, threadcache_push, threadcache_set_overall_max)
+                                  threadcache_pop, threadcache_push, threadcache_set_overall_max, freelist_mallocs)
 
 cdef extern from "tcalloc.h":
     ctypedef struct TcallocCAPI:
@@ -579,7 +579,7 @@ cdef class PrivateHeap:
         cdef size_t n = <size_t>-1 if nbytes is None else <size_t>nbytes
         cdef size_t done
         with nogil:
-            done = pageheap_release(self.heap, n)
+            done = pageheap_release(self.heap, n, 0)
         return done
 
     def set_limit(self, uint64_t nbytes, bint hard=False):
@@ -724,9 +724,9 @@ cdef class PrivateHeap:
                         out.append("step %d: span %#x head tag lost in resize" % (step, a))
                     (<uint64_t *>(a + (s.npages << kPageShift) - 8))[0] = ~tags[idx]
                 elif op < 98:
-                    pageheap_release(self.heap, ((r >> 8) % 64 + 1) << kPageShift)
+                    pageheap_release(self.heap, ((r >> 8) % 64 + 1) << kPageShift, 0)
                 else:
-                    pageheap_release(self.heap, <size_t>-1)
+                    pageheap_release(self.heap, <size_t>-1, 0)
                 if check_every > 0 and (step + 1) % check_every == 0:
                     for e in _heap_check(self.heap, self.live, True):
                         out.append("step %d: %s" % (step, e))
@@ -1012,7 +1012,7 @@ cdef class PrivateEngine(PrivateHeap):
         cdef FreeList *l = &tc.lists[self._cl(cl)]
         return {"length": l.length, "lowater": l.lowater, "max_length": l.max_length,
                 "overages": l.overages, "size": l.size, "batch": l.batch,
-                "mallocs": l.mallocs, "frees": l.frees}
+                "mallocs": freelist_mallocs(l), "frees": l.frees}
 
     def cache_info(self, handle):
         cdef ThreadCache *tc = self._tc(handle)

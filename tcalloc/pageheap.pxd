@@ -39,6 +39,7 @@ ctypedef struct PageHeap:
     uint64_t grows
     uintptr_t last_grow           # lowest address mapped so far (growth goes down)
     uint64_t released_total       # bytes ever madvise'd away
+    uint64_t released_background  # ... of which by the background releaser
     uint64_t limit_bytes          # 0: no limit (committed = system - released)
     int limit_hard
     int _pad
@@ -48,6 +49,6 @@ cdef Span *pageheap_new(PageHeap *h, size_t npages, uint32_t cl) noexcept nogil
 cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) noexcept nogil
 cdef void pageheap_delete(PageHeap *h, Span *s) noexcept nogil
 cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil
-cdef size_t pageheap_release(PageHeap *h, size_t nbytes) noexcept nogil
+cdef size_t pageheap_release(PageHeap *h, size_t nbytes, bint background) noexcept nogil
 cdef void pageheap_set_limit(PageHeap *h, uint64_t nbytes, int hard) noexcept nogil
 cdef void pageheap_free_histogram(PageHeap *h, uint64_t *normal, uint64_t *returned) noexcept nogil

@@ -506,12 +506,16 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
     tc_spinlock_unlock(&h.lock)
     return ok
 
-cdef size_t pageheap_release(PageHeap *h, size_t nbytes) noexcept nogil:
+cdef size_t pageheap_release(PageHeap *h, size_t nbytes, bint background) noexcept nogil:
     """Release at least nbytes of free memory to the OS (all: (size_t)-1).
-    Returns the bytes released."""
+    Returns the bytes released. `background`: counted as the releaser
+    thread's, under the lock, so stats never see the pages gone but not
+    yet counted."""
     cdef size_t done
     tc_spinlock_lock(&h.lock)
     done = _release_locked(h, nbytes)
+    if background:
+        h.released_background += done
     tc_spinlock_unlock(&h.lock)
     return done
 

@@ -17,7 +17,7 @@
 # taken before any transfer/central lock, never after.
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from tcalloc.common cimport (tc_spinlock_t, kMaxClasses, TC_UNLIKELY, tc_inc_owned, TCALLOC_FREE_KEY,
-                             tc_store_u64, tc_load_u64, tc_load_int, tc_fatal_ptr)
+                             tc_store_u64, tc_load_u64, tc_load_u32, tc_load_int, tc_fatal_ptr)
 from tcalloc.sizemap cimport SizeMap
 from tcalloc.transfer cimport TransferCache
 from tcalloc.arena cimport MetaArena
@@ -30,9 +30,13 @@ ctypedef struct FreeList:         # 64 bytes: one cache line per class
     uint32_t overages
     uint32_t size                 # object size of the class
     uint32_t batch
-    uint64_t mallocs              # owner-written, read by stats()
-    uint64_t frees
-    uint64_t _pad[2]
+    # Counters, owner-written, read by stats(). Objects are conserved on a
+    # list: length = fetched + frees - mallocs - released, so mallocs is
+    # derived (freelist_mallocs) and the malloc fast path counts nothing.
+    uint64_t frees                # pushes (free fast path)
+    uint64_t fetched              # objects brought in from the transfer cache
+    uint64_t released             # objects sent back to it
+    uint64_t _pad
 
 ctypedef struct ThreadCache:
     FreeList lists[kMaxClasses]
@@ -65,6 +69,12 @@ ctypedef struct ThreadCacheRegistry:
     uint64_t retired_mallocs[kMaxClasses]   # counters of exited threads and
     uint64_t retired_frees[kMaxClasses]     # of cacheless allocations
 
+cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
+    """Objects this list has handed out (exact for the owner; for another
+    thread, exact once the owner is quiet)."""
+    return (tc_load_u64(&l.fetched) + tc_load_u64(&l.frees)
+            - tc_load_u64(&l.released) - tc_load_u32(&l.length))
+
 cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil
 cdef void threadcache_overflow(ThreadCache *tc, uint32_t cl) noexcept nogil
 cdef void threadcache_push_suspect(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil
@@ -81,7 +91,6 @@ cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
     l.length -= 1
     if l.length < l.lowater:
         l.lowater = l.length
-    l.mallocs += 1
     tc.size -= l.size
     return p
 

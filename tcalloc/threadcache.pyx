@@ -45,6 +45,7 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
     if n == 0:
         return
     l.length -= n
+    l.released += n
     if l.length < l.lowater:
         l.lowater = l.length
     tc.size -= <uint64_t>n * l.size
@@ -91,8 +92,8 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     if TCALLOC_FREE_KEY and l.size > 8:
         (<void **>head)[1] = NULL
     l.length = <uint32_t>got - 1
+    l.fetched += <uint64_t>got       # the one returned counts as a malloc (see freelist_mallocs)
     tc.size += <uint64_t>(got - 1) * l.size
-    l.mallocs += 1
     tc.fetches += 1
     # Slow start: grow by one per fetch up to a batch, then by a batch.
     if l.max_length < l.batch:
@@ -227,7 +228,7 @@ cdef void threadcache_destroy(ThreadCache *tc) noexcept nogil:
     threadcache_flush(tc)
     tc_spinlock_lock(&reg.lock)
     for cl in range(1, tc.num_classes):
-        tc_atomic_add_u64(&reg.retired_mallocs[cl], tc.lists[cl].mallocs)
+        tc_atomic_add_u64(&reg.retired_mallocs[cl], freelist_mallocs(&tc.lists[cl]))
         tc_atomic_add_u64(&reg.retired_frees[cl], tc.lists[cl].frees)
     reg.unclaimed += <int64_t>tc.max_size
     if tc.prev != NULL:

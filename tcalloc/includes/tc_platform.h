@@ -36,6 +36,7 @@ static inline void tc_inc_owned(uint64_t *p, uint64_t v) {
 }
 static inline uint64_t tc_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t tc_atomic_sub_u64(uint64_t *p, uint64_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_RELAXED); }
+static inline uint32_t tc_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline int tc_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void tc_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline void *tc_load_acquire_ptr(void *const *p) { return __atomic_load_n((void **)p, __ATOMIC_ACQUIRE); }
