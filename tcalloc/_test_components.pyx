@@ -32,15 +32,7 @@ from tcalloc.threadcache cimport (ThreadCache, ThreadCacheRegistry, FreeList, th
                                   threadcache_create, threadcache_destroy, threadcache_flush,
                                   threadcache_pop, threadcache_push, threadcache_set_overall_max, freelist_mallocs)
 
-cdef extern from "tcalloc.h":
-    ctypedef struct TcallocCAPI:
-        unsigned int abi_version
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-        void *(*aligned_alloc)(size_t, size_t) noexcept nogil
-        size_t (*usable_size)(void *) noexcept nogil
+from tcalloc.capi cimport TcallocCAPI
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t

@@ -41,16 +41,7 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int nanosleep(const timespec *req, timespec *rem)
 
-cdef extern from "tcalloc.h" nogil:
-    ctypedef struct TcallocCAPI:
-        unsigned int abi_version
-        void *(*malloc)(size_t) noexcept nogil
-        void (*free)(void *) noexcept nogil
-        void *(*calloc)(size_t, size_t) noexcept nogil
-        void *(*realloc)(void *, size_t) noexcept nogil
-        void *(*aligned_alloc)(size_t, size_t) noexcept nogil
-        size_t (*usable_size)(void *) noexcept nogil
-    enum: TCALLOC_CAPI_ABI_VERSION
+from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION
 
 cdef extern from "tc_platform.h" nogil:
     uint64_t tc_now_ns()
