@@ -13,6 +13,7 @@ from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CA
 
 cdef extern from "tc_platform.h" nogil:
     uint64_t tc_now_ns()
+    void tc_spin_backoff(uint64_t *spins, uint64_t limit)
     void *tc_load_acquire_ptr(void **p)
     void tc_store_release_ptr(void **p, void *v)
     void tc_cpu_relax()
@@ -187,16 +188,6 @@ cdef struct ring_t:
     uint64_t failed
 
 
-cdef inline void _backoff(uint64_t *spins) noexcept nogil:
-    # Spin briefly, then yield: on 2 cores a preempted peer must get the CPU.
-    spins[0] += 1
-    if spins[0] < 2048:
-        tc_cpu_relax()
-    else:
-        spins[0] = 0
-        sched_yield()
-
-
 cdef void *_producer(void *arg) noexcept nogil:
     cdef ring_t *r = <ring_t *>arg
     cdef malloc_fn m = r.a.malloc
@@ -204,7 +195,7 @@ cdef void *_producer(void *arg) noexcept nogil:
     cdef uint64_t *p
     cdef void **slot
     while tc_load_acquire_ptr(&r.go) == NULL:
-        _backoff(&spins)
+        tc_spin_backoff(&spins, 2048)   # spin briefly, then yield: a preempted peer needs the CPU
     for i in range(r.n):
         p = <uint64_t *>m(r.size)
         if p == NULL:
@@ -215,7 +206,7 @@ cdef void *_producer(void *arg) noexcept nogil:
         slot = &r.slots[i & r.mask]
         spins = 0
         while tc_load_acquire_ptr(slot) != NULL:
-            _backoff(&spins)
+            tc_spin_backoff(&spins, 2048)
         tc_store_release_ptr(slot, p)
     return NULL
 
@@ -230,7 +221,7 @@ cdef uint64_t _consume(ring_t *r, uint64_t *bad) noexcept nogil:
         spins = 0
         p = <uint64_t *>tc_load_acquire_ptr(slot)
         while p == NULL:
-            _backoff(&spins)
+            tc_spin_backoff(&spins, 2048)
             p = <uint64_t *>tc_load_acquire_ptr(slot)
         tc_store_release_ptr(slot, NULL)
         if p == <uint64_t *>1:

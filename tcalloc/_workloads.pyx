@@ -63,6 +63,7 @@ cdef extern from "<time.h>" nogil:
     int nanosleep(const timespec *req, timespec *rem)
 
 cdef extern from "tc_platform.h" nogil:
+    void tc_spin_backoff(uint64_t *spins, uint64_t limit)
     ctypedef struct tc_spinlock_t:
         pass
     void tc_spinlock_init(tc_spinlock_t *l)
@@ -278,16 +279,6 @@ cdef inline size_t wl_size(uint64_t *rng, size_t lo, size_t hi) noexcept nogil:
     if s > hi:
         s = hi
     return s
-
-cdef inline void wl_backoff(int *spins) noexcept nogil:
-    # Spin a little (the peer may be running on the other core), then yield:
-    # with more threads than cores the peer needs this core.
-    spins[0] += 1
-    if spins[0] < 64:
-        tc_cpu_relax()
-    else:
-        spins[0] = 0
-        sched_yield()
 
 cdef void wl_sleep_ns(uint64_t ns) noexcept nogil:
     cdef timespec ts
@@ -536,11 +527,11 @@ cdef void xmalloc_producer(wl_worker *w) noexcept nogil:
     cdef wl_shared *sh = w.sh
     cdef wl_batch *b
     cdef bint running = True
-    cdef int spins = 0
+    cdef uint64_t spins = 0
     while running:
         b = wl_queue_pop(&sh.empty)
         while b == NULL:        # consumers always hand batches back
-            wl_backoff(&spins)
+            tc_spin_backoff(&spins, 64)
             b = wl_queue_pop(&sh.empty)
         b.n = 0
         while b.n < WL_BATCH:
@@ -550,7 +541,7 @@ cdef void xmalloc_producer(wl_worker *w) noexcept nogil:
             if wl_alloc(w, &b.b[b.n], wl_size(&w.rng, sh.min_size, sh.max_size), False):
                 b.n += 1
         while not wl_queue_push(&sh.full, b):   # cannot stay full: nbatches == cap
-            wl_backoff(&spins)
+            tc_spin_backoff(&spins, 64)
     wl_add_rel(&sh.producers_done, 1)
 
 cdef void xmalloc_consumer(wl_worker *w) noexcept nogil:
@@ -558,7 +549,8 @@ cdef void xmalloc_consumer(wl_worker *w) noexcept nogil:
     cdef wl_shared *sh = w.sh
     cdef wl_batch *b
     cdef uint64_t done
-    cdef int j, spins = 0
+    cdef int j
+    cdef uint64_t spins = 0
     while True:
         done = wl_load_acq(&sh.producers_done)
         b = wl_queue_pop(&sh.full)
@@ -567,23 +559,23 @@ cdef void xmalloc_consumer(wl_worker *w) noexcept nogil:
                 wl_release(w, &b.b[j])
             b.n = 0
             while not wl_queue_push(&sh.empty, b):
-                wl_backoff(&spins)
+                tc_spin_backoff(&spins, 64)
         elif done == sh.producers:
             break               # every producer finished before the queue was seen empty
         else:
-            wl_backoff(&spins)
+            tc_spin_backoff(&spins, 64)
 
 cdef void prodcons_producer(wl_worker *w) noexcept nogil:
     cdef wl_shared *sh = w.sh
     cdef wl_ring *r = sh.rings[w.idx // 2]
     cdef uint64_t tail = 0
     cdef wl_block blk
-    cdef int spins = 0
+    cdef uint64_t spins = 0
     while wl_more(w):
         if not wl_alloc(w, &blk, wl_size(&w.rng, sh.min_size, sh.max_size), False):
             continue
         while tail - wl_load_acq(&r.head) >= WL_RING:
-            wl_backoff(&spins)
+            tc_spin_backoff(&spins, 64)
         r.slots[tail & (WL_RING - 1)] = blk
         tail += 1
         wl_store_rel(&r.tail, tail)
@@ -593,7 +585,7 @@ cdef void prodcons_consumer(wl_worker *w) noexcept nogil:
     cdef wl_shared *sh = w.sh
     cdef wl_ring *r = sh.rings[w.idx // 2]
     cdef uint64_t head = 0, tail
-    cdef int spins = 0
+    cdef uint64_t spins = 0
     while True:
         tail = wl_load_acq(&r.tail)
         if tail != head:
@@ -604,7 +596,7 @@ cdef void prodcons_consumer(wl_worker *w) noexcept nogil:
         elif wl_load_acq(&r.done) and wl_load_acq(&r.tail) == head:
             break
         else:
-            wl_backoff(&spins)
+            tc_spin_backoff(&spins, 64)
 
 cdef void thrash_loop(wl_worker *w) noexcept nogil:
     # Small objects written over and over: if the allocator puts two threads'

@@ -36,6 +36,7 @@ cdef extern from "tc_platform.h" nogil:
     void tc_store_u8(uint8_t *p, uint8_t v)
     void tc_prefetch(const void *p)
     uint64_t tc_now_ns()
+    void tc_spin_backoff(uint64_t *spins, uint64_t limit)
 
     void *tc_os_map(size_t size)
     void *tc_os_map_at(void *hint, size_t size)

@@ -54,6 +54,18 @@ static inline void tc_cpu_relax(void) {
 #endif
 }
 
+/* Waiting on another thread: spin `limit` times (the peer may be running on
+ * the other core), then yield (with more threads than cores the peer needs
+ * this one). */
+static inline void tc_spin_backoff(uint64_t *spins, uint64_t limit) {
+    if (++*spins < limit) {
+        tc_cpu_relax();
+    } else {
+        *spins = 0;
+        sched_yield();
+    }
+}
+
 /* ---- clock --------------------------------------------------------------- */
 static inline uint64_t tc_now_ns(void) {
     struct timespec ts;
