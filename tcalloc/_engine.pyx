@@ -81,18 +81,18 @@ cdef int g_bg_restart = 0            # set in a fork child whose parent had a re
 # (threadcache.pxd) and pagemap_sizeclass (pagemap.pxd), all inlined here.
 # =============================================================================
 
-cdef inline void *_malloc(size_t size) noexcept nogil:
-    cdef ThreadCache *tc
-    cdef uint32_t cl
+cdef inline void *_malloc_class(uint32_t cl) noexcept nogil:
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
     cdef void *p
+    if TC_LIKELY(tc != NULL):
+        p = threadcache_pop(tc, cl)
+        if TC_LIKELY(p != NULL):
+            return p
+    return _malloc_small_slow(cl)
+
+cdef inline void *_malloc(size_t size) noexcept nogil:
     if TC_LIKELY(size <= kMaxSmallSize):
-        cl = g_sizemap.class_array[sizemap_index(size)]
-        tc = <ThreadCache *>tc_tls_get()
-        if TC_LIKELY(tc != NULL):
-            p = threadcache_pop(tc, cl)
-            if TC_LIKELY(p != NULL):
-                return p
-        return _malloc_small_slow(cl)
+        return _malloc_class(g_sizemap.class_array[sizemap_index(size)])
     return _malloc_large(size, 1)
 
 cdef inline void _free(void *p) noexcept nogil:
@@ -155,27 +155,27 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         p = threadcache_pop(tc, cl)
     else:
         p = threadcache_alloc_uncached(&g_registry, cl)
-    if p == NULL and _reclaim():
+    if p == NULL:
         # Memory parked in caches keeps spans from emptying: give it back
         # and try once more.
+        _reclaim()
         p = threadcache_pop(tc, cl) if tc != NULL else threadcache_alloc_uncached(&g_registry, cl)
     if p == NULL:
         tc_set_errno(ENOMEM)
     return p
 
-cdef bint _reclaim() noexcept nogil:
+cdef void _reclaim() noexcept nogil:
     """An allocation failed (the OS or a hard limit said no): flush this
     thread's cache and the transfer caches, so spans they kept from emptying
-    go back to the page heap. True: worth one more try."""
+    go back to the page heap before the one retry."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef int cl
     if tc != NULL:
         threadcache_flush(tc)
     for cl in range(1, g_sizemap.num_classes):
         transfer_drain(&g_transfer[cl])
-    return 1
 
-cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
+cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s
     cdef size_t npages
     if TC_UNLIKELY(g_bg_restart):
@@ -187,12 +187,16 @@ cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
         size = 1
     npages = (size + kPageSize - 1) >> kPageShift
     s = pageheap_new_aligned(&g_heap, npages, align_pages)
-    if s == NULL and _reclaim():
+    if s == NULL:
+        _reclaim()
         s = pageheap_new_aligned(&g_heap, npages, align_pages)
     if s == NULL:
         tc_set_errno(ENOMEM)
-        return NULL
-    return <void *>span_addr(s)
+    return s
+
+cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
+    cdef Span *s = _alloc_large_span(size, align_pages)
+    return <void *>span_addr(s) if s != NULL else NULL
 
 cdef inline Span *_large_span(const void *p) noexcept nogil:
     """The in-use large span starting at p, or NULL if p is no such thing."""
@@ -321,27 +325,34 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
         if p != NULL:
             memset(p, 0, total)
         return p
-    p = _malloc_large(total, 1)
-    if p != NULL:
-        s = _large_span(p)
-        # Fresh or released pages read as zeros already.
-        if s.needzero:
-            memset(p, 0, total)
-        s.needzero = 1
+    s = _alloc_large_span(total, 1)
+    if s == NULL:
+        return NULL
+    p = <void *>span_addr(s)
+    # Fresh or released pages read as zeros already.
+    if s.needzero:
+        memset(p, 0, total)
+    s.needzero = 1
     return p
+
+cdef inline size_t _block_size(void *ptr, uint32_t *cl, Span **large, const char *what) noexcept nogil:
+    """Usable size of tcalloc block ptr, its class (0: large) and, for a
+    large block, its span; aborts naming `what` if ptr is no block start."""
+    cl[0] = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
+    if cl[0] != 0:
+        large[0] = NULL
+        return g_sizemap.class_to_size[cl[0]]
+    large[0] = _large_span(ptr)
+    if large[0] == NULL:
+        tc_fatal_ptr(what, ptr)
+    return large[0].npages << kPageShift
 
 cdef size_t tc_usable_size(void *ptr) noexcept nogil:
     cdef uint32_t cl
     cdef Span *s
     if ptr == NULL:
         return 0
-    cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
-    if cl != 0:
-        return g_sizemap.class_to_size[cl]
-    s = _large_span(ptr)
-    if s == NULL:
-        tc_fatal_ptr("usable_size(): invalid pointer (not allocated by tcalloc)", ptr)
-    return s.npages << kPageShift
+    return _block_size(ptr, &cl, &s, "usable_size(): invalid pointer (not allocated by tcalloc)")
 
 cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     cdef size_t old, want, npages
@@ -352,20 +363,18 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
         return _malloc(size)
     if size == 0:
         size = 1          # like CPython's raw allocator: a minimal block, never NULL-on-success
-    old = tc_usable_size(ptr)
-    cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
+    old = _block_size(ptr, &cl, &s, "realloc(): invalid pointer (not allocated by tcalloc)")
     if cl == 0 and size <= old and size > kMaxSmallSize:
         # A large block that stays large shrinks where it stands: its tail
         # pages go back to the page heap, nothing is copied.
         npages = (size + kPageSize - 1) >> kPageShift
         if npages < (old >> kPageShift):
-            pageheap_resize(&g_heap, _large_span(ptr), npages)
+            pageheap_resize(&g_heap, s, npages)
         return ptr
     if size <= old and (size > old // 2 or (cl != 0 and sizemap_class(&g_sizemap, size) == cl)):
         return ptr
     if cl == 0 and size > old and size <= kMaxAllocBytes:
         # A large block may grow in place when the pages after it are free.
-        s = _large_span(ptr)
         npages = (size + kPageSize - 1) >> kPageShift
         if pageheap_resize(&g_heap, s, npages):
             return ptr
@@ -383,8 +392,6 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
 
 cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil:
     cdef uint32_t cl
-    cdef ThreadCache *tc
-    cdef void *p
     if not tc_is_pow2(alignment):
         tc_set_errno(EINVAL)
         return NULL
@@ -393,12 +400,7 @@ cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil:
     if size <= kMaxSmallSize and alignment <= kPageSize:
         cl = sizemap_aligned_class(&g_sizemap, size, alignment)
         if cl != 0:
-            tc = <ThreadCache *>tc_tls_get()
-            if tc != NULL:
-                p = threadcache_pop(tc, cl)
-                if p != NULL:
-                    return p
-            return _malloc_small_slow(cl)
+            return _malloc_class(cl)
     return _malloc_large(size, alignment >> kPageShift if alignment > kPageSize else 1)
 
 cdef bint tc_owns(const void *ptr) noexcept nogil:
@@ -531,7 +533,6 @@ cdef struct EngineStats:
     uint64_t spans_in_use
     uint64_t thread_caches
     uint64_t thread_cache_structs
-    uint64_t small_span_bytes
 
 cdef struct ClassStats:
     uint64_t mallocs
@@ -593,7 +594,6 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     st.large_allocs = g_heap.large_allocs
     st.large_frees = g_heap.large_frees
     st.spans_in_use = g_heap.small_spans + g_heap.large_spans
-    st.small_span_bytes = g_heap.small_span_bytes
     tc_spinlock_unlock(&g_heap.lock)
     # In use: every arena allocation except pagemap leaves, plus the leaf
     # entries of heap pages (a class byte and a span pointer each). A leaf is

@@ -10,21 +10,13 @@ from tcalloc.pageheap cimport pageheap_new, pageheap_delete
 
 cdef void central_init(CentralFreeList *c, uint32_t cl, uint32_t size, uint32_t pages,
                        uint32_t objects_per_span, PageHeap *heap) noexcept nogil:
+    memset(c, 0, sizeof(CentralFreeList))
     tc_spinlock_init(&c.lock)
     c.cl = cl
     c.size = size
     c.pages = pages
     c.objects_per_span = objects_per_span
-    c.wipe_new_spans = 0
     c.heap = heap
-    c.nonempty = NULL
-    c.full = NULL
-    c.nspans = 0
-    c.span_bytes = 0
-    c.free_objects = 0
-    c.total_objects = 0
-    c.spans_created = 0
-    c.spans_returned = 0
 
 cdef inline bint _exhausted(const Span *s) noexcept nogil:
     return s.freelist == NULL and s.bump >= s.limit

@@ -460,6 +460,14 @@ cdef void pageheap_delete(PageHeap *h, Span *s) noexcept nogil:
     _merge_free(h, s)
     tc_spinlock_unlock(&h.lock)
 
+cdef Span *_free_after(PageHeap *h, Span *s, size_t extra) noexcept nogil:
+    """The free span right after s if it has at least `extra` pages, else NULL."""
+    cdef Span *nxt = pagemap_span(&h.pagemap, s.start + s.npages)
+    if (nxt != NULL and nxt.start == s.start + s.npages and nxt.npages >= extra
+            and (nxt.location == SPAN_ON_NORMAL or nxt.location == SPAN_ON_RETURNED)):
+        return nxt
+    return NULL
+
 cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
     """Shrink or grow a large in-use span where it stands. 1 if done, 0 if
     the following pages are not free (grow) or metadata ran out."""
@@ -472,34 +480,28 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
     if npages == s.npages:
         ok = 1
     elif npages < s.npages:
-        nxt = _span_new(h, s.start + npages, s.npages - npages)
-        if nxt != NULL:
-            nxt.location = SPAN_ON_NORMAL
-            nxt.needzero = 1
+        if _give_back(h, s.start + npages, s.npages - npages, SPAN_ON_NORMAL, 1):
             s.npages = npages
             _record(h, s)
-            _merge_free(h, nxt)
             ok = 1
     else:
         extra = npages - s.npages
-        nxt = pagemap_span(&h.pagemap, s.start + s.npages)
-        if (nxt != NULL and nxt.start == s.start + s.npages and nxt.npages >= extra
-                and (nxt.location == SPAN_ON_NORMAL or
-                     (nxt.location == SPAN_ON_RETURNED and _limit_allows(h, extra)))):
-            # _limit_allows may have released and merged spans: look again.
-            nxt = pagemap_span(&h.pagemap, s.start + s.npages)
-            if (nxt != NULL and nxt.start == s.start + s.npages and nxt.npages >= extra
-                    and (nxt.location == SPAN_ON_NORMAL or nxt.location == SPAN_ON_RETURNED)):
-                _unlink_free(h, nxt)
-                if nxt.npages > extra:
-                    _split_tail(h, nxt, extra, nxt.location)
-                if nxt.npages == extra:
-                    s.npages += extra
-                    _span_free(h, nxt)
-                    _record(h, s)
-                    ok = 1
-                else:
-                    _merge_free(h, nxt)
+        nxt = _free_after(h, s, extra)
+        if nxt != NULL and nxt.location == SPAN_ON_RETURNED:
+            # Released pages count against the limit again; making room may
+            # release and merge spans, so look at the neighbour again.
+            nxt = _free_after(h, s, extra) if _limit_allows(h, extra) else NULL
+        if nxt != NULL:
+            _unlink_free(h, nxt)
+            if nxt.npages > extra:
+                _split_tail(h, nxt, extra, nxt.location)
+            if nxt.npages == extra:
+                s.npages += extra
+                _span_free(h, nxt)
+                _record(h, s)
+                ok = 1
+            else:
+                _merge_free(h, nxt)
     if ok:
         h.large_bytes += (<uint64_t>s.npages << kPageShift)
         h.large_bytes -= before << kPageShift
