@@ -165,9 +165,9 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
     return p
 
 cdef void _reclaim() noexcept nogil:
-    """An allocation failed (the OS or a hard limit said no): flush this
-    thread's cache and the transfer caches, so spans they kept from emptying
-    go back to the page heap before the one retry."""
+    """Flush this thread's cache and the transfer caches, so spans they kept
+    from emptying go back to the page heap: before the one retry of a failed
+    allocation (the OS or a hard limit said no), and in release_free_memory."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef int cl
     if tc != NULL:
@@ -729,18 +729,10 @@ def release_free_memory():
     releases every free page-heap span with madvise(MADV_DONTNEED), and asks
     the other threads to flush their caches at their next slow-path call.
     """
-    cdef ThreadCache *tc
-    cdef int cl
     cdef size_t done
     with nogil:
-        tc = <ThreadCache *>tc_tls_owner()
-        if tc != NULL:
-            threadcache_flush(tc)
         threadcache_request_flush_all(&g_registry)
-        if tc != NULL:
-            tc.flush_requested = 0
-        for cl in range(1, g_sizemap.num_classes):
-            transfer_drain(&g_transfer[cl])
+        _reclaim()          # this thread's flush also clears its own request
         done = pageheap_release(&g_heap, <size_t>-1, 0)
     return done
 

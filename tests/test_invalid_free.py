@@ -55,12 +55,19 @@ NORMAL_PATH = [
 DEBUG_ONLY = ["interior_small", "double_free_small_later"]
 
 
-def run_case(case, debug):
+def child_env(debug):
+    """Environment for a child interpreter: this checkout's tcalloc, debug
+    checks on or off whatever the parent has."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TCALLOC_DEBUG", None)
     if debug:
         env["TCALLOC_DEBUG"] = "1"
+    return env
+
+
+def run_case(case, debug):
+    env = child_env(debug)
     code = ("import sys, tcalloc\n"
             "from tcalloc import _test_native as tn\n"
             "assert tcalloc.debug_enabled() == %r\n"
@@ -95,11 +102,7 @@ def test_valid_frees_do_not_abort_in_either_mode():
     # use, in particular debug mode's double-free and neighbour checks on
     # freshly freed and reused blocks.
     for debug in (False, True):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        env.pop("TCALLOC_DEBUG", None)
-        if debug:
-            env["TCALLOC_DEBUG"] = "1"
+        env = child_env(debug)
         code = ("import tcalloc\n"
                 "from tcalloc import _test_native as tn\n"
                 "sizes = [0, 1] + [s + d for _, s, *r in tcalloc.size_class_table() for d in (-1, 0, 1)]\n"
@@ -117,9 +120,7 @@ def test_debug_mode_reuses_pages_for_another_size_class_without_false_alarm():
     poison byte at offset 16 as proof the block was freed before, but here
     the poison belongs to the old class's block layout, so a correct program
     aborts with "block written after it was freed"."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["TCALLOC_DEBUG"] = "1"
+    env = child_env(True)
     code = ("from tcalloc import _test_native as tn\n"
             "a = [tn.malloc(48) for _ in range(2000)]\n"
             "for p in a: tn.free(p)\n"
