@@ -1,5 +1,5 @@
 """Engine benchmark: tcalloc against glibc, gperftools tcmalloc, jemalloc and
-mimalloc, with the same native loops (tcalloc/_bench.pyx) for every backend.
+mimalloc, with the same native loops (bench/_bench.pyx) for every backend.
 
     python -m bench.engine                  # full run, about a minute
     python -m bench.engine --quick          # smoke run, a few seconds
@@ -66,28 +66,11 @@ CALLGRIND_N = ((200_000, 1_200_000), (50_000, 300_000))   # (N1, N2), --quick
 # ============================================================================
 
 def _load_bench():
-    """Load the compiled tcalloc/_bench without running tcalloc/__init__.py,
-    so children of the peer backends never load tcalloc's engine."""
-    import importlib.machinery
-    import importlib.util
-    dirs = []
-    if os.environ.get("TCALLOC_BENCH_DEV"):      # benchmark development only
-        dirs.append(os.environ["TCALLOC_BENCH_DEV"])
-    spec = importlib.util.find_spec("tcalloc")   # finds, does not import
-    if spec is not None and spec.submodule_search_locations:
-        dirs.extend(spec.submodule_search_locations)
-    for d in dirs:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(d, "_bench" + suffix)
-            if os.path.exists(path):
-                loader = importlib.machinery.ExtensionFileLoader("tcalloc._bench", path)
-                spec = importlib.util.spec_from_file_location("tcalloc._bench", path,
-                                                              loader=loader)
-                mod = importlib.util.module_from_spec(spec)
-                loader.exec_module(mod)
-                return mod
-    raise ImportError("tcalloc/_bench is not built; run `python setup.py build_ext "
-                      "--inplace` (or `pip install .`) first")
+    """The native loops (bench/_bench.pyx, built by devbuild.py). Importing
+    them does not import tcalloc, so children of the peer backends never
+    load tcalloc's engine."""
+    from bench import _bench
+    return _bench
 
 
 def _rss():
@@ -751,6 +734,9 @@ def main(argv=None):
     if a.child:
         child_main(a)
         return 0
+    sys.path.insert(0, REPO)
+    import devbuild
+    devbuild.build("bench")
     t0 = time.monotonic()
     if a.callgrind:
         data, text = callgrind(a)

@@ -18,7 +18,7 @@ MAX_SIZE_LIMIT = 1 << 30
 
 
 def _workloads():
-    from tcalloc import _workloads as wl
+    from . import _workloads as wl
     return wl
 
 
@@ -81,7 +81,7 @@ WORKLOAD_NAMES = ("larson", "xmalloc", "prodcons", "cache-thrash", "cache-scratc
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m stress",
+        prog="python -m tcalloc.stress",
         description="tcalloc stress lab: multi-threaded workloads with every block checked, "
                     "tcalloc side by side with the system malloc and the peers found "
                     "(gperftools, jemalloc, mimalloc via LD_PRELOAD), and a contention profile.",

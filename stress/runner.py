@@ -54,7 +54,7 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
     """Run spec (dict: workload, threads, duration or ops, min_size, max_size,
     seed) with the given allocator under a Profile; returns the run record.
     Raises RunHung when the run does not finish within its time limit."""
-    from tcalloc import _workloads as wl
+    from . import _workloads as wl
     from tcalloc.profile import Profile
 
     prog = wl.Progress()
@@ -130,7 +130,7 @@ def run_in_process(spec, on_progress=None):
 
 
 def run_child(spec, library, on_progress=None, timeout=None):
-    """Run spec in `python -m stress._child` (LD_PRELOAD=library when given)."""
+    """Run spec in `python -m tcalloc.stress._child` (LD_PRELOAD=library when given)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if library:
@@ -140,7 +140,7 @@ def run_child(spec, library, on_progress=None, timeout=None):
     if timeout is None:
         # Generous: a hung fork child alone may take child_timeout_s (10 s).
         timeout = _time_limit(spec) + 10.0
-    proc = subprocess.Popen([sys.executable, "-m", "stress._child", json.dumps(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "tcalloc.stress._child", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=ROOT)
     lines = queue.Queue()

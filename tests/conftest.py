@@ -1,7 +1,30 @@
-"""Shared fixtures for the engine tests."""
+"""Shared fixtures for the engine tests, and the build of the test-only
+native modules (tests/native/*.pyx) before any test runs."""
 import ctypes
+import os
+import sys
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NATIVE = os.path.join(ROOT, "tests", "native")
+
+# The test modules (tct_native, tct_components) are imported by name, here
+# and in the child interpreters tests start.
+sys.path.insert(0, NATIVE)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [NATIVE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
+def pytest_configure(config):
+    # Once, in the controlling process (xdist workers find them built).
+    if not hasattr(config, "workerinput"):
+        sys.path.insert(0, ROOT)
+        try:
+            import devbuild
+        finally:
+            sys.path.remove(ROOT)
+        devbuild.build("tests")
 
 
 class TcallocCAPI(ctypes.Structure):
@@ -33,5 +56,5 @@ def capi():
 @pytest.fixture(scope="session")
 def comp():
     """The test-only component module (private instances, native workloads)."""
-    from tcalloc import _test_components
-    return _test_components
+    import tct_components
+    return tct_components

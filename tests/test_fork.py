@@ -43,7 +43,7 @@ def test_50_native_forks_while_four_threads_allocate():
     # must exit 0 within 20 s, else it is killed and counted as hung.
     proc = run_py("""
         import json, tcalloc
-        from tcalloc import _test_native as tn
+        import tct_native as tn
         tcalloc.set_max_total_thread_cache_bytes(0)
         w = tn.start_workers(4, nslots=128, large_permille=100)
         r = tn.fork_children(50, timeout_s=20.0)
@@ -64,7 +64,7 @@ def test_python_os_fork_children_allocate_while_threads_run():
     # parent's native threads keep allocating in the parent.
     proc = run_py("""
         import json, os, time, tcalloc
-        from tcalloc import _test_native as tn
+        import tct_native as tn
         tcalloc.set_max_total_thread_cache_bytes(0)
         w = tn.start_workers(4, nslots=128, large_permille=100)
         results = []
@@ -103,7 +103,7 @@ def test_multiprocessing_fork_with_interpreter_hook():
     # until it lands this test fails with the AttributeError message below.
     proc = run_py("""
         import json, multiprocessing, tcalloc
-        from tcalloc import _test_native as tn
+        import tct_native as tn
         if not hasattr(tcalloc, "install"):
             raise AttributeError("tcalloc.install() is missing: the interpreter hook (issue 3) "
                                  "has not landed, so fork with the hook cannot be tested")

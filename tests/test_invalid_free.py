@@ -1,7 +1,7 @@
 """Invalid frees are reported loudly, never turned into silent corruption.
 
 Each case runs in a child interpreter that calls
-``tcalloc._test_native.invalid_free(case)``: the helper prints ``ptr=0x...``
+``tct_native.invalid_free(case)`` (tests/native/tct_native.pyx): the helper prints ``ptr=0x...``
 (straight to fd 1) and then does the bad thing through the C API. The child
 must die of SIGABRT with ``tcalloc: fatal: ... (pointer 0x...)`` on stderr
 naming that pointer. If it returns, tcalloc did not notice, and it prints
@@ -69,7 +69,7 @@ def child_env(debug):
 def run_case(case, debug):
     env = child_env(debug)
     code = ("import sys, tcalloc\n"
-            "from tcalloc import _test_native as tn\n"
+            "import tct_native as tn\n"
             "assert tcalloc.debug_enabled() == %r\n"
             "print('survived:', tn.invalid_free(%r), flush=True)\n" % (bool(debug), case))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -104,7 +104,7 @@ def test_valid_frees_do_not_abort_in_either_mode():
     for debug in (False, True):
         env = child_env(debug)
         code = ("import tcalloc\n"
-                "from tcalloc import _test_native as tn\n"
+                "import tct_native as tn\n"
                 "sizes = [0, 1] + [s + d for _, s, *r in tcalloc.size_class_table() for d in (-1, 0, 1)]\n"
                 "bad, counts = tn.model_run(5, 4000, sizes + [300000, 1 << 20], [8, 16, 64, 4096, 65536])\n"
                 "assert bad == [], bad[:5]\n"
@@ -121,7 +121,7 @@ def test_debug_mode_reuses_pages_for_another_size_class_without_false_alarm():
     the poison belongs to the old class's block layout, so a correct program
     aborts with "block written after it was freed"."""
     env = child_env(True)
-    code = ("from tcalloc import _test_native as tn\n"
+    code = ("import tct_native as tn\n"
             "a = [tn.malloc(48) for _ in range(2000)]\n"
             "for p in a: tn.free(p)\n"
             "b = [tn.malloc(64) for _ in range(2000)]\n"

@@ -18,7 +18,7 @@ MiB = 1 << 20
 
 PRELUDE = """
 import errno, json, os, psutil, resource, tcalloc
-from tcalloc import _test_native as tn
+import tct_native as tn
 MiB = 1 << 20
 proc = psutil.Process()
 def rss():

@@ -3,7 +3,7 @@
 C API: random sequences of malloc/calloc/realloc/aligned_alloc/free/
 usable_size (and calls that must fail) with sizes at every size-class
 boundary and alignments at every power of two, checked call by call against
-a model of the live blocks and their contents (tcalloc._test_native.model_run).
+a model of the live blocks and their contents (tct_native.model_run (tests/native/tct_native.pyx)).
 
 Python API: a hypothesis state machine drives tcalloc.alloc, Buffer.resize,
 memoryview exports, release, and BufferPool acquire/release against a model.
@@ -18,7 +18,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invari
                                  precondition, rule)
 
 import tcalloc
-from tcalloc import _test_native as tn
+import tct_native as tn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
 KMAX_SMALL = 256 * 1024
@@ -97,7 +97,7 @@ def test_stats_account_for_every_block():
     # model run frees everything, bytes_in_use is back where it started, and
     # the stats identity holds.
     code = ("import tcalloc\n"
-            "from tcalloc import _test_native as tn\n"
+            "import tct_native as tn\n"
             "from tests.test_model import boundary_sizes, ALIGNS\n"
             "b0 = tcalloc.stats()['bytes_in_use']\n"
             "bad, c = tn.model_run(99, 8000, boundary_sizes(), ALIGNS)\n"

@@ -120,7 +120,7 @@ def test_per_thread_cpu_lists_live_threads(tc):
 
 
 def test_lock_counters_match_stats(tc):
-    from tcalloc import _workloads as wl
+    from tcalloc.stress import _workloads as wl
     s0 = tc.stats()["locks"]
     with _profile(tc) as p:
         r = wl.run("xmalloc", "tcalloc", threads=2, ops=20000)

@@ -22,7 +22,7 @@ def _run(code, timeout=120):
 def test_512_mib_freed_and_released_drops_rss():
     out = _run("""
         import psutil, tcalloc
-        from tcalloc import _test_components as comp
+        import tct_components as comp
         MIB = 1 << 20
         proc = psutil.Process()
         base = proc.memory_info().rss
@@ -46,7 +46,7 @@ def test_512_mib_freed_and_released_drops_rss():
 def test_background_release_at_a_set_rate():
     _run("""
         import time, tcalloc
-        from tcalloc import _test_components as comp
+        import tct_components as comp
         MIB = 1 << 20
         blocks = comp.BlockSet(64 * MIB, 1 * MIB, 2 * MIB, seed=3)
         blocks.free_all()

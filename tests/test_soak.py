@@ -18,7 +18,7 @@ SECONDS = float(os.environ.get("TCALLOC_SOAK_SECONDS", "36"))
 
 CODE = """
 import json, sys, time, psutil, tcalloc
-from tcalloc import _test_native as tn
+import tct_native as tn
 seconds = float(sys.argv[1])
 proc = psutil.Process()
 w = tn.start_workers(4, nslots=1024, seed=11, large_permille=5)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -21,7 +22,7 @@ def wl():
     # The lab needs the engine: fail loudly (not skip) if it is not built.
     try:
         import tcalloc  # noqa: F401
-        from tcalloc import _workloads
+        from tcalloc.stress import _workloads
     except ImportError as e:
         pytest.fail("tcalloc (engine and _workloads) cannot be imported: %s" % e)
     return _workloads
@@ -49,7 +50,7 @@ def _assert_clean(r):
 def _run_isolated(workload, allocator, timeout=120, **kw):
     # In a child process with a time limit: a deadlocked allocator fails the
     # test instead of hanging the test run (stuck threads cannot be stopped).
-    code = ("import json, sys; from tcalloc import _workloads as wl; "
+    code = ("import json, sys; from tcalloc.stress import _workloads as wl; "
             "print(json.dumps(wl.run(%r, %r, **%r)))" % (workload, allocator, kw))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
@@ -139,8 +140,8 @@ def test_run_rejects_bad_arguments(wl, kwargs, err):
 # ---- CLI ------------------------------------------------------------------
 
 def _stress(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "stress", *args], cwd=ROOT, env=env,
+    # The installed lab, as a user runs it, from outside the checkout.
+    return subprocess.run([sys.executable, "-m", "tcalloc.stress", *args], cwd=tempfile.gettempdir(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -152,7 +153,7 @@ def _stress(*args, timeout=300):
     ["--plot", "x.svg"], ["--soak", "1", "--ops", "10"], ["--bogus"],
 ])
 def test_cli_rejects_bad_options(wl, capsys, args):
-    from stress.cli import main
+    from tcalloc.stress.cli import main
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2
@@ -195,7 +196,7 @@ def test_cli_json_fields(wl, tmp_path):
 
 
 def test_peers_run_in_children_with_preload(wl, tmp_path):
-    from stress.peers import find_peers
+    from tcalloc.stress.peers import find_peers
     found, missing = find_peers()
     if not found:
         pytest.skip("no peer allocator installed (%s)" % ", ".join(missing))

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
 
 CODE = """
 import json, tcalloc
-from tcalloc import _test_native as tn
+import tct_native as tn
 def snap():
     s = tcalloc.stats()
     return {k: s[k] for k in ("thread_caches", "thread_cache_free_bytes", "metadata_bytes", "bytes_in_use",

@@ -139,7 +139,7 @@ def test_global_1000_short_lived_native_threads():
     # exact before/after comparison below would measure them too.
     code = textwrap.dedent("""
         import tcalloc
-        from tcalloc import _test_components as comp
+        import tct_components as comp
         s0 = tcalloc.stats()
         r = comp.short_lived_threads(total=1000, concurrent=16, blocks=32, seed=3)
         assert r == {"threads": 1000, "corrupt": 0, "failed": 0}, r

@@ -8,7 +8,7 @@ size tables) come from mmap so they never touch the allocator under test.
 """
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
-from tcalloc.allocator cimport tc_allocator_t, tc_allocator_system
+include "harness.pxi"
 from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CAPSULE_NAME
 
 cdef extern from "tc_platform.h" nogil:

@@ -1,14 +1,34 @@
-# Size map: generates the class table. No lock: written once at start-up.
+# Size map: request size -> size class, and each class's object size, pages
+# per span and batch size (objects moved between caches at once).
 #
-# Classes: 8, 16, then every 16 B up to 128, then 8 classes per power of two
-# (step 2^k/8) up to 256 KiB: a request never gets more than max(15 B, 1/8 of
-# its block) of slack. Every power of two is a class, so aligned allocation up
-# to the page size can pick a class whose objects are naturally aligned.
-# Pages per span: the fewest pages (at least 2, so span metadata stays under
-# 1 % of the heap) whose tail left over after the last object is at most 1/8
-# of the span. Batch: 64 KiB worth of objects, clamped to 2..32.
+# Thread safety: filled once by sizemap_init() before any allocation, then
+# read-only; reads need no lock.
+from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memset
-from tcalloc.common cimport kPageSize, kPageShift
+
+cdef enum:
+    # Index space of the lookup table: 8-byte steps up to 1 KiB, then 128-byte
+    # steps up to kMaxSmallSize (as TCMalloc's ClassIndex). 2169 entries.
+    kClassArraySize = ((kMaxSmallSize + 127 + (120 << 7)) >> 7) + 1
+
+ctypedef struct SizeMap:
+    int num_classes                          # classes 1..num_classes-1; 0 is "not small"
+    uint8_t class_array[kClassArraySize]
+    uint32_t class_to_size[kMaxClasses]
+    uint32_t class_to_pages[kMaxClasses]
+    uint32_t num_objects_to_move[kMaxClasses]   # batch size
+    uint32_t objects_per_span[kMaxClasses]
+
+cdef inline size_t sizemap_index(size_t size) noexcept nogil:
+    if size <= 1024:
+        return (size + 7) >> 3
+    return (size + 127 + (120 << 7)) >> 7
+
+cdef inline uint32_t sizemap_class(const SizeMap *m, size_t size) noexcept nogil:
+    """Class for a request of `size` bytes (0 < size <= kMaxSmallSize; 0 maps to the 8 B class)."""
+    return m.class_array[sizemap_index(size)]
+
+# ---- implementation --------------------------------------------------------
 
 cdef enum:
     kMinSpanPages = 2

@@ -22,7 +22,7 @@ allocator - block operations - workloads - driver - Python API.
 """
 
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_CheckExact
-from tcalloc.allocator cimport tc_allocator_t, tc_allocator_system
+include "harness.pxi"
 from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CAPSULE_NAME
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy, memset

@@ -1,8 +1,31 @@
-# Transfer cache. Lock discipline: t.lock around slot operations only; the
-# central free list is called with it dropped. See transfer.pxd.
-from tcalloc.common cimport tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock, tc_inc_owned
-from tcalloc.central cimport central_remove_range, central_insert_range
-from tcalloc.arena cimport MetaArena, arena_alloc
+# Transfer cache: per size class, a small stack of whole batches (pre-linked
+# chains of exactly `batch` objects) passed between thread caches without
+# touching spans: one thread frees a batch, another takes it, each at O(1)
+# under the lock. When it is full or empty, batches go to / come from the
+# central free list.
+#
+# Thread safety: one spinlock per class (t.lock), held only for the O(1) slot
+# operation and never while calling the central free list.
+from libc.stdint cimport uint32_t, uint64_t
+
+ctypedef struct TransferBatch:
+    void *head
+    void *tail
+
+ctypedef struct TransferCache:
+    tc_spinlock_t lock
+    uint32_t cl
+    uint32_t batch
+    int used                      # batches held
+    int capacity
+    TransferBatch *slots          # from the metadata arena
+    CentralFreeList *central
+    uint64_t insert_hits
+    uint64_t insert_misses
+    uint64_t remove_hits
+    uint64_t remove_misses
+
+# ---- implementation --------------------------------------------------------
 
 cdef enum:
     kTransferBytes = 512 * 1024   # per class: at most this much parked here...

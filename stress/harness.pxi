@@ -1,7 +1,7 @@
 # The allocator table the stress lab and the benchmarks run against
 # (includes/tc_allocator.h): tcalloc through its capsule, the C library's
 # malloc (a preloaded peer in a child process), or a deliberately broken one.
-cdef extern from "tc_allocator.h" nogil:
+cdef extern from "tc_harness.h" nogil:
     ctypedef struct tc_allocator_t:
         const char *name
         void *(*malloc)(size_t) noexcept nogil

@@ -11,9 +11,7 @@
 # interior pages may be stale once it is freed: only boundary pages of free
 # and large spans, and every page of small-object spans, are kept current.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
-from tcalloc.common cimport tc_load_acquire_ptr, tc_load_u8, tc_store_u8, tc_store_relaxed_ptr, tc_load_relaxed_ptr
-from tcalloc.span cimport Span
-from tcalloc.arena cimport MetaArena
+from libc.string cimport memset
 
 cdef enum:
     kPagemapLeafBits = 18
@@ -59,5 +57,31 @@ cdef inline void pagemap_set_class(Pagemap *pm, uintptr_t page, uint32_t cl) noe
     cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
     tc_store_u8(&leaf.sizeclass[page & (kPagemapLeafLen - 1)], <uint8_t>cl)
 
-cdef void pagemap_init(Pagemap *pm, MetaArena *arena) noexcept nogil
-cdef int pagemap_ensure(Pagemap *pm, uintptr_t start, size_t npages) noexcept nogil
+# ---- implementation --------------------------------------------------------
+
+cdef void pagemap_init(Pagemap *pm, MetaArena *arena) noexcept nogil:
+    """pm must be zeroed memory: the root is not cleared here, so that its
+    untouched pages stay non-resident."""
+    pm.arena = arena
+    pm.node_bytes = 0
+
+cdef int pagemap_ensure(Pagemap *pm, uintptr_t start, size_t npages) noexcept nogil:
+    """Create the leaves covering pages [start, start+npages). 0, or -1 if the
+    range is beyond 48-bit addresses or metadata memory ran out."""
+    cdef uintptr_t i
+    cdef uintptr_t first = start >> kPagemapLeafBits
+    cdef uintptr_t last
+    cdef PagemapLeaf *leaf
+    if npages == 0:
+        return 0
+    last = (start + npages - 1) >> kPagemapLeafBits
+    if last >= kPagemapRootLen:
+        return -1
+    for i in range(first, last + 1):
+        if pm.root[i] == NULL:
+            leaf = <PagemapLeaf *>arena_alloc(pm.arena, sizeof(PagemapLeaf), 4096)
+            if leaf == NULL:
+                return -1
+            pm.node_bytes += sizeof(PagemapLeaf)
+            tc_store_release_ptr(<void **>&pm.root[i], leaf)
+    return 0

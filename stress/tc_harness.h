@@ -2,8 +2,8 @@
  * runs against tcalloc (through its capsule), the C library's malloc (which is
  * gperftools/jemalloc/mimalloc when a child process runs under LD_PRELOAD),
  * or a deliberately broken allocator used to prove the checks catch bugs. */
-#ifndef TC_ALLOCATOR_H
-#define TC_ALLOCATOR_H
+#ifndef TC_HARNESS_H
+#define TC_HARNESS_H
 #include <stddef.h>
 #include <stdlib.h>
 typedef struct {

@@ -1,14 +1,48 @@
-# Page heap. Lock discipline: every public function takes h.lock; helpers
-# whose names start with an underscore expect it held. See pageheap.pxd.
-from libc.string cimport memset
-from libc.stdint cimport uint8_t
-from tcalloc.common cimport (tc_spinlock_init, tc_spinlock_lock, tc_spinlock_unlock,
-                             tc_os_map, tc_os_map_at, tc_os_unmap, tc_os_release, tc_set_errno,
-                             kPageShift, kPageSize)
-from tcalloc.span cimport SPAN_IN_USE, SPAN_ON_NORMAL, SPAN_ON_RETURNED, SPAN_DEAD, span_list_push, span_list_remove
-from tcalloc.pagemap cimport pagemap_init, pagemap_ensure, pagemap_span, pagemap_set, pagemap_set_class
-from tcalloc.arena cimport arena_alloc
+# Page heap: whole spans of pages. Free spans sit on exact-length lists
+# (1..kMaxPages pages) or, above that, in a best-fit tree ordered by
+# (length, address); each in a "normal" (backed by memory) and a "returned"
+# (released to the OS with madvise) variant. Allocation splits, free merges
+# with both neighbours of the same kind. Memory fresh from mmap starts out as
+# "returned": it is not resident until touched, so the stats match RSS.
+#
+# Thread safety: ONE global spinlock (h.lock), taken inside every function
+# below. Lock order: a central free list's lock may be held while calling in
+# here; nothing in here takes any lock but the metadata arena's.
 from libc.errno cimport ENOMEM
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t, uint8_t
+from libc.string cimport memset
+
+cdef enum:
+    kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
+
+ctypedef struct PageHeap:
+    tc_spinlock_t lock
+    Pagemap pagemap
+    MetaArena *arena
+    Span *normal[kMaxPages + 1]
+    Span *returned[kMaxPages + 1]
+    Span *large_normal            # best-fit trees (treaps) for > kMaxPages
+    Span *large_returned
+    Span *span_freelist           # recycled Span structs
+    uint64_t system_bytes         # mapped from the OS for the heap
+    uint64_t free_bytes           # free, backed ("page_heap_free_bytes")
+    uint64_t released_bytes       # free, released to the OS
+    uint64_t small_span_bytes     # spans lent to central free lists
+    uint64_t large_bytes          # large allocations in use
+    uint64_t small_spans
+    uint64_t large_spans
+    uint64_t large_allocs
+    uint64_t large_frees
+    uint64_t span_structs         # Span structs made (metadata)
+    uint64_t grows
+    uintptr_t last_grow           # lowest address mapped so far (growth goes down)
+    uint64_t released_total       # bytes ever madvise'd away
+    uint64_t released_background  # ... of which by the background releaser
+    uint64_t limit_bytes          # 0: no limit (committed = system - released)
+    int limit_hard
+    int _pad
+
+# ---- implementation --------------------------------------------------------
 
 cdef void pageheap_init(PageHeap *h, MetaArena *arena) noexcept nogil:
     """h must be zeroed memory (static or mmap'd): the pagemap root inside

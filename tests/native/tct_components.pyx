@@ -18,19 +18,17 @@ from libc.string cimport memset
 from libc.stdlib cimport calloc as libc_calloc, free as libc_free
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from tcalloc.common cimport kPageShift, kPageSize, kMaxPages, kMaxClasses, kMaxSmallSize
-from tcalloc.sizemap cimport SizeMap, sizemap_init, sizemap_class, sizemap_aligned_class, kClassArraySize
-from tcalloc.arena cimport MetaArena, arena_init
-from tcalloc.span cimport Span, SPAN_IN_USE, SPAN_ON_NORMAL, SPAN_ON_RETURNED, span_addr
-from tcalloc.pagemap cimport (Pagemap, PagemapLeaf, kPagemapLeafLen, kPagemapLeafBits, pagemap_init, pagemap_ensure, pagemap_leaf,
-                              pagemap_span, pagemap_sizeclass, pagemap_set, pagemap_set_class)
-from tcalloc.pageheap cimport (PageHeap, pageheap_init, pageheap_new, pageheap_new_aligned,
-                               pageheap_delete, pageheap_resize, pageheap_release, pageheap_set_limit)
-from tcalloc.central cimport CentralFreeList, central_init, central_remove_range, central_insert_range
-from tcalloc.transfer cimport TransferCache, transfer_init, transfer_remove_range, transfer_insert_range, transfer_drain
-from tcalloc.threadcache cimport (ThreadCache, ThreadCacheRegistry, FreeList, threadcache_registry_init,
-                                  threadcache_create, threadcache_destroy, threadcache_flush,
-                                  threadcache_pop, threadcache_push, threadcache_set_overall_max, freelist_mallocs)
+from tcalloc.common cimport *
+
+# A private copy of every component, compiled from the engine's own parts.
+include "span.pxi"
+include "sizemap.pxi"
+include "arena.pxi"
+include "pagemap.pxi"
+include "pageheap.pxi"
+include "central.pxi"
+include "transfer.pxi"
+include "threadcache.pxi"
 
 from tcalloc.capi cimport TcallocCAPI
 

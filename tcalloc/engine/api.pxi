@@ -1,0 +1,108 @@
+# ---- control ---------------------------------------------------------------------
+
+def release_free_memory():
+    """Give free memory back to the OS; returns the bytes released.
+
+    Flushes the calling thread's cache, moves every transfer cache's objects
+    back to their spans (so spans that became empty return to the page heap),
+    releases every free page-heap span with madvise(MADV_DONTNEED), and asks
+    the other threads to flush their caches at their next slow-path call.
+    """
+    cdef size_t done
+    with nogil:
+        threadcache_request_flush_all(&g_registry)
+        _reclaim()          # this thread's flush also clears its own request
+        done = pageheap_release(&g_heap, <size_t>-1, 0)
+    return done
+
+def set_release_rate(bytes_per_second):
+    """Release free page-heap memory in the background at this many bytes per
+    second (0 stops it). The releaser thread starts only when a rate is set."""
+    cdef uint64_t rate
+    if isinstance(bytes_per_second, bool) or not isinstance(bytes_per_second, int):
+        raise TypeError("release rate must be an int (bytes per second), not %s"
+                        % type(bytes_per_second).__name__)
+    if bytes_per_second < 0 or bytes_per_second >= 2 ** 63:
+        raise ValueError("release rate must be between 0 and 2**63-1 bytes per second, got %d" % bytes_per_second)
+    global g_release_rate
+    rate = bytes_per_second
+    with nogil:
+        tc_spinlock_lock(&g_bg_lock)
+        g_release_rate = rate
+        tc_spinlock_unlock(&g_bg_lock)
+        if rate:
+            _bg_start()
+
+def get_release_rate():
+    """The background release rate in bytes per second (0: off)."""
+    return g_release_rate
+
+def set_memory_limit(nbytes, hard=False):
+    """Limit the committed heap (mapped minus released bytes) to nbytes (0 or
+    None: no limit). Soft: free memory is released to the OS first when the
+    heap would pass it. Hard: allocations that would pass it fail (NULL and
+    ENOMEM in C, MemoryError in Python)."""
+    cdef uint64_t n
+    if nbytes is None:
+        nbytes = 0
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError("memory limit must be an int number of bytes or None, not %s" % type(nbytes).__name__)
+    if nbytes < 0 or nbytes >= 2 ** 63:
+        raise ValueError("memory limit must be between 0 and 2**63-1 bytes, got %d" % nbytes)
+    cdef int is_hard = 1 if hard else 0
+    n = nbytes
+    with nogil:
+        pageheap_set_limit(&g_heap, n, is_hard)
+
+def get_memory_limit():
+    """(nbytes, hard): the current limit; nbytes 0 means none."""
+    return (g_heap.limit_bytes, bool(g_heap.limit_hard))
+
+def set_max_total_thread_cache_bytes(nbytes):
+    """The budget shared by all thread caches (default 32 MiB)."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError("nbytes must be an int, not %s" % type(nbytes).__name__)
+    if nbytes < 0 or nbytes >= 2 ** 62:
+        raise ValueError("nbytes must be between 0 and 2**62-1, got %d" % nbytes)
+    threadcache_set_overall_max(&g_registry, <uint64_t>nbytes)
+
+def get_max_total_thread_cache_bytes():
+    return g_registry.overall_max
+
+def size_class_table():
+    """[(class, size, pages, batch, objects_per_span)] for every size class."""
+    return [(cl, g_sizemap.class_to_size[cl], g_sizemap.class_to_pages[cl],
+             g_sizemap.num_objects_to_move[cl], g_sizemap.objects_per_span[cl])
+            for cl in range(1, g_sizemap.num_classes)]
+
+def size_class_of(size_t size):
+    """The class (and its object size) a request of `size` bytes gets; (0, 0) if large."""
+    if size > kMaxSmallSize:
+        return (0, 0)
+    cl = sizemap_class(&g_sizemap, size)
+    return (cl, g_sizemap.class_to_size[cl])
+
+def debug_enabled():
+    """True when TCALLOC_DEBUG checks are on (build flag or environment)."""
+    return bool(g_debug)
+
+# ---- start-up ----------------------------------------------------------------------
+
+cdef uint64_t _env_u64(const char *name, uint64_t dflt) noexcept nogil:
+    cdef const char *v = getenv(name)
+    if v == NULL or v[0] == 0:
+        return dflt
+    return strtoull(v, NULL, 0)
+
+
+cdef int _apply_environment() except -1:
+    """Settings from TCALLOC_* variables, read once at import."""
+    global g_release_rate
+    limit = _env_u64("TCALLOC_MEMORY_LIMIT", 0)
+    if limit:
+        pageheap_set_limit(&g_heap, limit, 1 if _env_u64("TCALLOC_MEMORY_LIMIT_HARD", 0) else 0)
+    rate = _env_u64("TCALLOC_RELEASE_RATE", 0)
+    if rate:
+        g_release_rate = rate
+        _bg_start()
+    return 0

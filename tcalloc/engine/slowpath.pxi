@@ -1,0 +1,213 @@
+# ---- slow paths -------------------------------------------------------------
+
+cdef ThreadCache *_cache_for_thread() noexcept nogil:
+    """Create the calling thread's cache; NULL if metadata memory is out."""
+    cdef ThreadCache *tc = threadcache_create(&g_registry)
+    if tc != NULL:
+        tc_tls_set(tc, not g_debug)
+        pthread_setspecific(g_key, tc)
+    if TC_UNLIKELY(g_bg_restart):
+        _bg_start()
+    return tc
+
+cdef void _thread_exit(void *arg) noexcept nogil:
+    """pthread key destructor: the thread's cache goes back to the central stores."""
+    tc_tls_set(NULL, 0)
+    tc_tls_set_exiting()
+    threadcache_destroy(<ThreadCache *>arg)
+
+cdef void _free_small_slow(void *p, uint32_t cl) noexcept nogil:
+    """Debug checks, or no cache yet: a thread that only frees (consumer of
+    a queue) needs one as much as one that allocates, or every free takes a
+    central lock."""
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
+    if g_debug:
+        _debug_free_small(p, cl)
+        return
+    if tc == NULL and not tc_tls_exiting():
+        tc = _cache_for_thread()
+    if tc != NULL:
+        threadcache_push(tc, cl, p)
+    else:
+        threadcache_free_uncached(&g_registry, cl, p)
+
+cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
+    cdef void *p = NULL
+    if g_debug:
+        p = _debug_malloc_small(cl)
+        if p == NULL:
+            tc_set_errno(ENOMEM)
+        return p
+    if tc == NULL and not tc_tls_exiting():
+        tc = _cache_for_thread()
+    if tc != NULL:
+        p = threadcache_pop(tc, cl)
+    else:
+        p = threadcache_alloc_uncached(&g_registry, cl)
+    if p == NULL:
+        # Memory parked in caches keeps spans from emptying: give it back
+        # and try once more.
+        _reclaim()
+        p = threadcache_pop(tc, cl) if tc != NULL else threadcache_alloc_uncached(&g_registry, cl)
+    if p == NULL:
+        tc_set_errno(ENOMEM)
+    return p
+
+cdef void _reclaim() noexcept nogil:
+    """Flush this thread's cache and the transfer caches, so spans they kept
+    from emptying go back to the page heap: before the one retry of a failed
+    allocation (the OS or a hard limit said no), and in release_free_memory."""
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
+    cdef int cl
+    if tc != NULL:
+        threadcache_flush(tc)
+    for cl in range(1, g_sizemap.num_classes):
+        transfer_drain(&g_transfer[cl])
+
+cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
+    cdef Span *s
+    cdef size_t npages
+    if TC_UNLIKELY(g_bg_restart):
+        _bg_start()
+    if size > kMaxAllocBytes:
+        tc_set_errno(ENOMEM)
+        return NULL
+    if size == 0:
+        size = 1
+    npages = (size + kPageSize - 1) >> kPageShift
+    s = pageheap_new_aligned(&g_heap, npages, align_pages)
+    if s == NULL:
+        _reclaim()
+        s = pageheap_new_aligned(&g_heap, npages, align_pages)
+    if s == NULL:
+        tc_set_errno(ENOMEM)
+    return s
+
+cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
+    cdef Span *s = _alloc_large_span(size, align_pages)
+    return <void *>span_addr(s) if s != NULL else NULL
+
+cdef inline Span *_large_span(const void *p) noexcept nogil:
+    """The in-use large span starting at p, or NULL if p is no such thing."""
+    cdef uintptr_t page = <uintptr_t>p >> kPageShift
+    cdef Span *s
+    if <uintptr_t>p & (kPageSize - 1):
+        return NULL
+    s = pagemap_span(&g_heap.pagemap, page)
+    if s == NULL or s.location != SPAN_IN_USE or s.sizeclass != 0 or s.start != page:
+        return NULL
+    return s
+
+cdef void _free_large(void *p) noexcept nogil:
+    cdef Span *s
+    if p == NULL:
+        return
+    s = _large_span(p)
+    if s == NULL:
+        tc_fatal_ptr("free(): invalid pointer (not allocated by tcalloc, or already freed)", p)
+    if g_debug:
+        memset(p, kPoisonFree, s.npages << kPageShift)
+    pageheap_delete(&g_heap, s)
+
+
+cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
+    cdef size_t total
+    cdef void *p
+    cdef Span *s
+    if tc_mul_overflow(nmemb, size, &total):
+        tc_set_errno(ENOMEM)
+        return NULL
+    if total <= kMaxSmallSize:
+        p = _malloc(total)
+        if p != NULL:
+            memset(p, 0, total)
+        return p
+    s = _alloc_large_span(total, 1)
+    if s == NULL:
+        return NULL
+    p = <void *>span_addr(s)
+    # Fresh or released pages read as zeros already.
+    if s.needzero:
+        memset(p, 0, total)
+    s.needzero = 1
+    return p
+
+cdef inline size_t _block_size(void *ptr, uint32_t *cl, Span **large, const char *what) noexcept nogil:
+    """Usable size of tcalloc block ptr, its class (0: large) and, for a
+    large block, its span; aborts naming `what` if ptr is no block start."""
+    cl[0] = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
+    if cl[0] != 0:
+        large[0] = NULL
+        return g_sizemap.class_to_size[cl[0]]
+    large[0] = _large_span(ptr)
+    if large[0] == NULL:
+        tc_fatal_ptr(what, ptr)
+    return large[0].npages << kPageShift
+
+cdef size_t tc_usable_size(void *ptr) noexcept nogil:
+    cdef uint32_t cl
+    cdef Span *s
+    if ptr == NULL:
+        return 0
+    return _block_size(ptr, &cl, &s, "usable_size(): invalid pointer (not allocated by tcalloc)")
+
+cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
+    cdef size_t old, want, npages
+    cdef uint32_t cl
+    cdef Span *s
+    cdef void *q
+    if ptr == NULL:
+        return _malloc(size)
+    if size == 0:
+        size = 1          # like CPython's raw allocator: a minimal block, never NULL-on-success
+    old = _block_size(ptr, &cl, &s, "realloc(): invalid pointer (not allocated by tcalloc)")
+    if cl == 0 and size <= old and size > kMaxSmallSize:
+        # A large block that stays large shrinks where it stands: its tail
+        # pages go back to the page heap, nothing is copied.
+        npages = (size + kPageSize - 1) >> kPageShift
+        if npages < (old >> kPageShift):
+            pageheap_resize(&g_heap, s, npages)
+        return ptr
+    if size <= old and (size > old // 2 or (cl != 0 and sizemap_class(&g_sizemap, size) == cl)):
+        return ptr
+    if cl == 0 and size > old and size <= kMaxAllocBytes:
+        # A large block may grow in place when the pages after it are free.
+        npages = (size + kPageSize - 1) >> kPageShift
+        if pageheap_resize(&g_heap, s, npages):
+            return ptr
+    want = size
+    if size > old and size - old < old // 4 and old + old // 4 <= kMaxAllocBytes:
+        want = old + old // 4   # realloc chains: grow by at least 25 % to amortise copies
+    q = _malloc(want)
+    if q == NULL and want != size:
+        q = _malloc(size)
+    if q == NULL:
+        return NULL       # the old block is untouched, as C requires
+    memcpy(q, ptr, old if old < size else size)
+    _free(ptr)
+    return q
+
+cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil:
+    cdef uint32_t cl
+    if not tc_is_pow2(alignment):
+        tc_set_errno(EINVAL)
+        return NULL
+    if alignment <= 8 or (alignment == 16 and size > 8):
+        return _malloc(size)
+    if size <= kMaxSmallSize and alignment <= kPageSize:
+        cl = sizemap_aligned_class(&g_sizemap, size, alignment)
+        if cl != 0:
+            return _malloc_class(cl)
+    return _malloc_large(size, alignment >> kPageShift if alignment > kPageSize else 1)
+
+cdef bint tc_owns(const void *ptr) noexcept nogil:
+    """Is ptr a block start in tcalloc's heap (live or free)? Lock-free."""
+    cdef uintptr_t page = <uintptr_t>ptr >> kPageShift
+    cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, page)
+    cdef Span *s
+    if cl != 0:
+        s = pagemap_span(&g_heap.pagemap, page)
+        return s != NULL and (<uintptr_t>ptr - span_addr(s)) % g_sizemap.class_to_size[cl] == 0
+    return _large_span(ptr) != NULL
+
