@@ -3,7 +3,7 @@ mimalloc, with the same native loops (bench/_bench.pyx) for every backend.
 
     python -m bench.engine                  # full run, about a minute
     python -m bench.engine --quick          # smoke run, a few seconds
-    python -m bench.engine --callgrind      # instructions per 64 B malloc+free
+    python -m bench.engine --callgrind      # instructions per malloc+free, per size
 
 Each (backend, row) runs in a fresh child process: tcalloc through its
 capsule, the peers as libc malloc under LD_PRELOAD (jemalloc cannot be
@@ -58,7 +58,10 @@ LINES = [(f"pair{s}", "pairs", f"malloc+free {s} B", "ns/pair") for s in PAIR_SI
 ]
 ROW_LABELS = {"pairs": "malloc+free pairs", "batch": "random batches",
               "xthread": "cross-thread ring", "large": "8 MiB touched"}
-CALLGRIND_N = ((200_000, 1_200_000), (50_000, 300_000))   # (N1, N2), --quick
+CALLGRIND_N = ((200_000, 1_200_000), (50_000, 300_000))   # (N1, N2) pairs, --quick
+# Rows counted under callgrind: the pair sizes and the random batch (whose
+# iterations are rounds of BATCH pairs).
+CALLGRIND_ROWS = [f"pair{s}" for s in PAIR_SIZES] + ["batch"]
 
 
 # ============================================================================
@@ -154,8 +157,12 @@ def child_main(a):
         elif what == "large":
             n = a.iters or ITERS["large"][full]
             out["large8m"] = _timed(lambda: b.large(n, LARGE), n, a.repeat)
-        elif what == "callgrind":
-            b.pairs(64, a.iters)                 # counted by valgrind, not timed
+        elif what.startswith("callgrind:"):      # counted by valgrind, not timed
+            row = what.split(":", 1)[1]
+            if row == "batch":
+                b.batch(a.iters, BATCH)
+            else:
+                b.pairs(int(row[len("pair"):]), a.iters)
         elif what == "metadata":
             # Live 64 B objects via the capsule; metadata and heap read at peak.
             import tcalloc
@@ -608,6 +615,37 @@ def _total_ir(outfile):
     raise RuntimeError(f"no instruction total in {outfile}")
 
 
+def _callgrind_row(a, vg, tmp, be, libs, row, n1, n2):
+    """Instructions per pair for one backend and row, or an error string."""
+    totals, funcs, builds = [], [], set()
+    per_iter = BATCH if row == "batch" else 1
+    for n in (n1, n2):
+        iters = max(1, n // per_iter)
+        f = os.path.join(tmp, f"{be}.{row}.{n}.out")
+        argv = [vg, "--tool=callgrind", f"--callgrind-out-file={f}",
+                sys.executable, "-m", "bench.engine", "--child", f"callgrind:{row}",
+                "--alloc", alloc_of(be), "--iters", str(iters)]
+        log(f"  {be:11s} {row:9s} N={n:<10,}", end="")
+        t0 = time.monotonic()
+        res, err, _ = run_child(argv, backend_env(be, libs))
+        log(f" {time.monotonic() - t0:5.1f} s" + (f"  ERROR {err}" if err else ""))
+        if err:
+            return err
+        totals.append(_total_ir(f))
+        funcs.append(_functions(f))
+        if res.get("engine_build"):
+            builds.add(res["engine_build"])
+    if len(builds) > 1:
+        return "engine rebuilt between the N1 and N2 runs; rerun"
+    pairs = (max(1, n2 // per_iter) - max(1, n1 // per_iter)) * per_iter
+    diff = {k: (funcs[1].get(k, 0) - funcs[0].get(k, 0)) / pairs
+            for k in set(funcs[0]) | set(funcs[1])}
+    top = sorted(((v, k) for k, v in diff.items() if v >= 0.5), reverse=True)[:6]
+    return {"ir_per_pair": (totals[1] - totals[0]) / pairs,
+            "ir_total": dict(zip(("N1", "N2"), totals)),
+            "functions_ir_per_pair": {k: v for v, k in top}}
+
+
 def callgrind(a):
     vg = shutil.which("valgrind")
     if not vg:
@@ -621,53 +659,43 @@ def callgrind(a):
             else:
                 missing[peer] = f"{soname} not found (Debian package {pkg})"
     n1, n2 = CALLGRIND_N[1 if a.quick else 0]
-    log(f"callgrind: 64 B malloc+free loop, N1={n1:,} and N2={n2:,} iterations; "
+    rows = a.cg_rows
+    log(f"callgrind: rows {', '.join(rows)}, N1={n1:,} and N2={n2:,} pairs; "
         f"instructions per pair = (I(N2) - I(N1)) / (N2 - N1)")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for be in a.backends:
-            if be in missing:
-                continue
-            totals, funcs, builds = [], [], set()
-            for n in (n1, n2):
-                f = os.path.join(tmp, f"{be}.{n}.out")
-                argv = [vg, "--tool=callgrind", f"--callgrind-out-file={f}",
-                        sys.executable, "-m", "bench.engine", "--child", "callgrind",
-                        "--alloc", alloc_of(be), "--iters", str(n)]
-                log(f"  {be:11s} N={n:<10,}", end="")
-                t0 = time.monotonic()
-                res, err, _ = run_child(argv, backend_env(be, libs))
-                log(f" {time.monotonic() - t0:5.1f} s" + (f"  ERROR {err}" if err else ""))
-                if err:
-                    missing[be] = err
-                    break
-                totals.append(_total_ir(f))
-                funcs.append(_functions(f))
-                if res.get("engine_build"):
-                    builds.add(res["engine_build"])
-            if be in missing:
-                continue
-            if len(builds) > 1:
-                missing[be] = "engine rebuilt between the N1 and N2 runs; rerun"
-                continue
-            per = (totals[1] - totals[0]) / (n2 - n1)
-            diff = {k: (funcs[1].get(k, 0) - funcs[0].get(k, 0)) / (n2 - n1)
-                    for k in set(funcs[0]) | set(funcs[1])}
-            top = sorted(((v, k) for k, v in diff.items() if v >= 0.5), reverse=True)
-            results[be] = {"ir_per_pair": per, "ir_total": dict(zip(("N1", "N2"), totals)),
-                           "functions_ir_per_pair": {k: v for v, k in top}}
-    out = ["\nInstructions per 64 B malloc+free pair (callgrind, whole process, "
-           f"(I(N2)-I(N1))/(N2-N1), N1={n1:,}, N2={n2:,}); includes the benchmark loop's "
-           "own instructions (the __pyx_..._bench_...pairs entry below), the same for "
-           "every backend"]
+        for row in rows:
+            for be in a.backends:
+                if be in missing:
+                    continue
+                r = _callgrind_row(a, vg, tmp, be, libs, row, n1, n2)
+                if isinstance(r, str):
+                    missing[be] = r
+                else:
+                    results.setdefault(be, {})[row] = r
     live = [b for b in a.backends if b in results]
-    rows = [[b, f"{results[b]['ir_per_pair']:.1f}",
-             (f"{results['tcalloc']['ir_per_pair'] / results[b]['ir_per_pair']:.2f}"
-              if "tcalloc" in results and b != "tcalloc" else "")] for b in live]
-    out.append(table(["backend", "Ir/pair", "tcalloc/this"], rows, first_width=12))
+    labels = {f"pair{s}": f"{s} B pair" for s in PAIR_SIZES}
+    labels["batch"] = "batch"
+    out = ["\nInstructions per malloc+free pair (callgrind, whole process, "
+           f"(I(N2)-I(N1))/(N2-N1), N1={n1:,}, N2={n2:,} pairs). Each includes the "
+           "benchmark loop's own instructions (the __pyx_..._bench_... entry below), the same "
+           "for every backend. 'batch' is 1000 random 8..1024 B blocks freed in random order."]
+    head = ["backend"] + [labels[r] for r in rows]
+    body = [[b] + [f"{results[b][r]['ir_per_pair']:.1f}" if r in results[b] else "-"
+                   for r in rows] for b in live]
+    out.append(table(head, body, first_width=12))
+    if "tcalloc" in results:
+        out.append("tcalloc / peer (below 1.00: tcalloc runs fewer instructions):")
+        ratio = [[b] + [f"{results['tcalloc'][r]['ir_per_pair'] / results[b][r]['ir_per_pair']:.2f}"
+                        if r in results[b] and r in results["tcalloc"] else "-" for r in rows]
+                 for b in live if b != "tcalloc"]
+        out.append(table(head, ratio, first_width=12))
     for b in live:
-        fs = results[b]["functions_ir_per_pair"]
-        out.append(f"  {b}: " + (", ".join(f"{k} {v:.1f}" for k, v in fs.items()) or "-"))
+        for r in rows:
+            if r in results[b]:
+                fs = results[b][r]["functions_ir_per_pair"]
+                out.append(f"  {b} {r}: " + (", ".join(f"{k} {v:.1f}" for k, v in fs.items())
+                                             or "-"))
     for b, why in missing.items():
         out.append(f"NOT MEASURED: {b}: {why}")
     return {"callgrind": {"N1": n1, "N2": n2, "results": results, "missing": missing,
@@ -714,8 +742,12 @@ def parse_args(argv):
                    help="fewer iterations and runs: a smoke test, not a measurement")
     p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
     p.add_argument("--callgrind", action="store_true",
-                   help="instead: count instructions per 64 B malloc+free under "
-                        "valgrind --tool=callgrind for each backend")
+                   help="instead: count instructions per malloc+free pair under "
+                        "valgrind --tool=callgrind for each backend and row")
+    p.add_argument("--cg-rows", type=_names("callgrind row", CALLGRIND_ROWS),
+                   default=list(CALLGRIND_ROWS),
+                   help=f"with --callgrind: rows to count (default: all of "
+                        f"{','.join(CALLGRIND_ROWS)})")
     # Internal: the parent re-invokes this module for each measurement.
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--alloc", choices=("system", "tcalloc"), default="system",

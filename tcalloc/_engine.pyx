@@ -48,6 +48,7 @@ include "engine/transfer.pxi"
 include "engine/threadcache.pxi"
 
 cdef extern from "tc_tls.h" nogil:
+    enum: TC_EMPTY_CACHE_BYTES
     void *tc_tls_get()
     void *tc_tls_owner()
     void tc_tls_set(void *p, int fast)
@@ -71,6 +72,20 @@ cdef extern from "<time.h>" nogil:
     int nanosleep(const timespec *req, timespec *rem)
 
 cdef size_t kMaxAllocBytes = (<size_t>1) << 46    # larger requests fail at once (ENOMEM)
+
+# Slow paths the compiler must not inline into malloc and free: inlined,
+# their register needs make every call save and restore registers. Cython has
+# no noinline, so the attribute goes on C prototypes of the generated names
+# (a renamed function loses it: the callgrind count in bench/ shows that).
+cdef extern from *:
+    """
+    #define TC_ENGINE_NOINLINE(ret, name, args) static ret __pyx_f_7tcalloc_7_engine_##name args __attribute__((noinline));
+    struct __pyx_t_7tcalloc_7_engine_Span;
+    TC_ENGINE_NOINLINE(void *, _malloc_large, (size_t, size_t))
+    TC_ENGINE_NOINLINE(void, _free_large, (void *))
+    TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t))
+    TC_ENGINE_NOINLINE(void, _free_small_slow, (void *, uint32_t))
+    """
 
 # ---- the global structures ---------------------------------------------------
 
@@ -98,28 +113,32 @@ cdef int g_bg_restart = 0            # set in a fork child whose parent had a re
 # inlined here.
 # =============================================================================
 
+# Cost, counted with callgrind (python -m bench.engine --callgrind): see
+# bench/README.md for the per-size table. Per 64 B malloc: the size test,
+# the class lookup, the TLS load and the pop. Per free: the pagemap's two
+# loads, the TLS load and the push with its double-free key check. No lock,
+# no atomic, no test for a missing cache, no byte counting.
+
 cdef inline void *_malloc_class(uint32_t cl) noexcept nogil:
-    cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
-    cdef void *p
-    if TC_LIKELY(tc != NULL):
-        p = threadcache_pop(tc, cl)
-        if TC_LIKELY(p != NULL):
-            return p
-    return _malloc_small_slow(cl)
+    cdef void *p = threadcache_try_pop(<ThreadCache *>tc_tls_get(), cl)
+    if TC_LIKELY(p != NULL):
+        return p
+    return _malloc_small_slow(cl)       # a tail call: the fast path saves no registers
 
 cdef inline void *_malloc(size_t size) noexcept nogil:
-    if TC_LIKELY(size <= kMaxSmallSize):
-        return _malloc_class(g_sizemap.class_array[sizemap_index(size)])
-    return _malloc_large(size, 1)
+    cdef uint32_t cl
+    if TC_LIKELY(size <= 1024):
+        cl = g_sizemap.class_array[(size + 7) >> 3]
+    elif size <= kMaxSmallSize:
+        cl = g_sizemap.class_array[sizemap_index(size)]
+    else:
+        return _malloc_large(size, 1)
+    return _malloc_class(cl)
 
 cdef inline void _free(void *p) noexcept nogil:
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
-    cdef ThreadCache *tc
-    # Every slow path below is a tail call, so the fast path saves no registers.
     if TC_LIKELY(cl != 0):
-        tc = <ThreadCache *>tc_tls_get()
-        if TC_LIKELY(tc != NULL):
-            threadcache_push(tc, cl, p)
+        if TC_LIKELY(threadcache_try_push(<ThreadCache *>tc_tls_get(), cl, p)):
             return
         _free_small_slow(p, cl)
         return
@@ -165,6 +184,8 @@ cdef int _init() except -1:
     global g_debug, g_release_rate
     cdef int cl
     cdef const char *dbg
+    if sizeof(ThreadCache) > TC_EMPTY_CACHE_BYTES:
+        raise ImportError("tcalloc: tc_tls.h's empty cache is smaller than a ThreadCache")
     if sizemap_init(&g_sizemap) != 0:
         raise ImportError("tcalloc: size class table could not be built")
     arena_init(&g_arena)

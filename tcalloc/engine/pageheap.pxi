@@ -16,8 +16,8 @@ cdef enum:
     kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
 
 ctypedef struct PageHeap:
+    Pagemap pagemap               # first: free() indexes its root at offset 0
     tc_spinlock_t lock
-    Pagemap pagemap
     MetaArena *arena
     Span *normal[kMaxPages + 1]
     Span *returned[kMaxPages + 1]
@@ -43,6 +43,8 @@ ctypedef struct PageHeap:
     int _pad
 
 # ---- implementation --------------------------------------------------------
+# Lock discipline: every pageheap_* function takes h.lock; the helpers whose
+# names start with an underscore expect it held.
 
 cdef void pageheap_init(PageHeap *h, MetaArena *arena) noexcept nogil:
     """h must be zeroed memory (static or mmap'd): the pagemap root inside

@@ -25,10 +25,17 @@ cdef inline size_t sizemap_index(size_t size) noexcept nogil:
     return (size + 127 + (120 << 7)) >> 7
 
 cdef inline uint32_t sizemap_class(const SizeMap *m, size_t size) noexcept nogil:
-    """Class for a request of `size` bytes (0 < size <= kMaxSmallSize; 0 maps to the 8 B class)."""
+    """Class for a request of `size` bytes (size <= kMaxSmallSize; 0 maps to the 16 B class)."""
     return m.class_array[sizemap_index(size)]
 
 # ---- implementation --------------------------------------------------------
+# Classes: every 16 B from 16 to 128, then 8 classes per power of two (step
+# 2^k/8) up to 256 KiB: a request never gets more than max(15 B, 1/8 of its
+# block) of slack. Every power of two is a class, so aligned allocation up to
+# the page size can pick a class whose objects are naturally aligned.
+# Pages per span: the fewest pages (at least 2, so span metadata stays under
+# 1 % of the heap) whose tail left over after the last object is at most 1/8
+# of the span. Batch: 64 KiB worth of objects, clamped to 2..32.
 
 cdef enum:
     kMinSpanPages = 2
@@ -61,9 +68,9 @@ cdef int sizemap_init(SizeMap *m) noexcept nogil:
     cdef int i, cl
     cdef size_t req, idx
     memset(m, 0, sizeof(SizeMap))
-    # 8, then 16-byte steps to 128 (16-byte alignment from 16 up)
-    sizes[n] = 8
-    n += 1
+    # 16-byte steps to 128. No 8-byte class: every block has the second
+    # word the free-block key lives in (double-free detection on every
+    # class), and is 16-byte aligned, as C's malloc promises on x86-64.
     s = 16
     while s <= 128:
         sizes[n] = s

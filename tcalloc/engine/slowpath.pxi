@@ -17,21 +17,23 @@ cdef void _thread_exit(void *arg) noexcept nogil:
     threadcache_destroy(<ThreadCache *>arg)
 
 cdef void _free_small_slow(void *p, uint32_t cl) noexcept nogil:
-    """Debug checks, or no cache yet: a thread that only frees (consumer of
-    a queue) needs one as much as one that allocates, or every free takes a
-    central lock."""
+    """The push was refused: the list is full, the block carries the free
+    key, debug checks are on, or the thread has no cache yet. A thread that
+    only frees (the consumer of a queue) needs a cache as much as one that
+    allocates, or every free takes a central lock."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     if g_debug:
         _debug_free_small(p, cl)
-        return
-    if tc == NULL and not tc_tls_exiting():
-        tc = _cache_for_thread()
-    if tc != NULL:
-        threadcache_push(tc, cl, p)
+    elif tc != NULL:
+        threadcache_push_slow(tc, cl, p)
+    elif not tc_tls_exiting() and _cache_for_thread() != NULL:
+        threadcache_push(<ThreadCache *>tc_tls_owner(), cl, p)
     else:
         threadcache_free_uncached(&g_registry, cl, p)
 
 cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
+    """The pop found nothing: the list is empty, debug checks are on, or
+    the thread has no cache yet."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef void *p = NULL
     if g_debug:
@@ -193,8 +195,8 @@ cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil:
     if not tc_is_pow2(alignment):
         tc_set_errno(EINVAL)
         return NULL
-    if alignment <= 8 or (alignment == 16 and size > 8):
-        return _malloc(size)
+    if alignment <= 16:
+        return _malloc(size)          # every class is 16-byte aligned
     if size <= kMaxSmallSize and alignment <= kPageSize:
         cl = sizemap_aligned_class(&g_sizemap, size, alignment)
         if cl != 0:

@@ -51,7 +51,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
         for cl in range(1, n):
             cs[cl].mallocs += freelist_mallocs(&tc.lists[cl])
             cs[cl].frees += tc_load_u64(&tc.lists[cl].frees)
-        st.thread_cache_free += tc_load_u64(&tc.size)
+        st.thread_cache_free += threadcache_bytes(tc)
         tc = tc.next
     st.thread_caches = g_registry.num_caches
     st.thread_cache_structs = g_registry.structs

@@ -989,8 +989,8 @@ cdef class PrivateEngine(PrivateHeap):
             for i in range(n):
                 cl = pagemap_sizeclass(&self.heap.pagemap, buf[i] >> kPageShift)
                 threadcache_push(tc, cl, <void *>buf[i])
-                if tc.size > peak:
-                    peak = tc.size
+                if threadcache_bytes(tc) > peak:
+                    peak = threadcache_bytes(tc)
                 l = &tc.lists[cl]
                 if <int64_t>l.length - <int64_t>l.max_length > over:
                     over = <int64_t>l.length - <int64_t>l.max_length
@@ -1006,7 +1006,7 @@ cdef class PrivateEngine(PrivateHeap):
 
     def cache_info(self, handle):
         cdef ThreadCache *tc = self._tc(handle)
-        return {"size": tc.size, "max_size": tc.max_size, "fetches": tc.fetches,
+        return {"size": threadcache_bytes(tc), "capacity": tc.capacity, "max_size": tc.max_size, "fetches": tc.fetches,
                 "scavenges": tc.scavenges, "flush_requested": tc.flush_requested}
 
     def registry_info(self):
@@ -1031,7 +1031,7 @@ cdef class PrivateEngine(PrivateHeap):
         overhead = 0
         for handle in self.caches:
             tc = <ThreadCache *><uintptr_t>handle
-            tcache += tc.size
+            tcache += threadcache_bytes(tc)
         for cl in range(1, self.sizemap.num_classes):
             size = self.sizemap.class_to_size[cl]
             transfer += <uint64_t>self.transfer[cl].used * self.transfer[cl].batch * size
