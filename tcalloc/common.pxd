@@ -1,5 +1,17 @@
 # Shared declarations: the platform shims (includes/tc_platform.h) and the
 # constants every component agrees on. Declarations only; no state.
+#
+# Naming rules, for every part of the engine (tcalloc/engine/*.pxi):
+#   tc_*          C shims from includes/*.h (atomics, spinlock, OS calls)
+#   <part>_*      a part's interface: sizemap_, arena_, pagemap_, pageheap_,
+#                 central_, transfer_, threadcache_, span_, freelist_
+#   _name         private to the part that defines it
+#   *_locked      the caller holds the lock of the structure passed in; every
+#                 other function takes the locks it needs itself, and its
+#                 docstring or its part's header says which
+#   kName         a constant (cdef enum); g_name a global, owned by _engine.pyx
+#   try_*         a fast-path step that may decline (returns NULL/0) and never
+#                 takes a lock; the caller then takes the slow path
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
 
 cdef extern from "tc_platform.h" nogil:

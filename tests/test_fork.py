@@ -99,14 +99,10 @@ def test_python_os_fork_children_allocate_while_threads_run():
 def test_multiprocessing_fork_with_interpreter_hook():
     # With the hook installed every Python object lives in tcalloc; a fork
     # pool's workers must run, allocate and return results, while native
-    # threads allocate in the parent. tcalloc.install() comes with issue 3:
-    # until it lands this test fails with the AttributeError message below.
+    # threads allocate in the parent.
     proc = run_py("""
         import json, multiprocessing, tcalloc
         import tct_native as tn
-        if not hasattr(tcalloc, "install"):
-            raise AttributeError("tcalloc.install() is missing: the interpreter hook (issue 3) "
-                                 "has not landed, so fork with the hook cannot be tested")
         tcalloc.install()
         assert tcalloc.installed()
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
-# Regression tests of CPython's own suite run under the hook (issue 3).
+# Regression tests of CPython's own suite run under the hook.
 REGRTESTS = ["test_list", "test_dict", "test_set", "test_tuple", "test_bytes", "test_string",
              "test_memoryview", "test_collections", "test_json", "test_threading"]
 # Fails on this machine without tcalloc too: a site .pth imports threading

@@ -101,8 +101,6 @@ def test_hard_limit_small_blocks_and_recovery():
 
 def test_hard_limit_python_api_raises_memoryerror():
     r = run_py("""
-        if not hasattr(tcalloc, "alloc"):
-            raise AttributeError("tcalloc.alloc is missing: the Python API (issue 3) has not landed")
         tcalloc.set_memory_limit(32 * MiB, hard=True)
         keep = [tcalloc.alloc(MiB) for _ in range(8)]
         try:

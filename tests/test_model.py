@@ -119,10 +119,6 @@ def test_stats_account_for_every_block():
 # ---- Python API state machine --------------------------------------------------
 
 def _python_api():
-    missing = [n for n in ("alloc", "Buffer", "BufferPool") if not hasattr(tcalloc, n)]
-    if missing:
-        raise ImportError("tcalloc.%s missing: the Python API (issue 3) has not landed; "
-                          "the Python-API model test cannot run" % ", tcalloc.".join(missing))
     return tcalloc
 
 
@@ -270,7 +266,3 @@ PythonAPIMachine.TestCase.settings = settings(max_examples=60, stateful_step_cou
                                               suppress_health_check=[HealthCheck.too_slow])
 TestPythonAPIModel = PythonAPIMachine.TestCase
 
-
-def test_python_api_present():
-    # Fails with the ImportError's message if issue 3 has not landed.
-    _python_api()

@@ -11,8 +11,8 @@
  *                    malloc+free pair); 0 compiles the check out.
  * TCALLOC_LOCK_STATS 1: every spinlock counts acquisitions, contended
  *                    acquisitions, spin iterations and nanoseconds waited.
- *                    The counters are written only by the lock holder, so the
- *                    uncontended cost is two plain increments.
+ *                    The counters are written only by the lock holder, so an
+ *                    uncontended acquisition costs one plain increment.
  */
 #ifndef TC_CONFIG_H
 #define TC_CONFIG_H
