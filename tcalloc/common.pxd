@@ -8,7 +8,9 @@
 #   _name         private to the part that defines it
 #   *_locked      the caller holds the lock of the structure passed in; every
 #                 other function takes the locks it needs itself, and its
-#                 docstring or its part's header says which
+#                 docstring or its part's header says which; one exception,
+#                 said at its top: pageheap.pxi's private _helpers all run
+#                 under the page-heap lock its public functions take
 #   kName         a constant (cdef enum); g_name a global, owned by _engine.pyx
 #   try_*         a fast-path step that may decline (returns NULL/0) and never
 #                 takes a lock; the caller then takes the slow path
