@@ -259,7 +259,8 @@ cdef void _check_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
     cdef uint64_t over, cut
     if tc.capacity <= tc_load_u64(&tc.max_size):
         return
-    _increase_limit(tc)
+    if tc_load_u64(&tc.max_size) + kStealAmount <= tc.reg.per_thread_max:
+        _increase_limit(tc)         # takes reg.lock: only while a step can be had
     if tc.capacity > tc_load_u64(&tc.max_size):
         _scavenge(tc)
     if tc.capacity > tc_load_u64(&tc.max_size) and l.max_length > 1:
