@@ -1,0 +1,78 @@
+"""What users install: an sdist that builds, a wheel that is the product and
+nothing else, and the stress lab working from a plain (non-editable) install
+in another directory."""
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory):
+    pytest.importorskip("build", reason="the 'build' package (test extra) builds the dists")
+    out = tmp_path_factory.mktemp("dist")
+    # sdist first, then the wheel built from the unpacked sdist: proves the
+    # sdist holds everything the build needs.
+    r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), ROOT],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sdist = next(out.glob("tcalloc-*.tar.gz"))
+    wheel = next(out.glob("tcalloc-*.whl"))
+    return sdist, wheel
+
+
+def test_wheel_holds_the_product_only(dists):
+    _, wheel = dists
+    names = zipfile.ZipFile(wheel).namelist()
+    exts = sorted(n for n in names if n.endswith(".so"))
+    mods = sorted(n.split(".")[0].replace("/", ".") for n in exts)
+    assert mods == ["tcalloc._engine", "tcalloc._hook", "tcalloc._numpy_handler",
+                    "tcalloc.buffer", "tcalloc.stress._workloads"], exts
+    for n in names:
+        base = os.path.basename(n)
+        assert not base.startswith(("tct_", "_bench", "_test")), n
+        assert not n.startswith(("tests/", "bench/")), n
+        assert not n.endswith((".pyx", ".pxi", ".c")), n
+    for needed in ["tcalloc/includes/tcalloc.h", "tcalloc/capi.pxd", "tcalloc/_engine.pxd",
+                   "tcalloc/stress/__main__.py", "tcalloc/stress/peers.py"]:
+        assert needed in names, needed
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "License-Expression: MIT" in text, "PEP 639 license metadata"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE in the wheel"
+    # The deliberately broken allocator of the lab's tests stays in the tests.
+    so = zipfile.ZipFile(wheel).read(next(n for n in exts if "_workloads" in n))
+    assert b"broken_malloc" not in so
+
+
+def test_sdist_holds_what_the_tests_and_build_need(dists):
+    sdist, _ = dists
+    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    for needed in ["LICENSE", "devbuild.py", "setup.py", "pyproject.toml", "MANIFEST.in",
+                   "tcalloc/_engine.pyx", "tcalloc/engine/threadcache.pxi",
+                   "stress/_workloads.pyx", "stress/tc_harness.h", "tests/conftest.py",
+                   "tests/native/tct_native.pyx", "bench/_bench.pyx", "docs/architecture.md"]:
+        assert needed in names, needed
+
+
+def test_lab_runs_from_a_plain_install_elsewhere(dists, tmp_path):
+    _, wheel = dists
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run([py, "-m", "pip", "install", "-q", str(wheel)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    r = subprocess.run([py, "-m", "tcalloc.stress", "--workloads", "larson", "--backends",
+                        "tcalloc", "--threads", "2", "--ops", "2000"], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "larson" in r.stdout and "tcalloc" in r.stdout
