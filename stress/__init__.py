@@ -1,6 +1,6 @@
-"""The tcalloc stress lab: ``python -m stress``.
+"""The tcalloc stress lab: ``python -m tcalloc.stress``.
 
-Runs the native workloads of ``tcalloc._workloads`` (larson, xmalloc,
+Runs the native workloads of ``tcalloc.stress._workloads`` (larson, xmalloc,
 prodcons, cache-thrash, cache-scratch, churn, mixed, fork) against tcalloc
 and the system malloc in this process, and against gperftools tcmalloc,
 jemalloc and mimalloc in child processes started with LD_PRELOAD (the same

@@ -1,4 +1,4 @@
-"""``python -m stress``: argument parsing, the suite, the soak run."""
+"""``python -m tcalloc.stress``: argument parsing, the suite, the soak run."""
 
 import argparse
 import json
@@ -301,7 +301,7 @@ def main(argv=None, out=None):
     if failures:
         print("\n%d run(s) FAILED" % failures, file=out)
     if a.json:
-        doc = dict(version=JSON_VERSION, command=[sys.executable, "-m", "stress"] + list(
+        doc = dict(version=JSON_VERSION, command=[sys.executable, "-m", "tcalloc.stress"] + list(
                        sys.argv[1:] if argv is None else argv),
                    machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
                                 python=platform.python_version()),
