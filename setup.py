@@ -1,9 +1,9 @@
 """Build of tcalloc's extensions: the product, and nothing else.
 
-The wheel holds four extensions: the engine (``tcalloc._engine``, one module
-compiled from ``tcalloc/engine/*.pxi``), the buffer objects
-(``tcalloc.buffer``), the interpreter hook (``tcalloc._hook``) and the NumPy
-handler (``tcalloc._numpy_handler``); and the stress lab, whose source is the
+The wheel holds three extensions: the engine (``tcalloc._engine``, one module
+compiled from ``tcalloc/engine/*.pxi``, the interpreter hook included), the
+buffer objects (``tcalloc.buffer``) and the NumPy handler
+(``tcalloc._numpy_handler``); and the stress lab, whose source is the
 top-level ``stress/`` directory, installed as ``tcalloc.stress`` with its
 native workloads (``tcalloc.stress._workloads``). Test and benchmark modules
 are built by ``devbuild.py`` in place, never into the wheel.
@@ -28,7 +28,6 @@ INCLUDES = os.path.join("tcalloc", "includes")
 PRODUCT = {
     "tcalloc._engine": "tcalloc/_engine.pyx",
     "tcalloc.buffer": "tcalloc/buffer.pyx",
-    "tcalloc._hook": "tcalloc/_hook.pyx",
     "tcalloc._numpy_handler": "tcalloc/_numpy_handler.pyx",
     "tcalloc.stress._workloads": "stress/_workloads.pyx",
 }

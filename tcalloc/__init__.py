@@ -26,7 +26,7 @@ def get_pxd_dir():
 
 # Buffer objects, buffer pools and the interpreter hook (issue 3).
 from tcalloc.buffer import Buffer, BufferPool, alloc
-from tcalloc._hook import install, uninstall, installed
+from tcalloc._engine import install, uninstall, installed
 
 # Contention profiling of any code: lock counters and psutil figures (issue 4).
 from tcalloc.profile import profile

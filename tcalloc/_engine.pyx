@@ -19,6 +19,7 @@
 #     engine/fork.pxi         fork handlers
 #     engine/background.pxi   background release thread
 #     engine/stats.pxi        stats(), stats_text()
+#     engine/hook.pxi         the interpreter hook (PyMem_SetAllocator wrappers)
 #     engine/api.pxi          the Python control API and the environment settings
 #
 # Naming rules and the lock discipline are written once, in common.pxd.
@@ -85,6 +86,7 @@ cdef extern from *:
     TC_ENGINE_NOINLINE(void, _free_large, (void *))
     TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t))
     TC_ENGINE_NOINLINE(void, _free_small_slow, (void *, uint32_t))
+    TC_ENGINE_NOINLINE(void, _h_free_other, (void *, void *))
     """
 
 # ---- the global structures ---------------------------------------------------
@@ -176,6 +178,7 @@ include "engine/debug.pxi"
 include "engine/fork.pxi"
 include "engine/background.pxi"
 include "engine/stats.pxi"
+include "engine/hook.pxi"
 include "engine/api.pxi"
 
 # ---- start-up ------------------------------------------------------------------

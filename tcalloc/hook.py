@@ -15,6 +15,6 @@ allocations from coming from tcalloc but leaves the wrapper in place, so blocks
 tcalloc already handed out still go back to it. All functions need the GIL;
 the allocator wrappers themselves run without it.
 """
-from tcalloc._hook import active_domains, install, installed, uninstall
+from tcalloc._engine import active_domains, install, installed, uninstall
 
 __all__ = ["install", "uninstall", "installed", "active_domains"]

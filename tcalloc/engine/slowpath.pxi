@@ -108,6 +108,10 @@ cdef void _free_large(void *p) noexcept nogil:
     s = _large_span(p)
     if s == NULL:
         tc_fatal_ptr("free(): invalid pointer (not allocated by tcalloc, or already freed)", p)
+    _free_large_span(p, s)
+
+cdef void _free_large_span(void *p, Span *s) noexcept nogil:
+    """Free large block p, whose in-use span _large_span(p) found as s."""
     if g_debug:
         memset(p, kPoisonFree, s.npages << kPageShift)
     pageheap_delete(&g_heap, s)

@@ -20,6 +20,10 @@ cdef struct EngineStats:
     uint64_t spans_in_use
     uint64_t thread_caches
     uint64_t thread_cache_structs
+    uint64_t tc_fetches               # thread-cache slow-path events, live caches
+    uint64_t tc_overflows
+    uint64_t tc_scavenges
+    uint64_t tc_budget_bytes          # sum of the live caches' budgets
 
 cdef struct ClassStats:
     uint64_t mallocs
@@ -29,6 +33,8 @@ cdef struct ClassStats:
     uint64_t central_objects
     uint64_t total_objects
     uint64_t transfer_objects
+    uint64_t transfer_hits            # batches handed over in O(1)
+    uint64_t transfer_misses          # ... or not (the central list did the work)
 
 cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     """Gather the figures, each structure under its own lock in turn (a
@@ -53,6 +59,13 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
             cs[cl].frees += tc_load_u64(&tc.lists[cl].frees)
         st.thread_cache_free += threadcache_bytes(tc)
         tc = tc.next
+    tc = g_registry.caches
+    while tc != NULL:
+        st.tc_fetches += tc_load_u64(&tc.fetches)
+        st.tc_overflows += tc_load_u64(&tc.overflows)
+        st.tc_scavenges += tc_load_u64(&tc.scavenges)
+        st.tc_budget_bytes += tc_load_u64(&tc.max_size)
+        tc = tc.next
     st.thread_caches = g_registry.num_caches
     st.thread_cache_structs = g_registry.structs
     tc_spinlock_unlock(&g_registry.lock)
@@ -60,6 +73,8 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
         size = g_sizemap.class_to_size[cl]
         tc_spinlock_lock(&g_transfer[cl].lock)
         cs[cl].transfer_objects = <uint64_t>g_transfer[cl].used * g_transfer[cl].batch
+        cs[cl].transfer_hits = g_transfer[cl].insert_hits + g_transfer[cl].remove_hits
+        cs[cl].transfer_misses = g_transfer[cl].insert_misses + g_transfer[cl].remove_misses
         tc_spinlock_unlock(&g_transfer[cl].lock)
         tc_spinlock_lock(&g_central[cl].lock)
         cs[cl].spans = g_central[cl].nspans
@@ -121,6 +136,8 @@ def stats():
             "mallocs": cs[cl].mallocs, "frees": cs[cl].frees, "spans": cs[cl].spans,
             "central_free_objects": cs[cl].central_objects,
             "transfer_free_objects": cs[cl].transfer_objects,
+            "transfer_hits": cs[cl].transfer_hits,
+            "transfer_misses": cs[cl].transfer_misses,
         })
         locks["central:%d" % size] = _lock_dict(&g_central[cl].lock)
         locks["transfer:%d" % size] = _lock_dict(&g_transfer[cl].lock)
@@ -137,6 +154,10 @@ def stats():
         "metadata_mapped_bytes": st.metadata_mapped,
         "thread_caches": st.thread_caches,
         "thread_cache_structs": st.thread_cache_structs,
+        "thread_cache_budget_bytes": st.tc_budget_bytes,
+        "thread_cache_fetches": st.tc_fetches,
+        "thread_cache_overflows": st.tc_overflows,
+        "thread_cache_scavenges": st.tc_scavenges,
         "spans_in_use": st.spans_in_use,
         "small_bytes_in_use": st.small_in_use,
         "large_bytes_in_use": st.large_in_use,

@@ -53,6 +53,7 @@ ctypedef struct ThreadCache:
     uint64_t scavenges
     uint64_t overflows            # pushes past max_length
     uint64_t budget_grows         # budget steps taken from the overall budget or other threads
+    uint64_t refusals             # list growths the budget refused
 
 ctypedef struct ThreadCacheRegistry:
     tc_spinlock_t lock
@@ -146,8 +147,9 @@ cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcep
 # ---- implementation --------------------------------------------------------
 
 cdef enum:
-    kMaxDynamicFreeListLength = 8192
+    kMaxDynamicFreeListLength = 1 << 20   # lists are bounded by the byte budget first
     kMaxOverages = 3
+    kScavengeEvery = 64           # refused growths between two scavenges
     kStealAmount = 64 * 1024
     kMinThreadCacheSize = 2 * kMaxSmallSize          # 512 KiB
     kDefaultPerThreadMax = 4 * 1024 * 1024
@@ -203,70 +205,89 @@ cdef inline void _set_max_length(ThreadCache *tc, FreeList *l, uint32_t n) noexc
     l.max_length = n
 
 cdef void _increase_limit(ThreadCache *tc) noexcept nogil:
-    """Grow this thread's budget by a step: from the unclaimed overall budget,
-    else stolen from another thread's (round robin). Takes reg.lock."""
+    """Grow this thread's budget by a step. From the unclaimed overall budget,
+    up to the overall budget itself: a thread whose live set outgrows its
+    cache (a single-threaded interpreter building and dropping 100k objects)
+    gets what no other thread uses. Else, up to the per-thread maximum,
+    stolen from another thread's budget (round robin). Takes reg.lock."""
     cdef ThreadCacheRegistry *reg = tc.reg
     cdef ThreadCache *other
     cdef int tries
     tc_spinlock_lock(&reg.lock)
-    if tc.max_size + kStealAmount <= reg.per_thread_max:
-        if reg.unclaimed >= kStealAmount:
-            reg.unclaimed -= kStealAmount
-            tc_store_u64(&tc.max_size, tc.max_size + kStealAmount)
-            tc.budget_grows += 1
-        else:
-            for tries in range(10):
-                other = reg.steal_cursor
-                if other == NULL:
-                    other = reg.caches
-                if other == NULL:
-                    break
-                reg.steal_cursor = other.next
-                if other != tc and tc_load_u64(&other.max_size) > kMinThreadCacheSize:
-                    # The other thread sees its smaller budget at its next
-                    # slow-path call (_check_budget) and scavenges then.
-                    tc_store_u64(&other.max_size, other.max_size - kStealAmount)
-                    tc_store_u64(&tc.max_size, tc.max_size + kStealAmount)
-                    tc.budget_grows += 1
-                    break
+    if reg.unclaimed >= kStealAmount and tc.max_size + kStealAmount <= reg.overall_max:
+        reg.unclaimed -= kStealAmount
+        tc_store_u64(&tc.max_size, tc.max_size + kStealAmount)
+        tc.budget_grows += 1
+    elif tc.max_size + kStealAmount <= reg.per_thread_max:
+        for tries in range(10):
+            other = reg.steal_cursor
+            if other == NULL:
+                other = reg.caches
+            if other == NULL:
+                break
+            reg.steal_cursor = other.next
+            if other != tc and tc_load_u64(&other.max_size) > kMinThreadCacheSize:
+                # The other thread sees its smaller budget at its next
+                # slow-path call (_fit_budget) and scavenges then.
+                tc_store_u64(&other.max_size, other.max_size - kStealAmount)
+                tc_store_u64(&tc.max_size, tc.max_size + kStealAmount)
+                tc.budget_grows += 1
+                break
     tc_spinlock_unlock(&reg.lock)
 
 cdef void _scavenge(ThreadCache *tc) noexcept nogil:
-    """Over budget: give back half of what each list did not use since the
-    last scavenge (its low-water mark), and shorten those idle lists: by a
-    batch when longer than one, else by half (a list cut below its length
-    gives the rest back at its next push)."""
+    """Give back half of what each list did not use since the last scavenge
+    (its low-water mark), and the capacity for it: at least a batch from a
+    list longer than one."""
     cdef int cl
     cdef FreeList *l
-    cdef uint32_t drop
+    cdef uint32_t drop, newmax
     for cl in range(1, tc.num_classes):
         l = &tc.lists[cl]
         if l.lowater > 0:
             drop = l.lowater // 2 if l.lowater > 1 else 1
             _release(tc, l, cl, drop)
-            if l.max_length > l.batch:
-                _set_max_length(tc, l, l.max_length - l.batch if l.max_length - l.batch > l.batch
-                                else l.batch)
-            else:
-                _set_max_length(tc, l, l.max_length // 2)
+            newmax = l.max_length - drop if l.max_length > drop else 0
+            if l.max_length > l.batch and newmax > l.max_length - l.batch:
+                newmax = l.max_length - l.batch
+            _set_max_length(tc, l, newmax)
         l.lowater = l.length
     tc.scavenges += 1
 
-cdef void _check_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
-    """List l's capacity grew: stay within the byte budget, by a larger
-    budget if one can be had, else by scavenging idle lists, else by not
-    letting l grow past what the budget leaves it (at least one object)."""
+cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
+    """Over budget (another thread took some of it): scavenge idle lists
+    (a second pass finds every list idle that the first one did not see
+    used: the low-water marks restart at each pass), then cut l if that
+    was not enough."""
     cdef uint64_t over, cut
-    if tc.capacity <= tc_load_u64(&tc.max_size):
-        return
-    if tc_load_u64(&tc.max_size) + kStealAmount <= tc.reg.per_thread_max:
-        _increase_limit(tc)         # takes reg.lock: only while a step can be had
-    if tc.capacity > tc_load_u64(&tc.max_size):
+    cdef int i
+    for i in range(4):
         _scavenge(tc)
+        if tc.capacity <= tc_load_u64(&tc.max_size):
+            return
     if tc.capacity > tc_load_u64(&tc.max_size) and l.max_length > 1:
         over = tc.capacity - tc_load_u64(&tc.max_size)
         cut = (over + l.size - 1) // l.size
         _set_max_length(tc, l, <uint32_t>(l.max_length - cut) if cut < l.max_length else 1)
+
+cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nogil:
+    """Let list l hold newmax objects if the byte budget allows it: as it
+    is, or after taking a step of budget, or after scavenging idle lists
+    (at most every kScavengeEvery refusals: a hot list at the limit would
+    otherwise pay a scan of every list on each refill). Else l stays as it is."""
+    cdef uint64_t need = tc.capacity + <uint64_t>(newmax - l.max_length) * l.size
+    if need > tc_load_u64(&tc.max_size):
+        if (tc_load_u64(&tc.max_size) + kStealAmount <= tc.reg.per_thread_max
+                or tc_load_i64(&tc.reg.unclaimed) >= kStealAmount):
+            _increase_limit(tc)     # takes reg.lock: only while a step can be had
+        if need > tc_load_u64(&tc.max_size):
+            tc.refusals += 1
+            if tc.refusals % kScavengeEvery != 1:
+                return
+            _scavenge(tc)
+            if tc.capacity + <uint64_t>(newmax - l.max_length) * l.size > tc_load_u64(&tc.max_size):
+                return
+    _set_max_length(tc, l, newmax)
 
 # ---- the slow paths of pop and push ----------------------------------------
 
@@ -279,6 +300,8 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     cdef int got
     if TC_UNLIKELY(tc_load_int(&tc.flush_requested)):
         threadcache_flush(tc)
+    if TC_UNLIKELY(tc.capacity > tc_load_u64(&tc.max_size)):
+        _fit_budget(tc, l)           # another thread took some of our budget
     want = l.max_length if l.max_length < l.batch else l.batch
     if want == 0:
         want = 1
@@ -301,8 +324,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
         if newmax > kMaxDynamicFreeListLength:
             newmax = kMaxDynamicFreeListLength
         newmax -= newmax % l.batch
-    _set_max_length(tc, l, newmax)
-    _check_budget(tc, l)
+    _grow_list(tc, l, newmax)
     return head
 
 cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil:
@@ -328,6 +350,8 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
     if TC_UNLIKELY(tc_load_int(&tc.flush_requested)):
         threadcache_flush(tc)
         return
+    if TC_UNLIKELY(tc.capacity > tc_load_u64(&tc.max_size)):
+        _fit_budget(tc, l)           # another thread took some of our budget
     if l.length > l.max_length:
         # Back to max_length, in whole batches (scavenging or the budget may
         # have cut the list to below its length).
@@ -335,16 +359,13 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
         _release(tc, l, cl, l.batch if l.length - l.max_length <= l.batch
                  else l.length - l.max_length)
         if l.max_length < l.batch:
-            _set_max_length(tc, l, l.max_length + 1)
-            _check_budget(tc, l)
+            _grow_list(tc, l, l.max_length + 1)
         elif l.max_length > l.batch:
             # Repeatedly over: shrink, or this much memory stays parked here.
             l.overages += 1
             if l.overages > kMaxOverages:
                 _set_max_length(tc, l, l.max_length - l.batch)
                 l.overages = 0
-    elif TC_UNLIKELY(tc.capacity > tc_load_u64(&tc.max_size)):
-        _check_budget(tc, l)         # another thread took some of our budget
 
 cdef void threadcache_flush(ThreadCache *tc) noexcept nogil:
     """Give every cached object back (release_free_memory, thread exit)."""

@@ -29,6 +29,7 @@
 
 /* ---- atomics ----------------------------------------------------------- */
 static inline uint64_t tc_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline int64_t tc_load_i64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void tc_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 /* Increment of a counter only its owner writes (no lock prefix). */
 static inline void tc_inc_owned(uint64_t *p, uint64_t v) {

@@ -1,27 +1,30 @@
 # The interpreter hook: tcalloc under PyMem_RawMalloc / PyMem_Malloc /
-# PyObject_Malloc.
+# PyObject_Malloc, in the engine itself so its wrappers inline the fast path
+# (no call through the C-API table, one pagemap lookup per free).
 #
 # CPython forbids swapping an allocator out from under live blocks, so each
 # domain gets a wrapper around the allocator that was there before (the
 # "previous" allocator, usually pymalloc or the C library):
 #
 #   malloc/calloc   active: tcalloc           inactive: previous
-#   free            owns(p): tcalloc           else: previous
-#   realloc         owns(p): tcalloc (active)  or moved to the previous allocator (inactive)
-#                   else: previous
+#   free            tcalloc's block: tcalloc   else: previous
+#   realloc         tcalloc's block: tcalloc (active) or moved to the previous
+#                   allocator (inactive); else: previous
+#
+# A block is tcalloc's when the pagemap names a small-object class for its
+# page (every pointer into a small span is a block tcalloc gave out, or heap
+# corruption the debug mode catches) or when it starts a large in-use span.
+# The previous allocator's blocks never share a page with tcalloc's, since
+# tcalloc maps its own pages.
 #
 # uninstall() only clears "active": the wrapper stays in place for the rest of
 # the process, because tcalloc blocks may still be alive in that domain and
-# only the wrapper knows to send them back to tcalloc. What uninstall() costs
-# afterwards is one ownership test (a lock-free pagemap read) per free. A
-# later install() of the same domain just sets "active" again.
+# only the wrapper knows to send them back to tcalloc. A later install() of
+# the same domain just sets "active" again.
 #
 # Everything here is called with and without the GIL (the RAW domain is, and
 # every domain on free-threaded builds): the wrappers touch no Python object
-# and take no lock; "active" is read with a relaxed atomic load.
-from libc.string cimport memcpy
-
-from tcalloc.capi cimport TcallocCAPI, TcallocExtAPI, TcallocCAPI_Import, TcallocExtAPI_Import
+# and take no lock; "active" is read with a relaxed load.
 
 cdef extern from "Python.h":
     ctypedef enum PyMemAllocatorDomain:
@@ -37,74 +40,74 @@ cdef extern from "Python.h":
     void PyMem_GetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator)
     void PyMem_SetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator)
 
-cdef extern from *:
-    """
-    static inline int tch_load(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline void tch_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
-    """
-    int tch_load(const int *p) nogil
-    void tch_store(int *p, int v) nogil
-
 ctypedef struct HookDomain:
     PyMemAllocatorEx prev      # the allocator we wrap
     int active                 # new blocks come from tcalloc
     int wrapped                # our wrapper is (or was) installed for this domain
 
-cdef TcallocCAPI *_tc = TcallocCAPI_Import()
-cdef TcallocExtAPI *_ext = TcallocExtAPI_Import()
-cdef HookDomain _dom[3]
+cdef HookDomain g_hook[3]
+cdef PyMemAllocatorDomain _HOOK_DOMAINS[3]
+_HOOK_DOMAINS[0] = PYMEM_DOMAIN_RAW
+_HOOK_DOMAINS[1] = PYMEM_DOMAIN_MEM
+_HOOK_DOMAINS[2] = PYMEM_DOMAIN_OBJ
+_HOOK_NAMES = ("raw", "mem", "obj")
 
-_NAMES = ("raw", "mem", "obj")
-cdef PyMemAllocatorDomain _DOMAINS[3]
-_DOMAINS[0] = PYMEM_DOMAIN_RAW
-_DOMAINS[1] = PYMEM_DOMAIN_MEM
-_DOMAINS[2] = PYMEM_DOMAIN_OBJ
-
+# ---- the wrappers ------------------------------------------------------------
 
 cdef void *_h_malloc(void *ctx, size_t size) noexcept nogil:
     cdef HookDomain *d = <HookDomain *>ctx
-    if tch_load(&d.active):
-        return _tc.malloc(size)          # malloc(0): unique non-NULL, as CPython requires
+    if TC_LIKELY(tc_load_int(&d.active)):
+        return _malloc(size)             # malloc(0): unique non-NULL, as CPython requires
     return d.prev.malloc(d.prev.ctx, size)
-
 
 cdef void *_h_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
     cdef HookDomain *d = <HookDomain *>ctx
-    if tch_load(&d.active):
-        return _tc.calloc(nelem, elsize)
+    if tc_load_int(&d.active):
+        return tc_calloc(nelem, elsize)
     return d.prev.calloc(d.prev.ctx, nelem, elsize)
 
+cdef void _h_free_other(void *ctx, void *p) noexcept nogil:
+    """Not a small tcalloc block: a large one, or the previous allocator's."""
+    cdef HookDomain *d = <HookDomain *>ctx
+    cdef Span *s
+    if p == NULL:
+        return
+    s = _large_span(p)
+    if s != NULL:
+        _free_large_span(p, s)
+    else:
+        d.prev.free(d.prev.ctx, p)
 
-cdef void *_h_realloc(void *ctx, void *ptr, size_t size) noexcept nogil:
+cdef void _h_free(void *ctx, void *p) noexcept nogil:
+    cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
+    if TC_LIKELY(cl != 0):
+        if TC_LIKELY(threadcache_try_push(<ThreadCache *>tc_tls_get(), cl, p)):
+            return
+        _free_small_slow(p, cl)
+        return
+    _h_free_other(ctx, p)
+
+cdef void *_h_realloc(void *ctx, void *p, size_t size) noexcept nogil:
     cdef HookDomain *d = <HookDomain *>ctx
     cdef void *q
     cdef size_t old
-    if ptr == NULL:
+    if p == NULL:
         return _h_malloc(ctx, size)
-    if _ext.owns(ptr):
-        if tch_load(&d.active):
-            return _tc.realloc(ptr, size)
-        # Uninstalled: move the block out so tcalloc stops growing.
-        q = d.prev.malloc(d.prev.ctx, size)
-        if q != NULL:
-            old = _tc.usable_size(ptr)
-            memcpy(q, ptr, old if old < size else size)
-            _tc.free(ptr)
-        return q
-    return d.prev.realloc(d.prev.ctx, ptr, size)
+    if pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift) == 0 and _large_span(p) == NULL:
+        return d.prev.realloc(d.prev.ctx, p, size)
+    if tc_load_int(&d.active):
+        return tc_realloc(p, size)
+    # Uninstalled: move the block out so tcalloc stops growing.
+    q = d.prev.malloc(d.prev.ctx, size)
+    if q != NULL:
+        old = tc_usable_size(p)
+        memcpy(q, p, old if old < size else size)
+        _free(p)
+    return q
 
+# ---- the Python API -----------------------------------------------------------
 
-cdef void _h_free(void *ctx, void *ptr) noexcept nogil:
-    cdef HookDomain *d = <HookDomain *>ctx
-    if ptr == NULL:
-        return
-    if _ext.owns(ptr):
-        _tc.free(ptr)
-    else:
-        d.prev.free(d.prev.ctx, ptr)
-
-
-cdef list _parse(domains):
+cdef list _hook_parse(domains):
     if isinstance(domains, str):
         domains = (domains,)
     try:
@@ -117,9 +120,9 @@ cdef list _parse(domains):
         if not isinstance(item, str):
             raise TypeError(f"a domain must be a str, not {type(item).__name__}")
         name = item.lower()
-        if name not in _NAMES:
+        if name not in _HOOK_NAMES:
             raise ValueError(f"unknown allocator domain {item!r}; expected 'raw', 'mem' or 'obj'")
-        i = _NAMES.index(name)
+        i = _HOOK_NAMES.index(name)
         if i not in out:
             out.append(i)
     if not out:
@@ -137,7 +140,7 @@ def install(domains=("raw", "mem", "obj")):
     tracemalloc is tracing: tracemalloc.stop() would put back the allocator it
     saw at start() and unhook tcalloc while tcalloc blocks are alive.
     """
-    cdef list todo = _parse(domains)
+    cdef list todo = _hook_parse(domains)
     cdef PyMemAllocatorEx mine
     cdef int i
     import tracemalloc
@@ -145,41 +148,42 @@ def install(domains=("raw", "mem", "obj")):
         raise RuntimeError("tcalloc.install(): stop tracemalloc first (it may be started "
                            "again afterwards; it then wraps tcalloc)")
     for i in todo:
-        if not _dom[i].wrapped:
-            PyMem_GetAllocator(_DOMAINS[i], &_dom[i].prev)
-            mine.ctx = &_dom[i]
+        if not g_hook[i].wrapped:
+            PyMem_GetAllocator(_HOOK_DOMAINS[i], &g_hook[i].prev)
+            mine.ctx = &g_hook[i]
             mine.malloc = _h_malloc
             mine.calloc = _h_calloc
             mine.realloc = _h_realloc
             mine.free = _h_free
-            tch_store(&_dom[i].active, 1)
-            _dom[i].wrapped = 1
-            PyMem_SetAllocator(_DOMAINS[i], &mine)
+            tc_store_int(&g_hook[i].active, 1)
+            g_hook[i].wrapped = 1
+            PyMem_SetAllocator(_HOOK_DOMAINS[i], &mine)
         else:
-            tch_store(&_dom[i].active, 1)
+            tc_store_int(&g_hook[i].active, 1)
 
 
 def uninstall(domains=("raw", "mem", "obj")):
     """Stop new allocations in ``domains`` from coming from tcalloc.
 
     Blocks tcalloc already gave out stay valid and are still freed by
-    tcalloc: the wrapper stays in place (see the module comment), so after
-    uninstall every free costs one extra ownership test. Idempotent.
+    tcalloc: the wrapper stays in place (see engine/hook.pxi), so after
+    uninstall every free of another allocator's block costs one pagemap
+    lookup more. Idempotent.
     """
     cdef int i
-    for i in _parse(domains):
-        tch_store(&_dom[i].active, 0)
+    for i in _hook_parse(domains):
+        tc_store_int(&g_hook[i].active, 0)
 
 
 def installed():
     """True if tcalloc serves new allocations in at least one domain."""
     cdef int i
     for i in range(3):
-        if tch_load(&_dom[i].active):
+        if tc_load_int(&g_hook[i].active):
             return True
     return False
 
 
 def active_domains():
     """The domains whose new allocations come from tcalloc, e.g. ('raw', 'mem', 'obj')."""
-    return tuple(_NAMES[i] for i in range(3) if tch_load(&_dom[i].active))
+    return tuple(_HOOK_NAMES[i] for i in range(3) if tc_load_int(&g_hook[i].active))
