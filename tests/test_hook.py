@@ -242,3 +242,74 @@ def test_cpython_regression_suite_under_hook():
     m = re.search(r"tcalloc: mallocs=(\d+) frees=(\d+)", r.stderr)
     assert m, tail
     assert int(m.group(1)) > 1_000_000      # the interpreter's allocations went through tcalloc
+
+
+# ---- CPython's debug hooks stay on top of tcalloc --------------------------------
+
+_OVERFLOW = """
+import ctypes, tcalloc
+before = sum(c["mallocs"] for c in tcalloc.stats()["size_classes"])
+objs = [object() for _ in range(1000)]
+after = sum(c["mallocs"] for c in tcalloc.stats()["size_classes"])
+print("served by tcalloc:", after - before >= 1000, flush=True)
+pm = ctypes.pythonapi.PyMem_Malloc
+pm.restype, pm.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+pf = ctypes.pythonapi.PyMem_Free
+pf.argtypes = [ctypes.c_void_p]
+q = pm(16)
+ctypes.memset(q, 0x41, 17)          # one byte past the end
+pf(q)
+print("overrun not caught", flush=True)
+"""
+
+_NO_GIL = """
+import ctypes, tcalloc
+assert tcalloc.installed()
+m = ctypes.CDLL(None).PyObject_Malloc     # CDLL releases the GIL around the call
+m.restype, m.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+m(16)
+print("GIL-less call not caught", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", [{"PYTHONMALLOC": "debug"}, {"PYTHONMALLOC": "pymalloc_debug"},
+                                 "-X dev"])
+def test_debug_hooks_still_catch_overruns_of_tcalloc_blocks(tmp_path, how):
+    script = tmp_path / "overflow.py"
+    script.write_text(_OVERFLOW)
+    env = dict(ENV)
+    flags = []
+    if isinstance(how, dict):
+        env.update(how)
+    else:
+        env.pop("PYTHONMALLOC", None)
+        flags = how.split()
+    r = subprocess.run([sys.executable, *flags, "-m", "tcalloc", "run", str(script)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert "served by tcalloc: True" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert "overrun not caught" not in r.stdout
+    assert r.returncode != 0 and "bad trailing pad byte" in r.stderr, r.stderr[-2000:]
+
+
+def test_dev_mode_still_catches_allocation_without_the_gil(tmp_path):
+    script = tmp_path / "nogil.py"
+    script.write_text(_NO_GIL)
+    env = {k: v for k, v in ENV.items() if k != "PYTHONMALLOC"}
+    r = subprocess.run([sys.executable, "-X", "dev", "-m", "tcalloc", "run", str(script)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert "not caught" not in r.stdout
+    assert r.returncode != 0 and "without holding the GIL" in r.stderr, r.stderr[-2000:]
+
+
+def test_debug_hooks_with_tcalloc_run_a_clean_program(tmp_path):
+    # Old blocks (made before install, under the hooks) and new ones (hooks
+    # over tcalloc) are freed through the right chain: no false alarm.
+    script = tmp_path / "clean.py"
+    script.write_text("import json, tcalloc\n"
+                      "d = [{'k': [i] * 5} for i in range(20000)]\n"
+                      "s = json.dumps(d); assert json.loads(s) == d\n"
+                      "del d\nprint('ok', tcalloc.installed())\n")
+    env = dict(ENV, PYTHONMALLOC="debug")
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", str(script)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok True", (r.stdout, r.stderr[-2000:])

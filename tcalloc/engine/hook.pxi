@@ -22,6 +22,12 @@
 # only the wrapper knows to send them back to tcalloc. A later install() of
 # the same domain just sets "active" again.
 #
+# CPython's debug hooks (PYTHONMALLOC=debug, -X dev) stay on top: when they
+# wrap a domain, tcalloc goes underneath them (their inner allocator becomes
+# our "previous" one, and PyMem_SetupDebugHooks() puts them back above us),
+# so they still catch buffer overruns and calls without the GIL, on tcalloc's
+# blocks and on older ones alike.
+#
 # Everything here is called with and without the GIL (the RAW domain is, and
 # every domain on free-threaded builds): the wrappers touch no Python object
 # and take no lock; "active" is read with a relaxed load.
@@ -39,6 +45,13 @@ cdef extern from "Python.h":
         void (*free)(void *ctx, void *ptr) noexcept nogil
     void PyMem_GetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator)
     void PyMem_SetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator)
+    void PyMem_SetupDebugHooks()
+
+# The context of CPython's debug hooks (Objects/obmalloc.c, the same layout
+# from 3.6 on): the domain's letter and the allocator the hooks wrap.
+ctypedef struct _DebugAllocApi:
+    char api_id
+    PyMemAllocatorEx alloc
 
 ctypedef struct HookDomain:
     PyMemAllocatorEx prev      # the allocator we wrap
@@ -130,26 +143,48 @@ cdef list _hook_parse(domains):
     return out
 
 
+def _debug_hooks_on():
+    """Did CPython install its debug hooks at start-up (PYTHONMALLOC=debug,
+    malloc_debug, pymalloc_debug, or -X dev without another PYTHONMALLOC)?"""
+    import os
+    import sys
+    name = os.environ.get("PYTHONMALLOC", "") if not sys.flags.ignore_environment else ""
+    if name:
+        return name.endswith("debug")
+    return bool(sys.flags.dev_mode)
+
+
 def install(domains=("raw", "mem", "obj")):
     """Route the interpreter's allocations in ``domains`` through tcalloc.
 
     ``"raw"`` is PyMem_RawMalloc, ``"mem"`` PyMem_Malloc, ``"obj"``
     PyObject_Malloc (every object). Blocks allocated before the call stay with
     the allocator that made them. Idempotent. Call it early, with the GIL
-    held; other threads may keep allocating meanwhile. Refused while
-    tracemalloc is tracing: tracemalloc.stop() would put back the allocator it
-    saw at start() and unhook tcalloc while tcalloc blocks are alive.
+    held; other threads may keep allocating meanwhile. Under CPython's debug
+    hooks (``PYTHONMALLOC=debug``, ``-X dev``) tcalloc goes underneath them,
+    and they keep checking every block. Refused while tracemalloc is tracing:
+    tracemalloc.stop() would put back the allocator it saw at start() and
+    unhook tcalloc while tcalloc blocks are alive.
     """
     cdef list todo = _hook_parse(domains)
-    cdef PyMemAllocatorEx mine
+    cdef PyMemAllocatorEx mine, cur
+    cdef _DebugAllocApi *dbg
     cdef int i
+    cdef bint under_debug = False
     import tracemalloc
     if tracemalloc.is_tracing():
         raise RuntimeError("tcalloc.install(): stop tracemalloc first (it may be started "
                            "again afterwards; it then wraps tcalloc)")
+    debug_hooks = _debug_hooks_on()
     for i in todo:
         if not g_hook[i].wrapped:
-            PyMem_GetAllocator(_HOOK_DOMAINS[i], &g_hook[i].prev)
+            PyMem_GetAllocator(_HOOK_DOMAINS[i], &cur)
+            dbg = <_DebugAllocApi *>cur.ctx
+            if debug_hooks and dbg != NULL and dbg.api_id == ord(_HOOK_NAMES[i][0]):
+                g_hook[i].prev = dbg.alloc       # what the debug hooks wrap
+                under_debug = True
+            else:
+                g_hook[i].prev = cur
             mine.ctx = &g_hook[i]
             mine.malloc = _h_malloc
             mine.calloc = _h_calloc
@@ -160,6 +195,10 @@ def install(domains=("raw", "mem", "obj")):
             PyMem_SetAllocator(_HOOK_DOMAINS[i], &mine)
         else:
             tc_store_int(&g_hook[i].active, 1)
+    if under_debug:
+        # Back on top of every domain that no longer has them: their context
+        # (the same static struct) now wraps tcalloc's wrapper.
+        PyMem_SetupDebugHooks()
 
 
 def uninstall(domains=("raw", "mem", "obj")):
