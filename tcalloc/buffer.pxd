@@ -33,6 +33,7 @@ cdef class BufferPool:
     cdef void **_cache           # idle blocks of buffer_size bytes
     cdef Py_ssize_t _ncached
     cdef Py_ssize_t _out_bytes   # bytes in buffers handed out
+    cdef Py_ssize_t _reserved    # bytes of acquires/grows under way (with a limit only)
     cdef Py_ssize_t _out_count
     cdef Py_ssize_t _peak
     cdef Py_ssize_t _total_bytes
@@ -40,6 +41,10 @@ cdef class BufferPool:
     cdef Py_ssize_t _nfresh      # acquisitions that needed a new block from tcalloc
     cdef object __weakref__      # the fork handler keeps a weak set of live pools
 
+    cdef int _refuse(self, Py_ssize_t nbytes, Py_ssize_t grown_from) except -1
+    cdef void _trim_to_limit(self) noexcept nogil
+    cdef void _commit(self, Py_ssize_t nbytes) noexcept nogil
+    cdef void _commit_acquire(self, Py_ssize_t block, bint fresh) noexcept nogil
     cdef Buffer _acquire(self, Py_ssize_t n)
     cdef void _put(self, void *p, Py_ssize_t block) noexcept
     cdef int _grow(self, Buffer b, Py_ssize_t n) except -1

@@ -33,6 +33,9 @@ def _reset_pool_locks_after_fork():
     for pool in list(_live_pools):
         if pool._lock != NULL:
             tc_spinlock_reset(pool._lock)
+        # Acquires under way in other threads never finish in the child:
+        # their reservations would hold part of max_bytes for good.
+        pool._reserved = 0
 
 
 if hasattr(_os, "register_at_fork"):
@@ -49,31 +52,42 @@ cdef extern from "Python.h":
     Py_ssize_t _long_as_ssize "PyLong_AsSsize_t" (object)
     bint PyLong_CheckExact(object)
     void PyErr_Clear()
+    void *PyErr_Occurred()
     const Py_ssize_t PY_SSIZE_T_MAX
 
 cdef TcallocCAPI *_tc = TcallocCAPI_Import()
 cdef char *_FORMAT_B = b"B"
 
-DEF_BUFFER_SIZE = 65536
+_DEFAULT_BUFFER_SIZE = 65536
 cdef Py_ssize_t _DEFAULT_CACHED_BYTES = 16 << 20   # idle bytes a pool keeps by default
 cdef Py_ssize_t _MAX_ALIGNMENT = 1 << 30
 
 
 # ---- argument checks ---------------------------------------------------------
+#
+# Sizes and counts are integers (int or anything with __index__) but never
+# bool: alloc(True) is a flag passed where a size belongs. Flags are bools
+# only: zero='no' or zero=1 are mistakes, not requests to zero.
+
+cdef object _as_int(object v, str what):
+    """v as a Python int; TypeError for bool and non-integers."""
+    if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+        raise TypeError(f"{what} must be an integer, not {type(v).__name__}")
+    return _operator.index(v)
+
 
 cdef Py_ssize_t _as_size_slow(object size, str what) except -1:
-    if isinstance(size, float) or not hasattr(type(size), "__index__"):
-        raise TypeError(f"{what} must be an integer, not {type(size).__name__}")
-    v = _operator.index(size)
+    v = _as_int(size, what)
     if v < 0:
         raise ValueError(f"{what} must be >= 0, got {v}")
     if v > PY_SSIZE_T_MAX:
-        raise MemoryError(f"cannot allocate {v} bytes: more than the address space")
+        raise MemoryError(f"cannot allocate {_human(v)} ({v} bytes): more than the address space")
     return v
 
 
 cdef inline Py_ssize_t _as_size(object size, str what) except -1:
-    """size as a non-negative Py_ssize_t: TypeError, ValueError, MemoryError."""
+    """An allocation size as a Py_ssize_t: TypeError, ValueError (negative),
+    MemoryError (more than the address space)."""
     cdef Py_ssize_t n
     if PyLong_CheckExact(size):
         n = _long_as_ssize(size)
@@ -83,16 +97,98 @@ cdef inline Py_ssize_t _as_size(object size, str what) except -1:
     return _as_size_slow(size, what)
 
 
+cdef Py_ssize_t _as_setting(object value, str what) except -1:
+    """A pool setting (bytes or a count): as _as_size, but a value past
+    2**63-1 is a ValueError: nothing is allocated yet."""
+    v = _as_int(value, what)
+    if v < 0:
+        raise ValueError(f"{what} must be >= 0, got {v}")
+    if v > PY_SSIZE_T_MAX:
+        raise ValueError(f"{what} must be at most {PY_SSIZE_T_MAX}, got {v}")
+    return v
+
+
+cdef inline bint _as_flag(object flag, str what) except -1:
+    if flag is True:
+        return 1
+    if flag is False:
+        return 0
+    raise TypeError(f"{what} must be True or False, not {type(flag).__name__}")
+
+
 cdef size_t _as_alignment(object alignment) except? 0:
-    cdef Py_ssize_t a
     if alignment is None:
         return 0
-    a = _as_size(alignment, "alignment")
-    if a == 0 or (a & (a - 1)) != 0:
-        raise ValueError(f"alignment must be a power of two, got {alignment}")
+    a = _as_int(alignment, "alignment")
+    if a <= 0 or (a & (a - 1)) != 0:
+        raise ValueError(f"alignment must be a power of two, got {a}")
     if a > _MAX_ALIGNMENT:
-        raise ValueError(f"alignment must be at most {_MAX_ALIGNMENT}, got {alignment}")
+        raise ValueError(f"alignment must be at most {_MAX_ALIGNMENT} (1 GiB), got {a}")
     return <size_t>a
+
+
+# ---- MemoryError messages ------------------------------------------------------
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+cdef Py_ssize_t _PAGE_SIZE = 8192     # the engine's page: spans come in whole pages
+
+
+def _human(n):
+    """A byte count for a message: '100 bytes', '1.5 MiB'."""
+    if n < 1024:
+        return f"{n} bytes"
+    v = n / 1024.0
+    for unit in _UNITS:         # (no negative indexing: wraparound is off)
+        if v < 1024.0 or unit == "EiB":
+            break
+        v /= 1024.0
+    return f"{v:.1f} {unit}"
+
+
+def _hard_limit():
+    """tcalloc's hard memory limit in bytes, or 0. get_memory_limit() returns
+    (nbytes, hard) with nbytes 0 for none, or (newer engines) None."""
+    import tcalloc
+    lim = tcalloc.get_memory_limit()
+    if lim is None:
+        return 0
+    nbytes, hard = lim
+    return nbytes if hard else 0
+
+
+def _pages_needed(n, align):
+    """Bytes of new span the engine must commit to serve this request."""
+    import tcalloc
+    need = n + (align if align > 16 else 0)
+    cl, _ = tcalloc.size_class_of(n) if not align else (0, 0)
+    if cl:
+        need = max(need, tcalloc.size_class_table()[cl - 1][2] * _PAGE_SIZE)
+    return -(-need // _PAGE_SIZE) * _PAGE_SIZE
+
+
+def _nomem_message(n, align):
+    size = _human(n)
+    exact = f" ({n} bytes)" if n >= 1024 else ""
+    aligned = f" aligned to {align}" if align else ""
+    try:
+        limit = _hard_limit()
+        if limit:
+            import tcalloc
+            s = tcalloc.stats()
+            committed = s["heap_bytes"] - s["page_heap_released_bytes"]
+            if committed + _pages_needed(n, align) > limit:
+                return (f"cannot allocate {size}{aligned}: tcalloc's hard memory limit of "
+                        f"{_human(limit)} is reached ({_human(committed)} committed)")
+            return (f"cannot allocate {size}{exact}{aligned}; tcalloc's hard memory limit of "
+                    f"{_human(limit)} is not reached ({_human(committed)} committed)")
+    except Exception:
+        pass            # no memory left for the details either: say what failed
+    return f"cannot allocate {size}{exact}{aligned}"
+
+
+cdef object _nomem(Py_ssize_t n, size_t align):
+    # Only on the failure path: looks up the limit and the heap's figures.
+    return MemoryError(_nomem_message(n, align))
 
 
 cdef inline void *_raw_alloc(Py_ssize_t n, bint zero, size_t align) noexcept nogil:
@@ -107,17 +203,25 @@ cdef inline void *_raw_alloc(Py_ssize_t n, bint zero, size_t align) noexcept nog
     return _tc.malloc(<size_t>n)
 
 
-cdef object _nomem(Py_ssize_t n, size_t align):
-    if align:
-        return MemoryError(f"tcalloc: cannot allocate {n} bytes aligned to {align}")
-    return MemoryError(f"tcalloc: cannot allocate {n} bytes")
-
-
 # ---- Buffer ------------------------------------------------------------------
 
+# no_gc_clear: a pooled buffer referenced from a reference cycle is freed by
+# the cyclic GC, which calls tp_clear on every object of the garbage before
+# the last reference goes. A generated tp_clear would set _pool to None
+# first, and __dealloc__ would then free the block to tcalloc without giving
+# it back to the pool's accounting (with max_bytes, capacity leaked for
+# good). The pool reference is still reported by tp_traverse, so a cycle
+# through a pool (a subclass with a __dict__ holding its buffers) is still
+# found and broken at the pool; a Buffer holds no other object, so it never
+# needs to be the one that breaks a cycle.
+@cython.no_gc_clear
 @cython.freelist(32)
+@cython.embedsignature(False)
 cdef class Buffer:
-    """A block of tcalloc memory exposed through the writable buffer protocol.
+    """Buffer(size, *, zero=False, alignment=None)
+--
+
+A block of tcalloc memory exposed through the writable buffer protocol.
 
     ``Buffer(size, *, zero=False, alignment=None)`` is the same as
     :func:`tcalloc.alloc`. The buffer is one-dimensional, contiguous, format
@@ -138,7 +242,7 @@ cdef class Buffer:
     def __init__(self, size, *, zero=False, alignment=None):
         if self._ptr != NULL or self._pool is not None:
             raise TypeError("Buffer.__init__ called on a buffer that already holds memory")
-        _fill(self, _as_size(size, "size"), bool(zero), _as_alignment(alignment))
+        _fill(self, _as_size(size, "size"), _as_flag(zero, "zero"), _as_alignment(alignment))
 
     cdef int _check(self) except -1:
         if self._ptr == NULL:
@@ -214,7 +318,7 @@ cdef class Buffer:
         buffer was created with ``zero=True``, unspecified otherwise; the
         alignment asked for is kept. Raises BufferError while an export is
         alive, MemoryError if the memory cannot be had (the buffer is then
-        unchanged)."""
+        unchanged), TypeError/ValueError for a size as ``alloc`` does."""
         cdef Py_ssize_t n = _as_size(size, "size")
         with cython.critical_section(self):
             self._check()
@@ -321,22 +425,29 @@ def alloc(size, *, zero=False, alignment=None):
 
     ``zero=True`` gives zeroed memory (free for fresh pages). ``alignment``
     (a power of two, up to 1 GiB) aligns the first byte; by default blocks of
-    16 bytes or more are 16-byte aligned. Raises TypeError for a non-integer
-    size, ValueError for a negative one or a bad alignment, MemoryError when
-    the memory cannot be had. Thread-safe; the allocation itself takes no lock
-    on the fast path.
+    16 bytes or more are 16-byte aligned. Raises TypeError for a size or
+    alignment that is not an integer (bool included) and for a ``zero`` that
+    is not True or False, ValueError for a negative size or a bad alignment,
+    MemoryError when the memory cannot be had (naming tcalloc's hard memory
+    limit and the committed heap when that limit is why). Thread-safe; the
+    allocation itself takes no lock on the fast path.
     """
     cdef Py_ssize_t n = _as_size(size, "size")
+    cdef bint z = _as_flag(zero, "zero")
     cdef size_t align = 0 if alignment is None else _as_alignment(alignment)
     cdef Buffer b = Buffer.__new__(Buffer)
-    _fill(b, n, zero is True or (zero is not False and bool(zero)), align)
+    _fill(b, n, z, align)
     return b
 
 
 # ---- BufferPool --------------------------------------------------------------
 
+@cython.embedsignature(False)
 cdef class BufferPool:
-    """A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
+    """BufferPool(buffer_size=65536, *, max_bytes=None, zero=False, max_cached=None)
+--
+
+A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
 
     ``acquire(size=None)`` hands out a :class:`Buffer` of ``size`` bytes
     (``buffer_size`` by default) backed by a block of at least
@@ -353,38 +464,52 @@ cdef class BufferPool:
 
     Accounting follows pyarrow's ``MemoryPool``: ``bytes_allocated()``,
     ``max_memory()``, ``total_bytes_allocated()``, ``num_allocations()``,
-    ``release_unused()``, ``backend_name``. ``get_buffer(sizehint)`` serves
-    ``asyncio.BufferedProtocol``.
+    ``release_unused()``, ``backend_name``. Only what was handed out counts:
+    a refused acquire or grow changes no figure, and a buffer freed by the
+    garbage collector (inside a reference cycle too) comes back exactly as
+    if released. ``get_buffer(sizehint)`` serves ``asyncio.BufferedProtocol``.
 
     Thread-safety: every method may be called from any thread at once; the
     state is under a C lock (not the GIL), so free-threaded builds are safe.
     """
+    # The lock is a spinlock and not reentrant, and a Buffer's finaliser
+    # takes it (Buffer.__dealloc__ -> _put). Any allocation of a container
+    # object may run the cyclic GC, which may finalise a pooled buffer of
+    # this pool in the same thread: so no Python object is made, and no
+    # Python code runs, while the lock is held.
 
-    def __cinit__(self, buffer_size=DEF_BUFFER_SIZE, *, max_bytes=None, zero=False,
+    def __cinit__(self, buffer_size=_DEFAULT_BUFFER_SIZE, *, max_bytes=None, zero=False,
                   max_cached=None):
-        cdef Py_ssize_t bs = _as_size(buffer_size, "buffer_size")
+        cdef Py_ssize_t bs = _as_setting(buffer_size, "buffer_size")
         cdef Py_ssize_t mc
+        cdef bint z = _as_flag(zero, "zero")
         if bs == 0:
-            raise ValueError("buffer_size must be > 0")
+            raise ValueError("buffer_size must be > 0, got 0")
         self._limit = -1
         if max_bytes is not None:
-            self._limit = _as_size(max_bytes, "max_bytes")
+            self._limit = _as_setting(max_bytes, "max_bytes")
         if max_cached is None:
             mc = _DEFAULT_CACHED_BYTES // bs
             mc = 4 if mc < 4 else (1024 if mc > 1024 else mc)
         else:
-            mc = _as_size(max_cached, "max_cached")
+            mc = _as_setting(max_cached, "max_cached")
             if mc > (1 << 24):
                 raise ValueError(f"max_cached must be at most {1 << 24}, got {mc}")
         self.buffer_size = bs
         self.max_cached = mc
-        self.zero = bool(zero)
+        self.zero = z
         self._lock = <tc_spinlock_t *>_tc.aligned_alloc(64, sizeof(tc_spinlock_t))
         self._cache = <void **>_tc.malloc(<size_t>(mc if mc else 1) * sizeof(void *))
         if self._lock == NULL or self._cache == NULL:
             raise MemoryError("tcalloc: cannot allocate the pool's bookkeeping")
         tc_spinlock_init(self._lock)
         _live_pools.add(self)
+
+    def __init__(self, buffer_size=_DEFAULT_BUFFER_SIZE, *, max_bytes=None, zero=False,
+                 max_cached=None):
+        # __cinit__ did the work (it runs even for subclasses that skip
+        # __init__); this gives the class its introspectable signature.
+        pass
 
     def __dealloc__(self):
         # Buffers out hold a reference to the pool, so none is out now.
@@ -410,58 +535,103 @@ cdef class BufferPool:
         """A Buffer of ``size`` bytes (default ``buffer_size``), recycled when possible.
 
         Give it back with ``buf.release()`` or ``with pool.acquire() as buf:``.
-        Raises MemoryError past ``max_bytes``.
+        Raises MemoryError past ``max_bytes`` or when tcalloc has no memory
+        (the pool's figures are then unchanged), TypeError for a non-integer
+        size, ValueError for a negative one.
         """
         return self._acquire(self.buffer_size if size is None else _as_size(size, "size"))
 
     def get_buffer(self, sizehint=-1):
-        """``asyncio.BufferedProtocol.get_buffer``: a Buffer of at least
-        ``buffer_size`` bytes, or ``sizehint`` if larger (-1/0: any size)."""
-        if sizehint is None or sizehint <= self.buffer_size:
+        """``asyncio.BufferedProtocol.get_buffer``: a Buffer of ``buffer_size``
+        bytes, or of ``sizehint`` bytes if that is larger. -1 (what asyncio
+        passes), 0 or None: any size, so ``buffer_size``."""
+        cdef Py_ssize_t h
+        if sizehint is None:
             return self._acquire(self.buffer_size)
-        return self._acquire(_as_size(sizehint, "sizehint"))
+        if PyLong_CheckExact(sizehint):      # fast path: asyncio calls this per read
+            h = _long_as_ssize(sizehint)
+            if h >= -1 and not (h == -1 and PyErr_Occurred() != NULL):
+                return self._acquire(self.buffer_size if h <= self.buffer_size else h)
+            PyErr_Clear()
+        hint = _as_int(sizehint, "sizehint")
+        if hint < -1:
+            raise ValueError(f"sizehint must be -1 (any size) or >= 0, got {hint}")
+        if hint <= self.buffer_size:
+            return self._acquire(self.buffer_size)
+        return self._acquire(_as_size(hint, "sizehint"))
+
+    # Accounting. bytes_allocated() and the figures derived from it count
+    # only what was handed out: an acquire or grow first reserves its bytes
+    # (when there is a limit, so that racing threads cannot pass it
+    # together), asks tcalloc outside the lock, then either commits the
+    # reservation or drops it. A refused request leaves no trace.
+
+    cdef int _refuse(self, Py_ssize_t nbytes, Py_ssize_t grown_from) except -1:
+        """Raise the pool-limit MemoryError for an acquire of nbytes (or a grow
+        to nbytes from grown_from > 0). Called with the lock held; unlocks
+        before making any Python object (see the class comment)."""
+        cdef Py_ssize_t used = self._out_bytes, count = self._out_count
+        cdef Py_ssize_t pending = self._reserved, limit = self._limit
+        tc_spinlock_unlock(self._lock)
+        doing = (f"growing a buffer of {grown_from} bytes to" if grown_from
+                 else "acquiring")
+        raise MemoryError(
+            f"BufferPool limit reached: {doing} {nbytes} bytes would exceed "
+            f"max_bytes={limit}; {used} bytes are in use in {count} buffer(s)"
+            + (f" and {pending} bytes are being acquired" if pending else ""))
+
+    cdef void _trim_to_limit(self) noexcept nogil:
+        """Free idle blocks until what the pool holds (out + under way + idle)
+        is within max_bytes (lock held, a limit set)."""
+        while self._ncached and self._out_bytes + self._reserved + \
+                self._ncached * self.buffer_size > self._limit:
+            self._ncached -= 1
+            _tc.free(self._cache[self._ncached])
+
+    cdef void _commit(self, Py_ssize_t nbytes) noexcept nogil:
+        """Count nbytes as handed out (lock held)."""
+        self._out_bytes += nbytes
+        if self._out_bytes > self._peak:
+            self._peak = self._out_bytes
+        self._total_bytes += nbytes
+
+    cdef void _commit_acquire(self, Py_ssize_t block, bint fresh) noexcept nogil:
+        """Count a successful acquire of a block (lock held)."""
+        self._commit(block)
+        self._out_count += 1
+        self._nacquire += 1
+        self._nfresh += fresh
 
     cdef Buffer _acquire(self, Py_ssize_t n):
         cdef Py_ssize_t block = self.buffer_size if n <= self.buffer_size else n
-        cdef Py_ssize_t used, count, limit = self._limit
+        cdef Py_ssize_t limit = self._limit
         cdef void *p = NULL
-        cdef Buffer b
+        # Made first: once a block is taken nothing may fail before it is owned.
+        cdef Buffer b = Buffer.__new__(Buffer)
         tc_spinlock_lock(self._lock)
-        if limit >= 0 and block > limit - self._out_bytes:
-            used = self._out_bytes
-            count = self._out_count
-            tc_spinlock_unlock(self._lock)
-            raise MemoryError(
-                f"BufferPool limit reached: acquiring {block} bytes would exceed "
-                f"max_bytes={limit}; {used} bytes are in use in {count} buffer(s)")
+        if limit >= 0 and block > limit - self._out_bytes - self._reserved:
+            self._refuse(block, 0)
         if block == self.buffer_size and self._ncached:
             self._ncached -= 1
             p = self._cache[self._ncached]
+            self._commit_acquire(block, 0)
+            tc_spinlock_unlock(self._lock)
+            if self.zero:
+                memset(p, 0, <size_t>n)
         else:
-            self._nfresh += 1
-            # Keep what the pool holds (out + idle) within the limit.
-            while limit >= 0 and self._ncached and \
-                    self._out_bytes + block + self._ncached * self.buffer_size > limit:
-                self._ncached -= 1
-                _tc.free(self._cache[self._ncached])
-        self._out_bytes += block
-        self._out_count += 1
-        if self._out_bytes > self._peak:
-            self._peak = self._out_bytes
-        self._total_bytes += block
-        self._nacquire += 1
-        tc_spinlock_unlock(self._lock)
-        if p == NULL:
+            if limit >= 0:
+                self._reserved += block
+                self._trim_to_limit()
+            tc_spinlock_unlock(self._lock)
             p = _raw_alloc(block, self.zero, 0)
+            tc_spinlock_lock(self._lock)
+            if limit >= 0:
+                self._reserved -= block
+            if p != NULL:
+                self._commit_acquire(block, 1)
+            tc_spinlock_unlock(self._lock)
             if p == NULL:
-                tc_spinlock_lock(self._lock)
-                self._out_bytes -= block
-                self._out_count -= 1
-                tc_spinlock_unlock(self._lock)
                 raise _nomem(block, 0)
-        elif self.zero:
-            memset(p, 0, <size_t>n)
-        b = Buffer.__new__(Buffer)
         b._ptr = <char *>p
         b._size = n
         b._itemsize = 1
@@ -476,8 +646,8 @@ cdef class BufferPool:
         self._out_bytes -= block
         self._out_count -= 1
         if block == self.buffer_size and self._ncached < self.max_cached and \
-                (self._limit < 0 or
-                 self._out_bytes + (self._ncached + 1) * self.buffer_size <= self._limit):
+                (self._limit < 0 or self._out_bytes + self._reserved +
+                 (self._ncached + 1) * self.buffer_size <= self._limit):
             self._cache[self._ncached] = p
             self._ncached += 1
             p = NULL
@@ -486,27 +656,25 @@ cdef class BufferPool:
             _tc.free(p)
 
     cdef int _grow(self, Buffer b, Py_ssize_t n) except -1:
-        """Resize a pooled buffer past its block: account first, then realloc."""
+        """Resize a pooled buffer past its block: reserve, realloc, then count."""
         cdef Py_ssize_t delta = n - b._block if n > b._block else 0
-        cdef Py_ssize_t used, limit = self._limit
+        cdef Py_ssize_t limit = self._limit
         cdef void *q
-        tc_spinlock_lock(self._lock)
-        if limit >= 0 and delta > limit - self._out_bytes:
-            used = self._out_bytes
-            tc_spinlock_unlock(self._lock)
-            raise MemoryError(
-                f"BufferPool limit reached: growing a buffer to {n} bytes would exceed "
-                f"max_bytes={limit}; {used} bytes are in use in {self._out_count} buffer(s)")
-        self._out_bytes += delta
-        if self._out_bytes > self._peak:
-            self._peak = self._out_bytes
-        self._total_bytes += delta
-        tc_spinlock_unlock(self._lock)
-        q = _tc.realloc(b._ptr, <size_t>n)
-        if q == NULL:
+        if limit >= 0:
             tc_spinlock_lock(self._lock)
-            self._out_bytes -= delta
+            if delta > limit - self._out_bytes - self._reserved:
+                self._refuse(n, b._block)
+            self._reserved += delta
+            self._trim_to_limit()
             tc_spinlock_unlock(self._lock)
+        q = _tc.realloc(b._ptr, <size_t>n)
+        tc_spinlock_lock(self._lock)
+        if limit >= 0:
+            self._reserved -= delta
+        if q != NULL:
+            self._commit(delta)
+        tc_spinlock_unlock(self._lock)
+        if q == NULL:
             raise _nomem(n, 0)
         b._ptr = <char *>q
         # The block is no longer buffer_size bytes: on release it is freed.
@@ -551,13 +719,16 @@ cdef class BufferPool:
 
     def stats(self):
         """A consistent snapshot of the pool's counters, as a dict."""
+        cdef Py_ssize_t out, count, peak, total, nacq, nfresh, ncached
         tc_spinlock_lock(self._lock)
-        d = dict(bytes_allocated=self._out_bytes, buffers_out=self._out_count,
-                 max_memory=self._peak, total_bytes_allocated=self._total_bytes,
-                 num_allocations=self._nacquire, fresh_allocations=self._nfresh,
-                 cached_buffers=self._ncached, cached_bytes=self._ncached * self.buffer_size)
+        out, count, peak, total = self._out_bytes, self._out_count, self._peak, self._total_bytes
+        nacq, nfresh, ncached = self._nacquire, self._nfresh, self._ncached
         tc_spinlock_unlock(self._lock)
-        return d
+        # Built after unlocking: see the class comment on the lock.
+        return dict(bytes_allocated=out, buffers_out=count, max_memory=peak,
+                    total_bytes_allocated=total, num_allocations=nacq,
+                    fresh_allocations=nfresh, cached_buffers=ncached,
+                    cached_bytes=ncached * self.buffer_size)
 
     def release_unused(self):
         """Free the idle blocks, then ask tcalloc to return free pages to the

@@ -25,23 +25,58 @@ process figures, and threads that start and end between two samples do
 not appear in the per-thread list (their CPU is in the process totals).
 """
 
-import os
+import math
+import numbers
 import resource
 import threading
 import time
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 __all__ = ["Profile", "profile"]
 
 _MIB = 1024.0 * 1024.0
 
+# Sampling interval bounds, in seconds. One sample (psutil's memory_full_info
+# and thread list) costs about a millisecond of the sampler's CPU, so below
+# 1 ms the sampler would measure mostly itself; above a day the wait would
+# reach threading.TIMEOUT_MAX territory and sampling means nothing anyway.
+MIN_INTERVAL = 0.001
+MAX_INTERVAL = 86400.0
 
-def _engine_stats():
-    # Lazy: importing tcalloc loads the engine.
+
+def _check_interval(interval: object) -> float:
+    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
+        raise TypeError("interval must be a number of seconds, not %s" % type(interval).__name__)
+    v = float(interval)
+    if not math.isfinite(v) or not MIN_INTERVAL <= v <= MAX_INTERVAL:
+        raise ValueError("interval must be between %g and %g seconds, got %r"
+                         % (MIN_INTERVAL, MAX_INTERVAL, interval))
+    return v
+
+
+def _check_flag(flag: object, what: str) -> bool:
+    if not isinstance(flag, bool):
+        raise TypeError("%s must be True or False, not %s" % (what, type(flag).__name__))
+    return flag
+
+
+def _check_top(top: object) -> int:
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral):
+        raise TypeError("top must be an int, not %s" % type(top).__name__)
+    if top < 0:
+        raise ValueError("top must be >= 0, got %d" % top)
+    return int(top)
+
+
+def _engine_stats() -> Dict[str, Any]:
+    # Lazy: importing tcalloc loads the engine. Read as a plain dict: the
+    # deltas below go over its keys generically.
     import tcalloc
-    return tcalloc.stats()
+    return cast(Dict[str, Any], tcalloc.stats())
 
 
-def _lock_delta(before, after):
+def _lock_delta(before: Dict[str, Dict[str, int]],
+                after: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
     out = {}
     for name, a in after.items():
         b = before.get(name, {})
@@ -52,15 +87,16 @@ def _lock_delta(before, after):
     return out
 
 
-def _thread_names():
+def _thread_names() -> Dict[int, str]:
     names = {}
     for t in threading.enumerate():
-        if getattr(t, "native_id", None) is not None:
-            names[t.native_id] = t.name
+        tid = getattr(t, "native_id", None)
+        if tid is not None:
+            names[tid] = t.name
     return names
 
 
-def _comm(tid):
+def _comm(tid: int) -> str:
     try:
         with open("/proc/self/task/%d/comm" % tid) as f:
             return f.read().strip()
@@ -69,29 +105,37 @@ def _comm(tid):
 
 
 class Profile:
-    """Context manager; see the module docstring. ``engine=False`` leaves
-    tcalloc out (psutil figures only), e.g. for a process whose malloc is
-    another allocator."""
+    """``Profile(interval=0.02, engine=True, top=5)``: a context manager
+    (or ``start()`` / ``stop()``) collecting the figures in the module
+    docstring; ``as_dict()`` and ``report()`` give them once stopped.
 
-    def __init__(self, interval=0.02, engine=True, top=5):
-        if interval <= 0:
-            raise ValueError("interval must be > 0")
-        self.interval = float(interval)
-        self.engine = bool(engine)
-        self.top = int(top)
+    ``interval``: seconds between the sampler's readings, a real number
+    from 0.001 to 86400. ``engine=False`` leaves tcalloc out (psutil figures
+    only), e.g. for a process whose malloc is another allocator. ``top``:
+    how many of the hottest locks to list (an int >= 0). Bad arguments raise
+    TypeError or ValueError here, not later in the sampler thread."""
+
+    interval: float
+    engine: bool
+    top: int
+
+    def __init__(self, interval: float = 0.02, engine: bool = True, top: int = 5) -> None:
+        self.interval = _check_interval(interval)
+        self.engine = _check_flag(engine, "engine")
+        self.top = _check_top(top)
         self._running = False
-        self._result = None
+        self._result: Optional[Dict[str, Any]] = None
 
     # -- collection ------------------------------------------------------
-    def __enter__(self):
+    def __enter__(self) -> "Profile":
         self.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
-        return False
 
-    def start(self):
+    def start(self) -> "Profile":
+        """Start collecting; RuntimeError if already running."""
         import psutil
         if self._running:
             raise RuntimeError("profile already running")
@@ -102,11 +146,11 @@ class Profile:
         self._ctx0 = self._proc.num_ctx_switches()
         self._thr0 = {t.id: (t.user_time, t.system_time) for t in self._proc.threads()}
         self._thr_last = dict(self._thr0)
-        self._names = {}
+        self._names: Dict[int, str] = {}
         mem = self._proc.memory_full_info()
         self._rss0, self._uss0 = mem.rss, mem.uss
         self._rss_peak, self._uss_peak = mem.rss, mem.uss
-        self._series = []
+        self._series: List[Tuple[float, int]] = []
         self._samples = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -120,18 +164,18 @@ class Profile:
         return self
 
     @property
-    def samples(self):
+    def samples(self) -> int:
         """Samples taken so far (start, each sampler tick, end)."""
         return self._samples
 
-    def _record(self, rss, uss):
+    def _record(self, rss: int, uss: int) -> None:
         with self._lock:
             self._samples += 1
             self._rss_peak = max(self._rss_peak, rss)
             self._uss_peak = max(self._uss_peak, uss)
             self._series.append(((time.perf_counter_ns() - self._t0) / 1e9, rss))
 
-    def _sample_once(self):
+    def _sample_once(self) -> None:
         mem = self._proc.memory_full_info()
         try:
             threads = self._proc.threads()
@@ -145,14 +189,15 @@ class Profile:
                     self._names[t.id] = names.get(t.id) or _comm(t.id)
         self._record(mem.rss, mem.uss)
 
-    def _sample_loop(self):
+    def _sample_loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self._sample_once()
             except Exception:       # the process is going away; keep what we have
                 return
 
-    def stop(self):
+    def stop(self) -> "Profile":
+        """Stop collecting and compute the figures; RuntimeError if not running."""
         if not self._running:
             raise RuntimeError("profile not running")
         self._stop.set()
@@ -169,7 +214,8 @@ class Profile:
         return self
 
     # -- results ---------------------------------------------------------
-    def _build(self, elapsed_ns, cpu1, ctx1, ru1, mem, stats1):
+    def _build(self, elapsed_ns: int, cpu1: Any, ctx1: Any, ru1: Any, mem: Any,
+               stats1: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         me = threading.get_native_id()
         threads = []
         for tid, (u, s) in sorted(self._thr_last.items()):
@@ -196,8 +242,9 @@ class Profile:
         )
         cpu = d["cpu_user_s"] + d["cpu_system_s"]
         d["cpu_percent"] = 100.0 * cpu / d["elapsed_s"] if elapsed_ns else 0.0
-        if self.engine:
-            locks = _lock_delta(self._stats0.get("locks", {}), stats1.get("locks", {}))
+        stats0 = self._stats0
+        if stats0 is not None and stats1 is not None:       # engine=True
+            locks = _lock_delta(stats0.get("locks", {}), stats1.get("locks", {}))
             hot = sorted(locks.items(), key=lambda kv: (kv[1]["wait_ns"], kv[1]["contended"]),
                          reverse=True)
             d["locks"] = locks
@@ -205,18 +252,18 @@ class Profile:
             d["hottest_locks"] = [
                 dict(name=n, wait_share=v["wait_ns"] / elapsed_ns if elapsed_ns else 0.0, **v)
                 for n, v in hot[: self.top] if v["contended"] or v["wait_ns"]]
-            d["stats_delta"] = {k: v - self._stats0.get(k, 0) for k, v in stats1.items()
-                                if isinstance(v, int) and isinstance(self._stats0.get(k, 0), int)}
+            d["stats_delta"] = {k: v - stats0.get(k, 0) for k, v in stats1.items()
+                                if isinstance(v, int) and isinstance(stats0.get(k, 0), int)}
             d["stats_end"] = {k: v for k, v in stats1.items() if isinstance(v, int)}
         return d
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, Any]:
         """All figures as a dict of plain values (JSON-ready)."""
         if self._result is None:
             raise RuntimeError("profile has not finished (use it as a context manager)")
         return self._result
 
-    def report(self):
+    def report(self) -> str:
         """The figures as text, hottest locks first."""
         d = self.as_dict()
         out = []
@@ -255,6 +302,7 @@ class Profile:
         return "\n".join(out)
 
 
-def profile(interval=0.02, engine=True, top=5):
-    """``with tcalloc.profile() as p: ...`` -- see :class:`Profile`."""
+def profile(interval: float = 0.02, engine: bool = True, top: int = 5) -> Profile:
+    """``with tcalloc.profile(interval=0.02, engine=True, top=5) as p: ...``;
+    the arguments are checked here (see :class:`Profile`)."""
     return Profile(interval=interval, engine=engine, top=top)

@@ -1,8 +1,14 @@
 """tcalloc.alloc / tcalloc.Buffer: what users of the buffer protocol rely on."""
 import gc
 import io
+import json
+import os
 import pickle
+import re
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -43,29 +49,61 @@ def test_size_zero_is_distinct():
 
 @pytest.mark.parametrize("size,exc", [
     (-1, ValueError), (-(2**70), ValueError), (2**70, MemoryError), (1 << 62, MemoryError),
-    (1.0, TypeError), ("10", TypeError), (None, TypeError), (b"x", TypeError),
+    (1.0, TypeError), (1.5, TypeError), ("10", TypeError), (None, TypeError), (b"x", TypeError),
+    (True, TypeError), (False, TypeError),
 ])
 def test_bad_sizes(size, exc):
     with pytest.raises(exc, match="size|allocate"):
         alloc(size)
-    with pytest.raises(exc):
+    with pytest.raises(exc, match="size|allocate"):
         Buffer(size)
+    b = alloc(8)
+    with pytest.raises(exc, match="size|allocate"):
+        b.resize(size)
+    assert len(b) == 8
 
 
-def test_index_objects_and_bool_are_sizes():
+def test_index_objects_are_sizes_but_bool_is_not():
     class N:
         def __index__(self):
             return 7
     assert len(alloc(N())) == 7
-    assert len(alloc(True)) == 1
+    # alloc(True) used to give 1 byte: a flag passed where a size belongs.
+    with pytest.raises(TypeError, match="size must be an integer, not bool"):
+        alloc(True)
 
 
-@pytest.mark.parametrize("a", [0, 3, 12, -8, 1 << 40])
-def test_bad_alignment(a):
-    with pytest.raises(ValueError, match="alignment"):
+@pytest.mark.parametrize("flag", ["no", 1, 0, None, 1.0, b""])
+def test_zero_must_be_a_bool(flag):
+    # alloc(10, zero='no') used to zero the buffer.
+    with pytest.raises(TypeError, match="zero must be True or False"):
+        alloc(10, zero=flag)
+    with pytest.raises(TypeError, match="zero must be True or False"):
+        Buffer(10, zero=flag)
+    assert bytes(alloc(10, zero=True)) == bytes(10)
+    assert len(alloc(10, zero=False)) == 10
+
+
+@pytest.mark.parametrize("a", [0, 3, 12, -8, -1, 1 << 31, 1 << 40, 2**64, 2**200, -(2**64)])
+def test_bad_alignment_values(a):
+    # Every bad value is a ValueError naming alignment (2**64 was a MemoryError).
+    with pytest.raises(ValueError, match="alignment must be"):
         alloc(16, alignment=a)
-    with pytest.raises(TypeError):
-        alloc(16, alignment=8.0)
+    with pytest.raises(ValueError, match="alignment must be"):
+        Buffer(16, alignment=a)
+
+
+@pytest.mark.parametrize("a", [8.0, True, False, "8", b"8"])
+def test_bad_alignment_types(a):
+    with pytest.raises(TypeError, match="alignment must be an integer"):
+        alloc(16, alignment=a)
+    with pytest.raises(TypeError, match="alignment must be an integer"):
+        Buffer(16, alignment=a)
+
+
+def test_largest_alignment_accepted():
+    with alloc(16, alignment=1 << 30) as b:
+        assert b.address % (1 << 30) == 0
 
 
 def test_release_is_idempotent_and_released_buffer_raises():
@@ -240,3 +278,84 @@ def test_threads_allocate_and_verify():
     for t in ts:
         t.join()
     assert not errors
+
+
+# ---- MemoryError messages -----------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
+
+
+def _run_fresh(code):
+    """Run code in a fresh interpreter (a hard limit is process-wide); its
+    last stdout line is JSON."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hard_limit_memoryerror_names_limit_and_use():
+    r = _run_fresh("""
+        import json, tcalloc
+        MiB = 1 << 20
+        tcalloc.set_memory_limit(32 * MiB, hard=True)
+        keep = [tcalloc.alloc(MiB) for _ in range(8)]
+        s = tcalloc.stats()
+        committed = s["heap_bytes"] - s["page_heap_released_bytes"]
+        out = {"committed": committed}
+        try:
+            tcalloc.alloc(64 * MiB)
+        except MemoryError as e:
+            out["alloc"] = str(e)
+        b = tcalloc.alloc(MiB)
+        try:
+            b.resize(40 * MiB)
+        except MemoryError as e:
+            out["resize"] = str(e)
+        out["resize_len"] = len(b)
+        pool = tcalloc.BufferPool(48 * MiB)
+        try:
+            pool.acquire()
+        except MemoryError as e:
+            out["pool"] = str(e)
+        out["pool_figures"] = [pool.bytes_allocated(), pool.num_allocations(),
+                               pool.max_memory(), pool.total_bytes_allocated()]
+        print(json.dumps(out))
+    """)
+    committed = "(%.1f MiB committed)" % (r["committed"] / (1 << 20))
+    assert r["alloc"] == ("cannot allocate 64.0 MiB: tcalloc's hard memory limit of "
+                          "32.0 MiB is reached " + committed), r
+    assert r["resize"].startswith("cannot allocate 40.0 MiB: tcalloc's hard memory limit "
+                                  "of 32.0 MiB is reached ("), r
+    assert r["resize_len"] == 1 << 20
+    assert r["pool"].startswith("cannot allocate 48.0 MiB: tcalloc's hard memory limit "
+                                "of 32.0 MiB is reached ("), r
+    assert r["pool_figures"] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("limit", [None, (0, False), (64 << 20, False)])
+def test_memoryerror_without_hard_limit_is_plain(monkeypatch, limit):
+    # get_memory_limit() returns None when no limit is set (newer engines) or
+    # (0, False) (older ones); a soft limit never makes an allocation fail.
+    monkeypatch.setattr(tcalloc, "get_memory_limit", lambda: limit)
+    with pytest.raises(MemoryError) as ei:
+        alloc(1 << 62)
+    assert str(ei.value) == "cannot allocate 4.0 EiB (4611686018427387904 bytes)"
+    with pytest.raises(MemoryError) as ei:
+        alloc(1 << 62, alignment=4096)
+    assert str(ei.value) == ("cannot allocate 4.0 EiB (4611686018427387904 bytes) "
+                             "aligned to 4096")
+
+
+def test_memoryerror_blames_a_hard_limit_only_when_it_is_the_cause(monkeypatch):
+    # A hard limit far above the request: the failure is the system's, but
+    # the message still shows the limit and the use.
+    monkeypatch.setattr(tcalloc, "get_memory_limit", lambda: ((1 << 63) - 1, True))
+    with pytest.raises(MemoryError) as ei:
+        alloc(1 << 61)
+    msg = str(ei.value)
+    assert msg.startswith("cannot allocate 2.0 EiB (2305843009213693952 bytes); tcalloc's "
+                          "hard memory limit of 8.0 EiB is not reached ("), msg
+    assert re.search(r"\((\d+ bytes|\d+\.\d (KiB|MiB|GiB)) committed\)$", msg), msg

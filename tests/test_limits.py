@@ -216,3 +216,24 @@ def test_out_of_address_space_small_blocks_only():
     assert r["corrupt"] == 0, r
     assert r["small_again"] >= r["small_blocks"] * 0.9, r
     assert r["works"], r
+
+
+def test_no_limit_reads_as_none_and_bad_limits_are_refused():
+    r = run_py("""
+        assert tcalloc.get_memory_limit() is None
+        tcalloc.set_memory_limit(64 * MiB)
+        assert tcalloc.get_memory_limit() == (64 * MiB, False)
+        tcalloc.set_memory_limit(None)
+        assert tcalloc.get_memory_limit() is None
+        for bad, err in [(True, TypeError), (1.5, TypeError), ("1G", TypeError),
+                         (-1, ValueError), (2 ** 64, ValueError)]:
+            try:
+                tcalloc.set_memory_limit(bad)
+            except err:
+                pass
+            else:
+                raise AssertionError("accepted %r" % (bad,))
+        assert tcalloc.get_memory_limit() is None
+        print(json.dumps("ok"))
+    """)
+    assert r == "ok"

@@ -1,14 +1,20 @@
 """tcalloc.BufferPool: recycling, limits, accounting, threads, asyncio."""
 import asyncio
 import gc
+import os
 import random
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
 
 import tcalloc
 from tcalloc import BufferPool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
 
 
 def test_defaults_and_names():
@@ -102,6 +108,19 @@ def test_resize_pooled_buffer_respects_limit():
     assert p.bytes_allocated() == 0 and p.cached_bytes() == 0   # grown block not recycled
 
 
+def test_grow_keeps_what_the_pool_holds_within_max_bytes():
+    # max_bytes bounds buffers out plus idle blocks. A grow used to add to
+    # the bytes out without dropping idle blocks, so the pool held more.
+    p = BufferPool(64, max_bytes=224, max_cached=2)
+    a, b = p.acquire(), p.acquire()
+    b.release()
+    assert p.cached_bytes() == 64
+    a.resize(192)
+    assert p.bytes_allocated() == 192 and p.cached_bytes() == 0
+    a.release()
+    assert p.bytes_allocated() + p.cached_bytes() <= 224
+
+
 def test_finaliser_returns_to_pool():
     p = BufferPool(2048)
     p.acquire()
@@ -119,25 +138,128 @@ def test_max_cached_bound_and_release_unused():
     assert p.cached_bytes() == 0
 
 
-@pytest.mark.parametrize("kw,exc", [
-    (dict(buffer_size=0), ValueError), (dict(buffer_size=-1), ValueError),
-    (dict(buffer_size=1.5), TypeError), (dict(max_bytes=-5), ValueError),
-    (dict(max_bytes="1"), TypeError), (dict(max_cached=-1), ValueError),
+@pytest.mark.parametrize("kw,exc,what", [
+    (dict(buffer_size=0), ValueError, "buffer_size"), (dict(buffer_size=-1), ValueError, "buffer_size"),
+    (dict(buffer_size=1.5), TypeError, "buffer_size"), (dict(buffer_size=True), TypeError, "buffer_size"),
+    (dict(buffer_size=None), TypeError, "buffer_size"), (dict(buffer_size=2**63), ValueError, "buffer_size"),
+    (dict(max_bytes=-5), ValueError, "max_bytes"), (dict(max_bytes="1"), TypeError, "max_bytes"),
+    (dict(max_bytes=1.5), TypeError, "max_bytes"), (dict(max_bytes=True), TypeError, "max_bytes"),
+    (dict(max_bytes=2**63), ValueError, "max_bytes"),
+    (dict(max_cached=-1), ValueError, "max_cached"), (dict(max_cached=False), TypeError, "max_cached"),
+    (dict(max_cached=2.0), TypeError, "max_cached"), (dict(max_cached=1 << 25), ValueError, "max_cached"),
+    (dict(zero="yes"), TypeError, "zero"), (dict(zero=1), TypeError, "zero"),
+    (dict(zero=None), TypeError, "zero"),
 ])
-def test_bad_arguments(kw, exc):
-    with pytest.raises(exc):
+def test_bad_arguments(kw, exc, what):
+    with pytest.raises(exc, match=what):
         BufferPool(**kw)
 
 
-def test_bad_acquire_sizes():
+def test_largest_arguments_accepted():
+    p = BufferPool(2**63 - 1, max_bytes=2**63 - 1, max_cached=1 << 24, zero=True)
+    assert p.buffer_size == p.max_bytes == 2**63 - 1 and p.max_cached == 1 << 24 and p.zero
+
+
+@pytest.mark.parametrize("size,exc", [
+    (-1, ValueError), (-(2**70), ValueError), (2.0, TypeError), (1.5, TypeError),
+    (True, TypeError), (False, TypeError), ("64", TypeError), (b"", TypeError),
+])
+def test_bad_acquire_sizes(size, exc):
     p = BufferPool(64)
-    with pytest.raises(ValueError):
-        p.acquire(-1)
-    with pytest.raises(TypeError):
-        p.acquire(2.0)
-    with pytest.raises(MemoryError):
+    with pytest.raises(exc, match="size"):
+        p.acquire(size)
+    b = p.acquire(8)
+    with pytest.raises(exc, match="size"):
+        b.resize(size)
+    assert len(b) == 8
+    b.release()
+    assert p.stats() == dict(bytes_allocated=0, buffers_out=0, max_memory=64,
+                             total_bytes_allocated=64, num_allocations=1, fresh_allocations=1,
+                             cached_buffers=1, cached_bytes=64)
+
+
+@pytest.mark.parametrize("size", [1 << 62, 2**63 - 1, 2**64, 2**70])
+def test_failed_acquire_counts_nothing(size):
+    # A failed acquire used to count: num_allocations went up, max_memory
+    # reported a peak that never existed, total_bytes_allocated overflowed.
+    p = BufferPool(64)
+    b = p.acquire()
+    before = p.stats()
+    with pytest.raises(MemoryError, match="cannot allocate"):
+        p.acquire(size)
+    assert p.stats() == before
+    assert p.num_allocations() == 1 and p.max_memory() == 64
+    assert p.total_bytes_allocated() == 64 and p.bytes_allocated() == 64
+    b.release()
+
+
+def test_failed_acquire_under_a_pool_limit_counts_nothing():
+    # Within max_bytes, so the pool lets it through; tcalloc cannot map it.
+    p = BufferPool(64, max_bytes=2**63 - 1)
+    with pytest.raises(MemoryError, match="cannot allocate"):
         p.acquire(1 << 62)
-    assert p.bytes_allocated() == 0
+    b = p.acquire()
+    with pytest.raises(MemoryError, match="BufferPool limit reached"):
+        p.acquire(2**63 - 1)
+    assert p.stats() == dict(bytes_allocated=64, buffers_out=1, max_memory=64,
+                             total_bytes_allocated=64, num_allocations=1, fresh_allocations=1,
+                             cached_buffers=0, cached_bytes=0)
+    b.release()
+
+
+def test_failed_grow_counts_nothing():
+    p = BufferPool(64, max_bytes=2**62)
+    b = p.acquire()
+    before = p.stats()
+    with pytest.raises(MemoryError, match="cannot allocate"):
+        b.resize(1 << 61)          # within max_bytes: tcalloc refuses
+    with pytest.raises(MemoryError, match="BufferPool limit reached"):
+        b.resize(2**62 + 1)
+    assert p.stats() == before and len(b) == 64
+    b.resize(100_000)
+    assert p.bytes_allocated() == 100_000 and p.max_memory() == 100_000
+    assert p.total_bytes_allocated() == 100_000
+    b.release()
+    assert p.bytes_allocated() == 0 and p.cached_bytes() == 0
+
+
+@pytest.mark.parametrize("order", ["buffer_first", "container_first"])
+def test_buffer_collected_in_a_cycle_returns_to_pool(order):
+    # A pooled buffer referenced from a reference cycle is freed by the
+    # cyclic GC. Its tp_clear used to drop the pool reference first, so the
+    # block went to tcalloc without the pool's accounting: with max_bytes set
+    # the pool then refused every acquire with no buffer out.
+    p = BufferPool(4096, max_bytes=4096)
+    for _ in range(3):
+        if order == "buffer_first":
+            b = p.acquire()
+            holder = [b]
+        else:
+            holder = []
+            b = p.acquire()
+            holder.append(b)
+        holder.append(holder)
+        del b, holder
+        gc.collect()
+        assert p.stats()["buffers_out"] == 0
+        assert p.bytes_allocated() == 0 and p.cached_bytes() == 4096
+        with p.acquire() as c:
+            assert len(c) == 4096
+
+
+def test_buffer_in_a_cycle_through_a_pool_subclass():
+    # The pool itself is part of the cycle (pool -> __dict__ -> buffer -> pool):
+    # the buffer keeps its pool reference through tp_clear, but still reports
+    # it to the GC, so such a cycle is collected, not leaked.
+    class MyPool(BufferPool):
+        pass
+    p = MyPool(1024, max_bytes=1024)
+    import weakref
+    p.keep = p.acquire()
+    ref = weakref.ref(p)
+    del p
+    gc.collect()
+    assert ref() is None
 
 
 def test_get_buffer_sizes():
@@ -146,6 +268,28 @@ def test_get_buffer_sizes():
     assert len(p.get_buffer(0)) == 1024
     assert len(p.get_buffer(100)) == 1024
     assert len(p.get_buffer(5000)) == 5000
+    assert len(p.get_buffer(None)) == 1024
+
+    class Hint:
+        def __index__(self):
+            return 3000
+    assert len(p.get_buffer(Hint())) == 3000
+    for huge in (2**63 - 1, 2**64, 2**70):
+        with pytest.raises(MemoryError, match="cannot allocate"):
+            p.get_buffer(huge)
+    assert p.num_allocations() == 6
+
+
+@pytest.mark.parametrize("hint,exc", [
+    (1.5, TypeError), ("x", TypeError), (True, TypeError), (b"1", TypeError),
+    (-2, ValueError), (-(2**70), ValueError),
+])
+def test_bad_get_buffer_hints(hint, exc):
+    # get_buffer(1.5) was accepted, get_buffer('x') gave a comparison TypeError.
+    p = BufferPool(64)
+    with pytest.raises(exc, match="sizehint"):
+        p.get_buffer(hint)
+    assert p.num_allocations() == 0
 
 
 def test_many_threads_with_content_checks():
@@ -244,3 +388,46 @@ def test_asyncio_buffered_protocol():
 
     assert asyncio.run(main()) == payload
     assert pool.bytes_allocated() == 0 and pool.num_allocations() >= 1
+
+
+def test_gc_during_pool_call_does_not_deadlock():
+    # A garbage cycle holding a pooled buffer may be collected by any
+    # allocation of a container object; the buffer's finaliser then takes the
+    # pool's lock. No pool method may allocate Python objects while it holds
+    # that (non-reentrant) lock, or the thread spins on it forever. With a GC
+    # threshold of 1 every container allocation collects. Run apart: a
+    # failure is a hang.
+    code = textwrap.dedent("""
+        import gc, tcalloc
+        p = tcalloc.BufferPool(64, max_bytes=1 << 20)
+        def garbage():
+            c = [p.acquire()]
+            c.append(c)
+        keep = p.acquire()
+        gc.set_threshold(1, 1, 1)
+        for i in range(200):
+            garbage(); p.stats()
+            garbage(); repr(p)
+            garbage(); keep.resize(1000 + i)
+            garbage(); p.acquire(10 ** 6).release()
+            garbage()
+            try:
+                p.acquire(1 << 30)
+            except MemoryError:
+                pass
+            garbage()
+            try:
+                keep.resize(1 << 30)
+            except MemoryError:
+                pass
+            garbage(); p.release_unused()
+        gc.set_threshold(700, 10, 10)
+        gc.collect()
+        print(p.stats()["buffers_out"])
+    """)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1"]

@@ -154,3 +154,41 @@ def test_without_engine_and_misuse(tc):
     assert "tcalloc" not in p.report()
     with pytest.raises(ValueError):
         Profile(interval=0)
+
+
+@pytest.mark.parametrize("kw,exc,what", [
+    # interval=nan was accepted and killed the sampler thread (OverflowError).
+    (dict(interval=float("nan")), ValueError, "interval"),
+    (dict(interval=float("inf")), ValueError, "interval"),
+    (dict(interval=1e300), ValueError, "interval"),
+    (dict(interval=-1), ValueError, "interval"),
+    (dict(interval=0), ValueError, "interval"),
+    (dict(interval=0.0001), ValueError, "interval"),
+    (dict(interval="0.1"), TypeError, "interval"),
+    (dict(interval=None), TypeError, "interval"),
+    (dict(interval=True), TypeError, "interval"),
+    (dict(interval=1j), TypeError, "interval"),
+    (dict(engine="no"), TypeError, "engine"),
+    (dict(engine=1), TypeError, "engine"),
+    (dict(engine=None), TypeError, "engine"),
+    (dict(top=-1), ValueError, "top"),
+    (dict(top=1.5), TypeError, "top"),
+    (dict(top=True), TypeError, "top"),
+    (dict(top="5"), TypeError, "top"),
+])
+def test_arguments_checked_at_the_call(tc, kw, exc, what):
+    from tcalloc.profile import Profile
+    with pytest.raises(exc, match=what):
+        _profile(tc, **kw)
+    with pytest.raises(exc, match=what):
+        Profile(**kw)
+
+
+def test_argument_edges_accepted(tc):
+    import fractions
+    for interval in (0.001, 1, fractions.Fraction(1, 50), 3600):
+        p = _profile(tc, interval=interval, engine=False, top=0)
+        assert p.interval == float(interval)
+    with _profile(tc, top=0) as p:
+        tc.alloc(1 << 20).release()
+    assert p.as_dict()["hottest_locks"] == []

@@ -75,3 +75,10 @@ def test_aligned_class_sizes_are_multiples_of_alignment(comp, table):
     for (size, align), cl in comp.sizemap_private()["aligned"].items():
         assert cl != 0, (size, align)
         assert sizes[cl] >= size and sizes[cl] % align == 0, (size, align, sizes[cl])
+
+
+@pytest.mark.parametrize("bad, err", [(-1, ValueError), (True, TypeError), (1.0, TypeError),
+                                      ("8", TypeError), (None, TypeError)])
+def test_size_class_of_refuses_what_is_not_a_size(bad, err):
+    with pytest.raises(err):
+        tcalloc.size_class_of(bad)

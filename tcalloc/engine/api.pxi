@@ -55,7 +55,9 @@ def set_memory_limit(nbytes, hard=False):
         pageheap_set_limit(&g_heap, n, is_hard)
 
 def get_memory_limit():
-    """(nbytes, hard): the current limit; nbytes 0 means none."""
+    """(nbytes, hard): the current limit, or None when there is none."""
+    if g_heap.limit_bytes == 0:
+        return None
     return (g_heap.limit_bytes, bool(g_heap.limit_hard))
 
 def set_max_total_thread_cache_bytes(nbytes):
@@ -75,11 +77,16 @@ def size_class_table():
              g_sizemap.num_objects_to_move[cl], g_sizemap.objects_per_span[cl])
             for cl in range(1, g_sizemap.num_classes)]
 
-def size_class_of(size_t size):
+def size_class_of(size):
     """The class (and its object size) a request of `size` bytes gets; (0, 0) if large."""
+    if isinstance(size, bool) or not hasattr(type(size), "__index__"):
+        raise TypeError("size must be an int, not %s" % type(size).__name__)
+    size = size.__index__()
+    if size < 0:
+        raise ValueError("size must be >= 0, got %d" % size)
     if size > kMaxSmallSize:
         return (0, 0)
-    cl = sizemap_class(&g_sizemap, size)
+    cl = sizemap_class(&g_sizemap, <size_t>size)
     return (cl, g_sizemap.class_to_size[cl])
 
 def debug_enabled():

@@ -1,0 +1,12 @@
+# Types of tcalloc.numpy (NEP 49 memory handler); see numpy.py.
+from contextlib import AbstractContextManager
+
+from tcalloc._numpy_handler import get_handler as get_handler
+from tcalloc._numpy_handler import handler as handler
+from tcalloc._numpy_handler import set_handler as set_handler
+
+__all__ = ["handler", "use", "set_default", "restore_default", "get_handler"]
+
+def use() -> AbstractContextManager[object]: ...
+def set_default() -> object: ...
+def restore_default() -> object: ...
