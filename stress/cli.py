@@ -172,9 +172,12 @@ def _run_spec(spec, found, isolate, progress):
 
 
 def _soak(a, backends, found, progress, out):
-    """Cycle through the workloads until the time is up. Warm = after the first
-    full pass (every workload has run once); RSS counts as flat when no later
-    run's peak exceeds the warm peak by more than max(8 MiB, 10%)."""
+    """Cycle through the workloads until the time is up, and judge tcalloc by
+    its own figures, not by the process's RSS (which the lab's own run
+    records grow): after every run, the bytes tcalloc has in use must be back
+    where they were (no block lost), and the heap tcalloc holds from the OS
+    after a warm-up pass (every workload has run once) must stay within
+    max(8 MiB, 10 %) of its warm peak. Process RSS is reported, not judged."""
     minutes = a.soak
     per_run = a.duration or 2.0
     end = time.monotonic() + minutes * 60.0
@@ -182,7 +185,7 @@ def _soak(a, backends, found, progress, out):
     for s in specs:
         s["duration"] = per_run
     runs, passes = [], 0
-    warm_peak = None
+    warm_heap = warm_rss = None
     print("soak: %.1f min, %d runs per pass of %.1f s each, backends %s"
           % (minutes, len(specs), per_run, ", ".join(backends)), file=out)
     while time.monotonic() < end or passes == 0:
@@ -192,35 +195,45 @@ def _soak(a, backends, found, progress, out):
             rec["pass"] = passes
             pass_runs.append(rec)
         runs += pass_runs
-        peak = max(r.get("rss_peak") or 0 for r in pass_runs)
+        heap = max([r["tc_committed"] for r in pass_runs if "tc_committed" in r] or [0])
+        rss = max(r.get("rss_peak") or 0 for r in pass_runs)
         if passes == 0:
-            warm_peak = peak
-        print("pass %3d  %5.1f min  ops %s  corrupt %d  lost %d  failed runs %d  "
-              "RSS peak %s (warm %s)"
+            warm_heap, warm_rss = heap, rss
+        print("pass %3d  %5.1f min  ops %s  corrupt %d  lost %d  tcalloc blocks leaked %d B  "
+              "failed runs %d  tcalloc heap %s (warm %s)  process RSS peak %s"
               % (passes, minutes - max(0.0, end - time.monotonic()) / 60.0,
                  fmt_rate(sum(r.get("ops", 0) for r in pass_runs)),
                  sum(r.get("corrupt", 0) for r in pass_runs),
                  sum(r.get("lost", 0) for r in pass_runs),
-                 sum(not r["ok"] for r in pass_runs), fmt_mib(peak), fmt_mib(warm_peak)), file=out)
+                 sum(r.get("tc_in_use_delta", 0) for r in pass_runs),
+                 sum(not r["ok"] for r in pass_runs), fmt_mib(heap), fmt_mib(warm_heap),
+                 fmt_mib(rss)), file=out)
         out.flush()
         passes += 1
-    later = [r.get("rss_peak") or 0 for r in runs if r["pass"] > 0]
-    later_peak = max(later) if later else None
-    slack = max(8 << 20, int(0.10 * warm_peak))
-    flat = None if later_peak is None else later_peak <= warm_peak + slack
+    judged = any("tc_committed" in r for r in runs)
+    later = [r["tc_committed"] for r in runs if r["pass"] > 0 and "tc_committed" in r]
+    later_heap = max(later) if later else None
+    slack = max(8 << 20, int(0.10 * (warm_heap or 0)))
+    flat = None if later_heap is None else later_heap <= warm_heap + slack
+    leaked = sum(r.get("tc_in_use_delta", 0) for r in runs)
+    later_rss = max([r.get("rss_peak") or 0 for r in runs if r["pass"] > 0] or [0]) or None
     verdict = dict(minutes=minutes, passes=passes, runs=len(runs),
                    corrupt=sum(r.get("corrupt", 0) for r in runs),
                    lost=sum(r.get("lost", 0) for r in runs),
                    failed_runs=sum(not r["ok"] for r in runs),
-                   rss_warm_peak=warm_peak, rss_later_peak=later_peak, rss_slack=slack,
-                   rss_flat=flat)
-    print("soak result: %d passes, corrupt %d, lost %d, failed runs %d; RSS warm peak %s, "
-          "later peak %s: %s"
-          % (passes, verdict["corrupt"], verdict["lost"], verdict["failed_runs"],
-             fmt_mib(warm_peak), fmt_mib(later_peak),
+                   tcalloc_leaked_bytes=leaked, tcalloc_heap_warm_peak=warm_heap,
+                   tcalloc_heap_later_peak=later_heap, heap_slack=slack, heap_flat=flat,
+                   rss_warm_peak=warm_rss, rss_later_peak=later_rss)
+    print("soak result: %d passes, corrupt %d, lost %d, failed runs %d; tcalloc blocks "
+          "leaked %d B; tcalloc heap warm peak %s, later peak %s: %s; process RSS warm peak %s, "
+          "later peak %s (not judged: it holds the lab's own records)"
+          % (passes, verdict["corrupt"], verdict["lost"], verdict["failed_runs"], leaked,
+             fmt_mib(warm_heap), fmt_mib(later_heap),
+             "no tcalloc run to judge" if not judged else
              "too short to judge (one pass)" if flat is None else
              ("flat (within %s)" % fmt_mib(slack)) if flat else
-             ("GREW by %s (allowed %s)" % (fmt_mib(later_peak - warm_peak), fmt_mib(slack)))),
+             ("GREW by %s (allowed %s)" % (fmt_mib(later_heap - warm_heap), fmt_mib(slack))),
+             fmt_mib(warm_rss), fmt_mib(later_rss)),
           file=out)
     return runs, verdict
 
@@ -324,6 +337,7 @@ def main(argv=None, out=None):
         out.flush()
         sys.stderr.flush()
         os._exit(1)     # the stuck threads would block a normal interpreter exit
-    if soak is not None and (soak["rss_flat"] is False or soak["corrupt"] or soak["lost"]):
+    if soak is not None and (soak["heap_flat"] is False or soak["corrupt"] or soak["lost"]
+                             or soak["tcalloc_leaked_bytes"]):
         return 1
     return 1 if failures else 0

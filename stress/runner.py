@@ -69,6 +69,9 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
         except Exception as e:      # reported in the record, the suite goes on
             box["e"] = "%s: %s" % (type(e).__name__, e)
 
+    if engine:
+        import tcalloc
+        before = tcalloc.stats()
     t0 = time.monotonic()
     with Profile(interval=0.05, engine=engine) as p:
         th = threading.Thread(target=target, name="stress " + spec["workload"], daemon=True)
@@ -95,6 +98,13 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
         rec[k] = prof[k]
     rec["thread_cpu"] = prof["threads"]
     if engine:
+        # tcalloc's own figures, which the lab's Python records do not touch
+        # (the lab's Python heap is not on tcalloc): blocks left in use by the
+        # run (every workload frees what it allocates: 0), and the heap held
+        # from the OS afterwards.
+        after = tcalloc.stats()
+        rec["tc_in_use_delta"] = after["bytes_in_use"] - before["bytes_in_use"]
+        rec["tc_committed"] = after["heap_bytes"] - after["page_heap_released_bytes"]
         rec["locks"] = prof["locks"]
         rec["lock_wait_ns"] = prof["lock_wait_ns"]
         el = rec.get("elapsed_s") or prof["elapsed_s"]

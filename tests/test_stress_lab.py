@@ -230,3 +230,6 @@ def test_cli_soak_reports(wl, tmp_path):
     soak = json.loads(out.read_text())["soak"]
     assert soak["passes"] >= 1 and soak["corrupt"] == 0 and soak["lost"] == 0
     assert soak["rss_warm_peak"] > 0
+    # Judged on tcalloc's own figures: every block back, the heap measured.
+    assert soak["tcalloc_leaked_bytes"] == 0
+    assert soak["tcalloc_heap_warm_peak"] > 0 and soak["heap_flat"] in (True, None)
