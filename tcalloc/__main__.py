@@ -83,6 +83,10 @@ def _run(argv):
         import atexit
         atexit.register(_print_stats)
     tcalloc.install(domains)
+    # Python children of the program (python -m test -jN workers, subprocess,
+    # multiprocessing spawn) start on tcalloc too.
+    from tcalloc._site import propagate
+    propagate(domains)
     if is_module:
         # As `python -m`: sys.path[0] is the current directory (set already,
         # since we were started with -m); runpy sets sys.argv[0] to the file.

@@ -313,3 +313,51 @@ def test_debug_hooks_with_tcalloc_run_a_clean_program(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tcalloc", "run", str(script)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok True", (r.stdout, r.stderr[-2000:])
+
+
+# ---- child interpreters of `run` start on tcalloc too ---------------------------
+
+def test_run_puts_python_children_on_tcalloc(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys
+        code = ("import tcalloc; x = [(i,) for i in range(5000)]; "
+                "print(tcalloc.installed(), sum(c['mallocs'] for c in "
+                "tcalloc.stats()['size_classes']) >= 5000)")
+        print(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                             text=True, check=True).stdout.strip())
+    """))
+    r = run_tc("run", str(script))
+    assert r.returncode == 0 and r.stdout.strip() == "True True", (r.stdout, r.stderr[-2000:])
+
+
+def test_run_puts_regrtest_workers_on_tcalloc(tmp_path):
+    # `python -m tcalloc run -m test -jN`: the workers are new interpreters;
+    # a test that fails unless its own interpreter is on tcalloc proves it.
+    (tmp_path / "test_on_tcalloc.py").write_text(textwrap.dedent("""
+        import os, unittest, tcalloc
+        class OnTcalloc(unittest.TestCase):
+            def test_worker_is_hooked(self):
+                self.assertTrue(tcalloc.installed(), "worker %d not on tcalloc" % os.getpid())
+    """))
+    r = run_tc("run", "-m", "test", "-j2", "--testdir", str(tmp_path), "test_on_tcalloc",
+               cwd=str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS" in out, out[-3000:]
+
+
+def test_run_children_keep_their_own_sitecustomize(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['MY_SITE_RAN'] = '1'\n")
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys
+        code = "import os, tcalloc; print(os.environ.get('MY_SITE_RAN'), tcalloc.installed())"
+        print(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                             text=True, check=True).stdout.strip())
+    """))
+    env = dict(ENV, PYTHONPATH=str(site) + os.pathsep + ENV["PYTHONPATH"])
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", str(script)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "1 True", (r.stdout, r.stderr[-2000:])

@@ -1,0 +1,46 @@
+"""Puts a child interpreter of ``python -m tcalloc run`` on tcalloc.
+
+``run`` prepends this directory to PYTHONPATH and names the domains in
+TCALLOC_RUN_DOMAINS, so every Python process the program starts with the same
+interpreter (``subprocess``, ``multiprocessing`` spawn, ``python -m test -j``
+workers) installs the hook at start-up, as the parent did. The
+``sitecustomize`` this module shadows, if there is one, then runs as usual.
+"""
+import os
+import sys
+
+
+def _install():
+    domains = os.environ.get("TCALLOC_RUN_DOMAINS", "")
+    if not domains:
+        return
+    import tracemalloc
+    if tracemalloc.is_tracing():
+        sys.stderr.write("tcalloc: tracemalloc is tracing in this child interpreter; "
+                         "it stays on its previous allocator\n")
+        return
+    import tcalloc
+    tcalloc.install(domains.split(","))
+
+
+def _chain():
+    # Import the next sitecustomize on the path, the one this file shadows.
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    mod = sys.modules.pop("sitecustomize", None)
+    try:
+        import importlib
+        importlib.import_module("sitecustomize")
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+        if mod is not None and "sitecustomize" not in sys.modules:
+            sys.modules["sitecustomize"] = mod
+
+
+try:
+    _install()
+finally:
+    _chain()
