@@ -10,6 +10,7 @@ from tcalloc._engine import (
     _C_API, _C_API_EXT, stats, stats_text, release_free_memory, set_release_rate,
     get_release_rate, set_memory_limit, get_memory_limit, set_max_total_thread_cache_bytes,
     get_max_total_thread_cache_bytes, size_class_table, size_class_of, debug_enabled,
+    reset_peaks,
 )
 
 __version__ = "0.1.0"
@@ -24,9 +25,9 @@ def get_pxd_dir():
     """The directory to add to Cython's include path to `cimport tcalloc...`."""
     return _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 
-# Buffer objects, buffer pools and the interpreter hook (issue 3).
+# Buffer objects, buffer pools and the interpreter hook.
 from tcalloc.buffer import Buffer, BufferPool, alloc
 from tcalloc._engine import install, uninstall, installed
 
-# Contention profiling of any code: lock counters and psutil figures (issue 4).
+# Contention profiling of any code: lock counters and psutil figures.
 from tcalloc.profile import profile

@@ -7,6 +7,7 @@ from tcalloc._engine import get_max_total_thread_cache_bytes as get_max_total_th
 from tcalloc._engine import get_memory_limit as get_memory_limit
 from tcalloc._engine import get_release_rate as get_release_rate
 from tcalloc._engine import release_free_memory as release_free_memory
+from tcalloc._engine import reset_peaks as reset_peaks
 from tcalloc._engine import set_max_total_thread_cache_bytes as set_max_total_thread_cache_bytes
 from tcalloc._engine import set_memory_limit as set_memory_limit
 from tcalloc._engine import set_release_rate as set_release_rate

@@ -200,6 +200,7 @@ cdef int _init() except -1:
                          g_sizemap.class_to_size[cl], &g_central[cl], &g_arena) != 0:
             raise MemoryError("tcalloc: no memory for the transfer caches")
     threadcache_registry_init(&g_registry, &g_sizemap, g_transfer, &g_arena)
+    g_registry.large_bytes = &g_heap.large_bytes
     if pthread_key_create(&g_key, _thread_exit) != 0:
         raise ImportError("tcalloc: pthread_key_create failed")
     if pthread_atfork(_atfork_prepare, _atfork_parent, _atfork_child) != 0:

@@ -39,6 +39,7 @@ cdef extern from "tc_platform.h" nogil:
     void tc_inc_owned(uint64_t *p, uint64_t v)
     uint64_t tc_atomic_add_u64(uint64_t *p, uint64_t v)
     int64_t tc_load_i64(const int64_t *p)
+    void tc_atomic_max_u64(uint64_t *p, uint64_t v)
     uint64_t tc_atomic_sub_u64(uint64_t *p, uint64_t v)
     uint32_t tc_load_u32(const uint32_t *p)
     int tc_load_int(const int *p)

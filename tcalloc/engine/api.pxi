@@ -33,6 +33,14 @@ def set_release_rate(bytes_per_second):
         if rate:
             _bg_start()
 
+def reset_peaks():
+    """Start the peaks in stats() (peak_heap_bytes, peak_allocated_bytes)
+    over from the figures now."""
+    with nogil:
+        pageheap_reset_peak(&g_heap)
+        tc_store_u64(&g_registry.peak_allocated,
+                     tc_load_u64(&g_registry.out_bytes) + tc_load_u64(&g_heap.large_bytes))
+
 def get_release_rate():
     """The background release rate in bytes per second (0: off)."""
     return g_release_rate

@@ -39,6 +39,7 @@ ctypedef struct PageHeap:
     uint64_t released_total       # bytes ever madvise'd away
     uint64_t released_background  # ... of which by the background releaser
     uint64_t limit_bytes          # 0: no limit (committed = system - released)
+    uint64_t peak_committed       # highest committed heap since start or the last reset
     int limit_hard
     int _pad
 
@@ -241,6 +242,12 @@ cdef int _give_back(PageHeap *h, uintptr_t start, size_t npages, uint8_t locatio
     _merge_free(h, t)
     return 1
 
+cdef inline void _note_peak(PageHeap *h) noexcept nogil:
+    """The committed heap may have grown: pages were taken into use."""
+    cdef uint64_t committed = h.system_bytes - h.released_bytes
+    if committed > h.peak_committed:
+        tc_store_u64(&h.peak_committed, committed)
+
 cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
     """Unlink free span `s`, keep its first n pages in use, give back the rest."""
     cdef uint8_t loc = s.location
@@ -253,6 +260,7 @@ cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
     s.sizeclass = 0
     s.freelist = NULL
     _record(h, s)
+    _note_peak(h)
     return s
 
 cdef void _split_tail(PageHeap *h, Span *s, size_t n, uint8_t loc) noexcept nogil:
@@ -541,6 +549,7 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
     if ok:
         h.large_bytes += (<uint64_t>s.npages << kPageShift)
         h.large_bytes -= before << kPageShift
+        _note_peak(h)
     tc_spinlock_unlock(&h.lock)
     return ok
 
@@ -590,4 +599,10 @@ cdef void pageheap_free_histogram(PageHeap *h, uint64_t *normal, uint64_t *retur
             s = s.next
     _hist_tree(h.large_normal, &normal[0])
     _hist_tree(h.large_returned, &returned[0])
+    tc_spinlock_unlock(&h.lock)
+
+cdef void pageheap_reset_peak(PageHeap *h) noexcept nogil:
+    """Start the peak over from the committed heap now. Takes h.lock."""
+    tc_spinlock_lock(&h.lock)
+    tc_store_u64(&h.peak_committed, h.system_bytes - h.released_bytes)
     tc_spinlock_unlock(&h.lock)

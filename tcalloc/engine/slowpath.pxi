@@ -84,6 +84,8 @@ cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
         s = pageheap_new_aligned(&g_heap, npages, align_pages)
     if s == NULL:
         tc_set_errno(ENOMEM)
+    else:
+        threadcache_note_out(&g_registry, 0)     # the peak of bytes allocated
     return s
 
 cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:

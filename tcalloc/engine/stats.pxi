@@ -154,6 +154,8 @@ def stats():
         "metadata_mapped_bytes": st.metadata_mapped,
         "thread_caches": st.thread_caches,
         "thread_cache_structs": st.thread_cache_structs,
+        "peak_heap_bytes": tc_load_u64(&g_heap.peak_committed),
+        "peak_allocated_bytes": tc_load_u64(&g_registry.peak_allocated),
         "thread_cache_budget_bytes": st.tc_budget_bytes,
         "thread_cache_fetches": st.tc_fetches,
         "thread_cache_overflows": st.tc_overflows,
@@ -196,6 +198,10 @@ def stats_text():
         out.append("MALLOC: %1s %15d (%9.1f MiB) %s" % (sign, s[key], _mib(s[key]), label))
     out.append("MALLOC:   ------------")
     out.append("MALLOC: = %15d (%9.1f MiB) Actual memory used (heap mapped from the OS)" % (s["heap_bytes"], _mib(s["heap_bytes"])))
+    out.append("MALLOC:   %15d (%9.1f MiB) Peak committed heap (mapped minus released)"
+               % (s["peak_heap_bytes"], _mib(s["peak_heap_bytes"])))
+    out.append("MALLOC:   %15d (%9.1f MiB) Peak bytes allocated (in use or in thread caches)"
+               % (s["peak_allocated_bytes"], _mib(s["peak_allocated_bytes"])))
     out.append("MALLOC:   %15d (%9.1f MiB) Bytes in malloc metadata (%.1f MiB mapped)"
                % (s["metadata_bytes"], _mib(s["metadata_bytes"]), _mib(s["metadata_mapped_bytes"])))
     out.append("MALLOC:   ------------")

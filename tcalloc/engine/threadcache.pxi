@@ -72,6 +72,13 @@ ctypedef struct ThreadCacheRegistry:
     uint64_t structs
     uint64_t retired_mallocs[kMaxClasses]   # counters of exited threads and
     uint64_t retired_frees[kMaxClasses]     # of cacheless allocations
+    # Bytes out of the shared stores (in use, or in a thread's cache), and
+    # the peak of that plus the large blocks in use (*large_bytes, the page
+    # heap's counter; NULL for a private registry): updated on the slow path
+    # with atomics, so the figure is exact at the granularity of batches.
+    uint64_t out_bytes
+    uint64_t peak_allocated
+    const uint64_t *large_bytes
 
 cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
     """Objects this list has handed out (exact for the owner; for another
@@ -170,6 +177,16 @@ cdef int threadcache_registry_init(ThreadCacheRegistry *reg, const SizeMap *size
     reg.free_key = <void *>((<uintptr_t>reg * <uintptr_t>0x9E3779B97F4A7C15UL) ^ tc_now_ns() ^ 0x5A5A5A5A5A5A5A5AUL)
     return 0
 
+# ---- the allocated-bytes meter ------------------------------------------------
+
+cdef void threadcache_note_out(ThreadCacheRegistry *reg, uint64_t nbytes) noexcept nogil:
+    """nbytes left the shared stores (nbytes 0: a large block was made):
+    raise the peak if out_bytes + large blocks passed it. Lock-free."""
+    cdef uint64_t cur = tc_atomic_add_u64(&reg.out_bytes, nbytes)
+    if reg.large_bytes != NULL:
+        cur += tc_load_u64(reg.large_bytes)
+    tc_atomic_max_u64(&reg.peak_allocated, cur)
+
 # ---- moving objects to the central stores ----------------------------------
 
 cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexcept nogil:
@@ -185,6 +202,7 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
         return
     l.length -= n
     l.released += n
+    tc_atomic_sub_u64(&tc.reg.out_bytes, <uint64_t>n * l.size)
     if l.length < l.lowater:
         l.lowater = l.length
     while n > 0:
@@ -315,6 +333,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     l.length = <uint32_t>got - 1
     l.lowater = 0                    # the list ran empty
     l.fetched += <uint64_t>got       # the one returned counts as a malloc (see freelist_mallocs)
+    threadcache_note_out(tc.reg, <uint64_t>got * l.size)
     tc.fetches += 1
     # Slow start: grow by one per fetch up to a batch, then by a batch.
     if l.max_length < l.batch:
@@ -468,6 +487,7 @@ cdef void *threadcache_alloc_uncached(ThreadCacheRegistry *reg, uint32_t cl) noe
     if TCALLOC_FREE_KEY:
         (<void **>head)[1] = NULL
     tc_atomic_add_u64(&reg.retired_mallocs[cl], 1)
+    threadcache_note_out(reg, reg.sizemap.class_to_size[cl])
     return head
 
 cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void *p) noexcept nogil:
@@ -476,3 +496,4 @@ cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void 
         (<void **>p)[1] = reg.free_key
     transfer_insert_range(&reg.transfer[cl], p, p, 1)
     tc_atomic_add_u64(&reg.retired_frees[cl], 1)
+    tc_atomic_sub_u64(&reg.out_bytes, reg.sizemap.class_to_size[cl])

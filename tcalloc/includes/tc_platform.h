@@ -37,6 +37,11 @@ static inline void tc_inc_owned(uint64_t *p, uint64_t v) {
 }
 static inline uint64_t tc_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t tc_atomic_sub_u64(uint64_t *p, uint64_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_RELAXED); }
+/* *p = max(*p, v), lock-free (a peak several threads may raise at once). */
+static inline void tc_atomic_max_u64(uint64_t *p, uint64_t v) {
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (v > cur && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+}
 static inline uint32_t tc_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline int tc_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void tc_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
