@@ -7,9 +7,7 @@ the same machine code; only the call targets differ. Harness buffers (ring,
 size tables) come from mmap so they never touch the allocator under test.
 """
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 include "harness.pxi"
-from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CAPSULE_NAME
 
 cdef extern from "tc_platform.h" nogil:
     uint64_t tc_now_ns()
@@ -23,12 +21,6 @@ cdef extern from "tc_platform.h" nogil:
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t *t, const void *attr,
-                       void *(*start)(void *) noexcept nogil, void *arg)
-    int pthread_join(pthread_t t, void **ret)
-
 ctypedef void *(*malloc_fn)(size_t) noexcept nogil
 ctypedef void (*free_fn)(void *) noexcept nogil
 
@@ -40,30 +32,12 @@ cdef bint _ready = False
 cdef object _capsule = None     # keeps tcalloc's capsule (and module) alive
 
 
-def use(str backend):
+def use(backend):
     """Select the allocator the loops call: "system" (libc malloc, or whatever
-    LD_PRELOAD put in front of it) or "tcalloc" (the capsule's table)."""
+    LD_PRELOAD put in front of it), "tcalloc" (the capsule's table), or a
+    capsule the harness accepts (harness.pxi, h_allocator)."""
     global _alloc, _ready, _capsule
-    cdef TcallocCAPI *api
-    if backend == "system":
-        _alloc = tc_allocator_system()
-    elif backend == "tcalloc":
-        import tcalloc
-        cap = tcalloc._C_API
-        if not PyCapsule_IsValid(cap, TCALLOC_CAPI_CAPSULE_NAME):
-            raise ImportError("tcalloc._C_API is not a capsule named tcalloc._C_API")
-        api = <TcallocCAPI *>PyCapsule_GetPointer(cap, TCALLOC_CAPI_CAPSULE_NAME)
-        if api.abi_version != TCALLOC_CAPI_ABI_VERSION:
-            raise ImportError(f"tcalloc C API ABI {api.abi_version}, expected "
-                              f"{TCALLOC_CAPI_ABI_VERSION}")
-        _capsule = cap
-        _alloc.name = "tcalloc"
-        _alloc.malloc = api.malloc
-        _alloc.free = api.free
-        _alloc.calloc = api.calloc
-        _alloc.realloc = api.realloc
-    else:
-        raise ValueError(f"unknown allocator {backend!r}")
+    _capsule = h_allocator(backend, &_alloc)
     _ready = True
 
 
@@ -77,16 +51,6 @@ cdef inline object _check(uint64_t ns):
     if ns == FAILED:
         raise MemoryError("allocator under test returned NULL")
     return ns
-
-
-# ---- deterministic random numbers (same sequence for every backend) -------
-cdef inline uint64_t _xorshift(uint64_t *s) noexcept nogil:
-    cdef uint64_t x = s[0]
-    x ^= x >> 12
-    x ^= x << 25
-    x ^= x >> 27
-    s[0] = x
-    return x * <uint64_t>0x2545F4914F6CDD1D
 
 
 # ---- row 1: malloc+free pairs ----------------------------------------------
@@ -157,11 +121,11 @@ def batch(uint64_t rounds, uint64_t per=1000, uint64_t nsets=8,
             raise MemoryError("mmap failed")
         for k in range(nsets):
             for i in range(per):
-                sizes[k * per + i] = lo + <uint32_t>(_xorshift(&s) % (hi - lo + 1))
+                sizes[k * per + i] = lo + <uint32_t>(h_rand(&s) % (hi - lo + 1))
                 order[k * per + i] = <uint32_t>i
             # Fisher-Yates shuffle of the free order.
             for i in range(per - 1, 0, -1):
-                j = _xorshift(&s) % (i + 1)
+                j = h_rand(&s) % (i + 1)
                 t = order[k * per + i]
                 order[k * per + i] = order[k * per + j]
                 order[k * per + j] = t

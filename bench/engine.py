@@ -27,14 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = "@@BENCH "           # prefix of the child's one result line on stdout
 
 BACKENDS = ("tcalloc", "glibc", "gperftools", "jemalloc", "mimalloc")
-# peer -> (shared object to LD_PRELOAD, Debian package that ships it)
-PEERS = {
-    "gperftools": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
-    "jemalloc": ("libjemalloc.so.2", "libjemalloc2"),
-    "mimalloc": ("libmimalloc.so.2", "libmimalloc2.0"),
-}
-LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu",
-            "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 ROWS = ("pairs", "batch", "xthread", "large")
 PAIR_SIZES = (16, 64, 4096, 32768)
@@ -193,19 +185,13 @@ def log(msg, end="\n"):
     sys.stderr.flush()
 
 
-def find_lib(soname):
-    for d in LIB_DIRS:
-        p = os.path.join(d, soname)
-        if os.path.exists(p):
-            return p
-    try:
-        text = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.strip().startswith(soname + " ") and "=>" in line:
-            return line.split("=>", 1)[1].strip()
-    return None
+def find_libs(backends):
+    """({peer: path} found, {peer: why} missing) for the peers in backends.
+    The peer table is the lab's (tcalloc.stress.peers), imported here, on the
+    parent side only: a child must not import tcalloc unless it measures it."""
+    from tcalloc.stress.peers import PEERS, find_peers, why_missing
+    found, missing = find_peers([p for p in PEERS if p in backends])
+    return found, {p: why_missing(p) for p in missing}
 
 
 def pkg_version(pkg):
@@ -231,7 +217,7 @@ def backend_env(backend, libs):
     env.pop("LD_PRELOAD", None)
     env.pop("BENCH_EXPECT_PRELOAD", None)
     env["PYTHONHASHSEED"] = "0"       # same start-up work in every child
-    if backend in PEERS:
+    if backend in libs:
         env["LD_PRELOAD"] = libs[backend]
         env["BENCH_EXPECT_PRELOAD"] = libs[backend]
     return env
@@ -355,20 +341,12 @@ def probe_backends(a, libs, missing):
 
 def measure(a):
     info = machine_info()
-    libs, missing = {}, {}
-    for peer, (soname, pkg) in PEERS.items():
-        if peer not in a.backends:
-            continue
-        path = find_lib(soname)
-        if path:
-            libs[peer] = path
-        else:
-            missing[peer] = f"{soname} not found (Debian package {pkg})"
+    libs, missing = find_libs(a.backends)
     log("peers found:   " + (", ".join(f"{k}={v}" for k, v in libs.items()) or "none"))
 
     baseline = probe_backends(a, libs, missing)
     log("peers missing: " + (", ".join(f"{k} ({v})" for k, v in missing.items()
-                                       if k in PEERS) or "none"))
+                                       if k not in ("tcalloc", "glibc")) or "none"))
     if "tcalloc" in missing:
         log(f"tcalloc NOT measured: {missing['tcalloc']}")
     live = [b for b in a.backends if b not in missing]
@@ -410,7 +388,8 @@ def measure(a):
             if "engine_build" in r:
                 builds.add(r.pop("engine_build"))
 
-    versions = {peer: pkg_version(PEERS[peer][1]) for peer in libs}
+    from tcalloc.stress.peers import PEERS
+    versions = {peer: pkg_version(PEERS[peer][0]) for peer in libs}
     return {"meta": dict(info, stat=a.stat, repeat=a.repeat, quick=a.quick,
                          git=git_describe(), engine_builds=sorted(builds),
                          loadavg_at_end=" ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -650,14 +629,7 @@ def callgrind(a):
     vg = shutil.which("valgrind")
     if not vg:
         raise SystemExit("--callgrind needs valgrind on PATH")
-    libs, missing = {}, {}
-    for peer, (soname, pkg) in PEERS.items():
-        if peer in a.backends:
-            path = find_lib(soname)
-            if path:
-                libs[peer] = path
-            else:
-                missing[peer] = f"{soname} not found (Debian package {pkg})"
+    libs, missing = find_libs(a.backends)
     n1, n2 = CALLGRIND_N[1 if a.quick else 0]
     rows = a.cg_rows
     log(f"callgrind: rows {', '.join(rows)}, N1={n1:,} and N2={n2:,} pairs; "

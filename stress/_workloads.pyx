@@ -5,8 +5,9 @@ Python object while its threads run. The allocator under test is a table of
 libc-signature entry points (``tc_allocator_t``): the C library's malloc
 ("system"; inside a child process started with LD_PRELOAD that *is*
 gperftools tcmalloc, jemalloc or mimalloc), tcalloc through its C-API capsule
-("tcalloc"), or a deliberately broken wrapper around libc ("broken") that
-hands some blocks out twice, used to prove that the verification catches it.
+("tcalloc"), or any table C code hands over in a "tcalloc.stress.allocator"
+capsule (the tests use one to hand in a deliberately broken allocator and
+prove that the verification catches it).
 
 Verification: right after every allocation the whole block is filled with a
 pattern derived from a key that is unique to that allocation (owner thread,
@@ -17,17 +18,15 @@ the old key. A block handed to two owners is rewritten by the second with a
 different key, so the first owner's check fails: it shows as a corrupt block,
 it cannot pass silently.
 
-Sections: declarations - helpers (PRNG, pattern, sizes) - the broken
-allocator - block operations - workloads - driver - Python API.
+Sections: declarations - helpers (sizes, sleep) - block operations -
+workloads - driver - Python API. The PRNG, the block pattern, the allocator
+table and the pthread declarations are the shared harness (harness.pxi).
 """
 
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_CheckExact
 include "harness.pxi"
-from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION, TCALLOC_CAPI_CAPSULE_NAME
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc as libc_malloc, free as libc_free, calloc as libc_calloc
-from libc.stdlib cimport realloc as libc_realloc
 from posix.resource cimport rusage, getrusage
 from posix.unistd cimport fork, _exit
 from posix.wait cimport waitpid, WNOHANG, WIFEXITED, WEXITSTATUS
@@ -36,12 +35,6 @@ from posix.types cimport pid_t
 # ---------------------------------------------------------------------------
 # Declarations
 # ---------------------------------------------------------------------------
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t *thread, const void *attr,
-                       void *(*start)(void *) noexcept nogil, void *arg)
-    int pthread_join(pthread_t thread, void **retval)
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -213,52 +206,8 @@ cdef struct wl_shared:
     uint64_t elapsed_ns
 
 # ---------------------------------------------------------------------------
-# Helpers: PRNG, pattern, sizes
+# Helpers: sizes, sleep
 # ---------------------------------------------------------------------------
-
-cdef inline uint64_t wl_mix(uint64_t z) noexcept nogil:
-    # splitmix64 finaliser: a bijection, so distinct inputs give distinct keys.
-    z = (z ^ (z >> 30)) * <uint64_t>0xbf58476d1ce4e5b9ULL
-    z = (z ^ (z >> 27)) * <uint64_t>0x94d049bb133111ebULL
-    return z ^ (z >> 31)
-
-cdef inline uint64_t wl_rand(uint64_t *s) noexcept nogil:
-    # splitmix64 stream: deterministic per (seed, thread).
-    s[0] += <uint64_t>0x9e3779b97f4a7c15ULL
-    return wl_mix(s[0])
-
-cdef void wl_fill(char *p, size_t n, uint64_t key) noexcept nogil:
-    # Word i holds key + i*golden; the tail bytes are the low bytes of the
-    # next word. memcpy keeps it defined for any alignment and compiles to
-    # plain stores.
-    cdef size_t nw = n >> 3, i
-    cdef uint64_t v = key
-    for i in range(nw):
-        memcpy(p + (i << 3), &v, 8)
-        v += <uint64_t>0x9e3779b97f4a7c15ULL
-    if n & 7:
-        memcpy(p + (nw << 3), &v, n & 7)
-
-cdef bint wl_check(const char *p, size_t n, uint64_t key) noexcept nogil:
-    # Scans the whole range (no early exit) so the loop vectorises.
-    cdef size_t nw = n >> 3, i
-    cdef uint64_t v = key, w, diff = 0
-    for i in range(nw):
-        memcpy(&w, p + (i << 3), 8)
-        diff |= w ^ v
-        v += <uint64_t>0x9e3779b97f4a7c15ULL
-    if n & 7:
-        w = 0
-        memcpy(&w, p + (nw << 3), n & 7)
-        diff |= w ^ (v & ((<uint64_t>1 << ((n & 7) * 8)) - 1))
-    return diff == 0
-
-cdef bint wl_is_zero(const char *p, size_t n) noexcept nogil:
-    cdef size_t i
-    cdef unsigned char acc = 0
-    for i in range(n):
-        acc |= <unsigned char>p[i]
-    return acc == 0
 
 cdef inline size_t wl_size(uint64_t *rng, size_t lo, size_t hi) noexcept nogil:
     # Log-uniform: a power-of-two band first, then a size inside it, so
@@ -268,7 +217,7 @@ cdef inline size_t wl_size(uint64_t *rng, size_t lo, size_t hi) noexcept nogil:
     cdef size_t base, s
     if lo >= hi:
         return lo
-    r = wl_rand(rng)
+    r = h_rand(rng)
     lb = 63 - tc_clz64(lo)
     hb = 63 - tc_clz64(hi)
     k = lb + <int>((r >> 32) % <uint64_t>(hb - lb + 1))
@@ -285,105 +234,6 @@ cdef void wl_sleep_ns(uint64_t ns) noexcept nogil:
     ts.tv_sec = <long>(ns // 1000000000ULL)
     ts.tv_nsec = <long>(ns % 1000000000ULL)
     nanosleep(&ts, NULL)
-
-# ---------------------------------------------------------------------------
-# The broken allocator: libc, except that every N-th malloc returns the most
-# recently allocated block while it is still live (a block handed out twice).
-# The duplicate is tracked so that the two frees it will receive free it
-# once, and libc itself is never corrupted: the only damage is the one the
-# workloads must detect. Serialised by one lock; it exists to fail.
-# ---------------------------------------------------------------------------
-
-cdef enum:
-    BROKEN_DUPS = 64
-
-cdef tc_spinlock_t g_broken_lock
-cdef uint64_t g_broken_every = 0     # 0: behave
-cdef uint64_t g_broken_calls = 0
-cdef uint64_t g_broken_doubled = 0   # blocks handed out twice so far
-cdef void *g_broken_last = NULL      # most recent live block from malloc
-cdef size_t g_broken_last_n = 0
-cdef void *g_broken_dup[BROKEN_DUPS] # blocks with a second owner outstanding
-tc_spinlock_init(&g_broken_lock)
-memset(g_broken_dup, 0, sizeof(g_broken_dup))
-
-cdef void *broken_malloc(size_t n) noexcept nogil:
-    global g_broken_calls, g_broken_last, g_broken_last_n, g_broken_doubled
-    cdef void *p = NULL
-    cdef int i
-    tc_spinlock_lock(&g_broken_lock)
-    g_broken_calls += 1
-    if (g_broken_every and g_broken_calls % g_broken_every == 0
-            and g_broken_last != NULL and g_broken_last_n >= n):
-        for i in range(BROKEN_DUPS):
-            if g_broken_dup[i] == NULL:
-                g_broken_dup[i] = g_broken_last
-                p = g_broken_last
-                g_broken_last = NULL    # never more than two owners
-                g_broken_doubled += 1
-                break
-    if p == NULL:
-        p = libc_malloc(n)
-        g_broken_last = p
-        g_broken_last_n = n
-    tc_spinlock_unlock(&g_broken_lock)
-    return p
-
-cdef bint broken_forget(void *p) noexcept nogil:
-    # Lock held. True when p still has another owner: this free is absorbed.
-    global g_broken_last
-    cdef int i
-    if p == g_broken_last:
-        g_broken_last = NULL
-    for i in range(BROKEN_DUPS):
-        if g_broken_dup[i] == p:
-            g_broken_dup[i] = NULL
-            return True
-    return False
-
-cdef void broken_free(void *p) noexcept nogil:
-    if p == NULL:
-        return
-    tc_spinlock_lock(&g_broken_lock)
-    if not broken_forget(p):
-        libc_free(p)
-    tc_spinlock_unlock(&g_broken_lock)
-
-cdef void *broken_calloc(size_t m, size_t n) noexcept nogil:
-    cdef size_t total
-    cdef void *p
-    if tc_mul_overflow(m, n, &total):
-        return NULL
-    p = broken_malloc(total)
-    if p != NULL:
-        memset(p, 0, total)
-    return p
-
-cdef void *broken_realloc(void *p, size_t n) noexcept nogil:
-    cdef void *q
-    cdef size_t old
-    if p == NULL:
-        return broken_malloc(n)
-    tc_spinlock_lock(&g_broken_lock)
-    if broken_forget(p):
-        # The other owner keeps p: move this owner's copy to a new block.
-        old = malloc_usable_size(p)
-        q = libc_malloc(n)
-        if q != NULL:
-            memcpy(q, p, old if old < n else n)
-    else:
-        q = libc_realloc(p, n)
-    tc_spinlock_unlock(&g_broken_lock)
-    return q
-
-cdef tc_allocator_t broken_allocator() noexcept nogil:
-    cdef tc_allocator_t a
-    a.name = "broken"
-    a.malloc = broken_malloc
-    a.free = broken_free
-    a.calloc = broken_calloc
-    a.realloc = broken_realloc
-    return a
 
 # ---------------------------------------------------------------------------
 # Block operations: every allocation is filled, every free is checked.
@@ -403,7 +253,7 @@ cdef inline uint64_t wl_new_key(wl_worker *w, const void *p, size_t n) noexcept 
     # address and size makes the pattern differ between any two blocks.
     cdef uint64_t tag = ((<uint64_t>(w.idx + 1)) << 48) ^ w.seq
     w.seq += 1
-    return wl_mix(tag ^ wl_mix(w.sh.seed)) ^ wl_mix((<uint64_t><uintptr_t>p) ^ ((<uint64_t>n) << 40))
+    return h_mix(tag ^ h_mix(w.sh.seed)) ^ h_mix((<uint64_t><uintptr_t>p) ^ ((<uint64_t>n) << 40))
 
 cdef inline void wl_check_align(wl_worker *w, const void *p, size_t n) noexcept nogil:
     cdef uintptr_t a = <uintptr_t>p
@@ -421,12 +271,12 @@ cdef bint wl_alloc(wl_worker *w, wl_block *b, size_t n, bint zeroed) noexcept no
         b.p = NULL
         return False
     wl_check_align(w, p, n)
-    if zeroed and not wl_is_zero(p, n):
+    if zeroed and not h_is_zero(p, n):
         w.c.corrupt += 1
     b.p = p
     b.n = n
     b.key = wl_new_key(w, p, n)
-    wl_fill(p, n, b.key)
+    h_fill(p, n, b.key)
     w.c.allocs += 1
     wl_count_op(w, n)
     return True
@@ -434,7 +284,7 @@ cdef bint wl_alloc(wl_worker *w, wl_block *b, size_t n, bint zeroed) noexcept no
 cdef void wl_release(wl_worker *w, wl_block *b) noexcept nogil:
     if b.p == NULL:
         return
-    if not wl_check(b.p, b.n, b.key):
+    if not h_check(b.p, b.n, b.key):
         w.c.corrupt += 1
     w.sh.a.free(b.p)
     b.p = NULL
@@ -443,19 +293,19 @@ cdef void wl_release(wl_worker *w, wl_block *b) noexcept nogil:
 cdef void wl_resize(wl_worker *w, wl_block *b, size_t m) noexcept nogil:
     cdef char *q
     cdef size_t keep = b.n if b.n < m else m
-    if not wl_check(b.p, b.n, b.key):
+    if not h_check(b.p, b.n, b.key):
         w.c.corrupt += 1
     q = <char *>w.sh.a.realloc(b.p, m)
     if q == NULL:
         w.c.failed += 1         # the old block stays valid
         return
     wl_check_align(w, q, m)
-    if not wl_check(q, keep, b.key):
+    if not h_check(q, keep, b.key):
         w.c.corrupt += 1        # the copied prefix must be the old contents
     b.p = q
     b.n = m
     b.key = wl_new_key(w, q, m)
-    wl_fill(q, m, b.key)
+    h_fill(q, m, b.key)
     w.c.reallocs += 1
     wl_count_op(w, m)
 
@@ -492,7 +342,7 @@ cdef void larson_worker(wl_worker *w) noexcept nogil:
     cdef uint64_t since_swap = 0, r
     cdef wl_block *b
     while wl_more(w):
-        r = wl_rand(&w.rng)
+        r = h_rand(&w.rng)
         b = &arr[r % <uint64_t>sh.slots]
         wl_release(w, b)
         wl_alloc(w, b, wl_size(&w.rng, sh.min_size, sh.max_size), False)
@@ -609,7 +459,7 @@ cdef void thrash_loop(wl_worker *w) noexcept nogil:
             continue
         for k in range(sh.writes):
             b.key += 1
-            wl_fill(b.p, b.n, b.key)
+            h_fill(b.p, b.n, b.key)
         wl_release(w, &b)
 
 cdef void scratch_worker(wl_worker *w) noexcept nogil:
@@ -633,7 +483,7 @@ cdef void churn_worker(wl_worker *w) noexcept nogil:
     for j in range(sh.survivors):
         wl_release(w, &surv[j])
     while done < sh.round_ops and wl_more(w):
-        r = wl_rand(&w.rng)
+        r = h_rand(&w.rng)
         b = &arr[r % <uint64_t>sh.slots]
         wl_release(w, b)
         wl_alloc(w, b, wl_size(&w.rng, sh.min_size, sh.max_size), False)
@@ -655,7 +505,7 @@ cdef void mixed_worker(wl_worker *w) noexcept nogil:
     cdef uint64_t r
     cdef size_t m
     while wl_more(w):
-        r = wl_rand(&w.rng)
+        r = h_rand(&w.rng)
         b = &arr[r % <uint64_t>sh.slots]
         if b.p == NULL:
             wl_alloc(w, b, wl_size(&w.rng, sh.min_size, sh.max_size), ((r >> 32) & 3) == 0)
@@ -678,7 +528,7 @@ cdef void fork_worker(wl_worker *w) noexcept nogil:
     cdef wl_block *b
     cdef uint64_t r
     while not (wl_load_acq_int(&sh.fork_done) and not wl_more(w)):
-        r = wl_rand(&w.rng)
+        r = h_rand(&w.rng)
         b = &arr[r % <uint64_t>sh.slots]
         wl_release(w, b)
         wl_alloc(w, b, wl_size(&w.rng, sh.min_size, sh.max_size), False)
@@ -814,7 +664,7 @@ cdef wl_worker *wl_new_worker(wl_shared *sh, int idx, int local_slots) noexcept 
     (<void **>(<char *>w + sizeof(wl_worker)))[0] = mem
     w.sh = sh
     w.idx = idx
-    w.rng = wl_mix(sh.seed * <uint64_t>0x100000001b3ULL + <uint64_t>idx)
+    w.rng = h_mix(sh.seed * <uint64_t>0x100000001b3ULL + <uint64_t>idx)
     if local_slots:
         w.local = <wl_block *>libc_calloc(local_slots, sizeof(wl_block))
         if w.local == NULL:
@@ -1007,7 +857,7 @@ cdef int wl_run(wl_shared *sh) noexcept nogil:
 
 WORKLOADS = ("larson", "xmalloc", "prodcons", "cache-thrash", "cache-scratch",
              "churn", "mixed", "fork")
-ALLOCATORS = ("system", "tcalloc", "broken")
+ALLOCATORS = ("system", "tcalloc")
 MAX_THREADS = WL_MAX_THREADS
 
 _KINDS = {"larson": K_LARSON, "xmalloc": K_XMALLOC, "prodcons": K_PRODCONS,
@@ -1052,58 +902,13 @@ cdef class Progress:
         return tc_load_u64(&self.count)
 
 
-def broken_configure(every):
-    """Make the "broken" allocator hand a live block out again on every
-    ``every``-th malloc (0: behave like libc). Returns the previous value."""
-    global g_broken_every
-    every = int(every)
-    if every < 0:
-        raise ValueError("every must be >= 0")
-    prev = g_broken_every
-    g_broken_every = every
-    return prev
-
-
-def broken_doubled():
-    """How many blocks the broken allocator has handed out twice so far."""
-    return tc_load_u64(&g_broken_doubled)
-
-
-cdef object _resolve_allocator(object allocator, tc_allocator_t *out):
-    # Returns the object that must stay alive while the table is used.
-    cdef TcallocCAPI *api
-    if allocator == "system":
-        out[0] = tc_allocator_system()
-        return None
-    if allocator == "broken":
-        out[0] = broken_allocator()
-        return None
-    if allocator == "tcalloc":
-        import tcalloc
-        cap = tcalloc._C_API
-    elif PyCapsule_CheckExact(allocator):
-        cap = allocator
-    else:
-        raise ValueError("allocator must be one of %s or a tcalloc._C_API capsule, not %r"
-                         % (", ".join(ALLOCATORS), allocator))
-    api = <TcallocCAPI *>PyCapsule_GetPointer(cap, "tcalloc._C_API")
-    if api.abi_version != TCALLOC_CAPI_ABI_VERSION:
-        raise ImportError("tcalloc C API ABI %d, this module expects %d"
-                          % (api.abi_version, TCALLOC_CAPI_ABI_VERSION))
-    out.name = "tcalloc"
-    out.malloc = api.malloc
-    out.free = api.free
-    out.calloc = api.calloc
-    out.realloc = api.realloc
-    return cap
-
-
 def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
         min_size=None, max_size=None, seed=1, Progress progress=None, **params):
     """Run one workload on native threads (GIL released) and return its counts.
 
     workload   one of WORKLOADS
-    allocator  "system", "tcalloc", "broken", or a "tcalloc._C_API" capsule
+    allocator  "system", "tcalloc", tcalloc's "tcalloc._C_API" capsule, or a
+               "tcalloc.stress.allocator" capsule holding a tc_allocator_t *
     threads    worker threads (xmalloc and prodcons round up to an even number)
     ops        operations per worker thread (an operation = a malloc, calloc or
                realloc that produced a block); or
@@ -1158,7 +963,7 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
         raise ValueError("survivors must be <= slots")
 
     memset(&sh, 0, sizeof(sh))
-    keep = _resolve_allocator(allocator, &sh.a)
+    keep = h_allocator(allocator, &sh.a)
     sh.kind = _KINDS[workload]
     sh.nthreads = threads
     sh.ops = <uint64_t>ops
@@ -1202,7 +1007,7 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
         else:
             driver = d
     wl_free_workers(&sh)
-    res = dict(workload=workload, allocator=(allocator if isinstance(allocator, str) else "tcalloc"),
+    res = dict(workload=workload, allocator=(<bytes>sh.a.name).decode(),
                threads=threads, seed=int(seed), min_size=lo, max_size=hi,
                elapsed_ns=sh.elapsed_ns, per_thread=per, driver=driver, **tot)
     res["lost"] = res["allocs"] - res["frees"]

@@ -1,4 +1,5 @@
-"""Find the peer allocators installed from Debian's packages (never install)."""
+"""The peer allocators: the one table of them (the lab and the benchmarks use
+it), and where Debian's packages put them. Finds, never installs."""
 
 import os
 import subprocess
@@ -29,10 +30,12 @@ def _ldconfig():
     return libs
 
 
-def find_peers():
-    """Returns ({name: path} found, [names missing])."""
+def find_peers(names=None):
+    """Returns ({name: path} found, [names missing]) for the peers named
+    (default: all of PEERS)."""
     found, missing, cache = {}, [], None
-    for name, (_pkg, so) in PEERS.items():
+    for name in (PEERS if names is None else names):
+        so = PEERS[name][1]
         path = next((os.path.join(d, so) for d in _DIRS
                      if os.path.exists(os.path.join(d, so))), None)
         if path is None:
@@ -44,6 +47,11 @@ def find_peers():
         else:
             missing.append(name)
     return found, missing
+
+
+def why_missing(name):
+    pkg, so = PEERS[name]
+    return f"{so} not found (Debian package {pkg})"
 
 
 def install_hint(names):

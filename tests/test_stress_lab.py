@@ -100,24 +100,27 @@ def test_more_threads_than_cores(wl):
 @pytest.mark.parametrize("workload,every", [("larson", 500), ("xmalloc", 500), ("prodcons", 500),
                                             ("churn", 500), ("mixed", 20)])
 def test_broken_allocator_is_caught(wl, workload, every):
-    prev = wl.broken_configure(every)
+    import tct_broken
+    prev = tct_broken.configure(every)
     try:
-        before = wl.broken_doubled()
-        r = wl.run(workload, "broken", threads=2, duration=0.3)
-        doubled = wl.broken_doubled() - before
+        before = tct_broken.doubled()
+        r = wl.run(workload, tct_broken.allocator(), threads=2, duration=0.3)
+        doubled = tct_broken.doubled() - before
     finally:
-        wl.broken_configure(prev)
+        tct_broken.configure(prev)
+    assert r["allocator"] == "broken"
     assert doubled > 0, "the broken allocator never misbehaved; the test proves nothing"
     assert r["corrupt"] > 0, "a block handed out twice passed verification"
 
 
 def test_broken_allocator_when_behaving_is_clean(wl):
     # Control: the wrapper itself is sound, the corruption above is the bug.
-    prev = wl.broken_configure(0)
+    import tct_broken
+    prev = tct_broken.configure(0)
     try:
-        _assert_clean(wl.run("larson", "broken", threads=2, ops=5000))
+        _assert_clean(wl.run("larson", tct_broken.allocator(), threads=2, ops=5000))
     finally:
-        wl.broken_configure(prev)
+        tct_broken.configure(prev)
 
 
 @pytest.mark.parametrize("kwargs,err", [
@@ -128,6 +131,8 @@ def test_broken_allocator_when_behaving_is_clean(wl):
     (dict(workload="larson", ops=10, min_size=0), ValueError),
     (dict(workload="larson", ops=10, min_size=100, max_size=10), ValueError),
     (dict(workload="larson", ops=10, allocator="nope"), ValueError),
+    (dict(workload="larson", ops=10, allocator="broken"), ValueError),  # test-only, not a name
+    (dict(workload="larson", ops=10, allocator=object()), ValueError),
     (dict(workload="larson", ops=10, bogus=1), TypeError),
 ])
 def test_run_rejects_bad_arguments(wl, kwargs, err):

@@ -30,12 +30,8 @@ include "central.pxi"
 include "transfer.pxi"
 include "threadcache.pxi"
 
-from tcalloc.capi cimport TcallocCAPI
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
-    int pthread_join(pthread_t thread, void **retval)
+include "harness.pxi"
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -43,7 +39,7 @@ cdef extern from "<sched.h>" nogil:
 cdef extern from "<sys/mman.h>" nogil:
     int munmap(void *addr, size_t length)
 
-# Small C helpers: the block pattern, an SPSC ring with acquire/release
+# Small C helpers: an SPSC ring with acquire/release
 # indices, and mincore() for per-range residency (exact, unlike process RSS).
 cdef extern from *:
     """
@@ -53,36 +49,6 @@ cdef extern from *:
     #include <unistd.h>
     #include <sys/mman.h>
     #include <errno.h>
-
-    static inline uint64_t tct_mix(uint64_t x) {
-        x += 0x9E3779B97F4A7C15ULL;
-        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-        return x ^ (x >> 31);
-    }
-    /* Byte j of a block filled with key k is byte (j % 8) of mix(k + j / 8),
-     * so any prefix of a filled block verifies against the same key (realloc). */
-    static void tct_fill(void *p, size_t n, uint64_t key) {
-        unsigned char *b = (unsigned char *)p;
-        size_t words = n / 8, i;
-        uint64_t v;
-        for (i = 0; i < words; i++) { v = tct_mix(key + i); memcpy(b + 8 * i, &v, 8); }
-        if (n % 8) { v = tct_mix(key + words); memcpy(b + 8 * words, &v, n % 8); }
-    }
-    static int tct_check(const void *p, size_t n, uint64_t key) {
-        const unsigned char *b = (const unsigned char *)p;
-        size_t words = n / 8, i;
-        uint64_t v;
-        for (i = 0; i < words; i++) { v = tct_mix(key + i); if (memcmp(b + 8 * i, &v, 8)) return 0; }
-        if (n % 8) { v = tct_mix(key + words); if (memcmp(b + 8 * words, &v, n % 8)) return 0; }
-        return 1;
-    }
-    static int tct_all_zero(const void *p, size_t n) {
-        const unsigned char *b = (const unsigned char *)p;
-        size_t i;
-        for (i = 0; i < n; i++) if (b[i]) return 0;
-        return 1;
-    }
 
     typedef struct { void *p; size_t n; uint64_t key; } tct_item;
     typedef struct {
@@ -129,10 +95,6 @@ cdef extern from *:
         return count;
     }
     """
-    uint64_t tct_mix(uint64_t x) nogil
-    void tct_fill(void *p, size_t n, uint64_t key) nogil
-    int tct_check(const void *p, size_t n, uint64_t key) nogil
-    int tct_all_zero(const void *p, size_t n) nogil
     ctypedef struct tct_item:
         void *p
         size_t n
@@ -155,18 +117,7 @@ cdef extern from *:
     void tct_store_int(int *p, int v) nogil
     long tct_resident(void *addr, size_t len) nogil
 
-cdef inline uint64_t _rnd(uint64_t *s) noexcept nogil:
-    # xorshift64*: cheap, deterministic per seed, never 0 once seeded non-zero
-    cdef uint64_t x = s[0]
-    x ^= x >> 12
-    x ^= x << 25
-    x ^= x >> 27
-    s[0] = x
-    return x * 0x2545F4914F6CDD1DUL
 
-cdef inline uint64_t _seed(uint64_t seed) noexcept nogil:
-    cdef uint64_t s = tct_mix(seed)
-    return s if s != 0 else 1
 
 LOCATION_NAMES = {SPAN_IN_USE: "in_use", SPAN_ON_NORMAL: "normal", SPAN_ON_RETURNED: "returned", 3: "dead"}
 PAGE_SIZE = kPageSize
@@ -181,19 +132,19 @@ PAGEMAP_LEAF_PAGES = kPagemapLeafLen      # pages covered by one pagemap leaf
 def fill(uintptr_t addr, size_t n, uint64_t key):
     """Write the pattern of `key` over n bytes at addr."""
     with nogil:
-        tct_fill(<void *>addr, n, key)
+        h_fill(<void *>addr, n, key)
 
 def check(uintptr_t addr, size_t n, uint64_t key):
     """True if the n bytes at addr hold the pattern of `key`."""
     cdef int ok
     with nogil:
-        ok = tct_check(<void *>addr, n, key)
+        ok = h_check(<void *>addr, n, key)
     return bool(ok)
 
 def is_zero(uintptr_t addr, size_t n):
     cdef int ok
     with nogil:
-        ok = tct_all_zero(<void *>addr, n)
+        ok = h_is_zero(<void *>addr, n)
     return bool(ok)
 
 def resident_bytes(uintptr_t addr, size_t n):
@@ -300,11 +251,11 @@ cdef inline uintptr_t _pm_value(uintptr_t page) noexcept nogil:
 
 cdef void *_pm_writer(void *arg) noexcept nogil:
     cdef PMShared *sh = <PMShared *>arg
-    cdef uint64_t s = _seed(sh.seed)
+    cdef uint64_t s = sh.seed
     cdef long i
     cdef uintptr_t page
     for i in range(sh.writes):
-        page = _pm_domain_page(_rnd(&s))
+        page = _pm_domain_page(h_rand(&s))
         if pagemap_ensure(sh.pm, page, 1) != 0:
             tct_add_long(&sh.bad, 1)
             continue
@@ -315,12 +266,12 @@ cdef void *_pm_writer(void *arg) noexcept nogil:
 
 cdef void *_pm_reader(void *arg) noexcept nogil:
     cdef PMShared *sh = <PMShared *>arg
-    cdef uint64_t s = _seed(sh.seed ^ <uintptr_t>&s)
+    cdef uint64_t s = sh.seed ^ <uintptr_t>&s
     cdef uintptr_t page, v
     cdef uint32_t cl
     cdef long bad = 0, seen = 0, n = 0
     while not tct_load_int(&sh.stop) or n < 1000:
-        page = _pm_domain_page(_rnd(&s))
+        page = _pm_domain_page(h_rand(&s))
         v = <uintptr_t>pagemap_span(sh.pm, page)
         cl = pagemap_sizeclass(sh.pm, page)
         if v != 0 and v != _pm_value(page):
@@ -612,20 +563,20 @@ cdef class PrivateHeap:
     def fill(self, handle, uint64_t key):
         cdef Span *s = self._span(handle)
         with nogil:
-            tct_fill(<void *>span_addr(s), s.npages << kPageShift, key)
+            h_fill(<void *>span_addr(s), s.npages << kPageShift, key)
 
     def verify(self, handle, uint64_t key):
         cdef Span *s = self._span(handle)
         cdef int ok
         with nogil:
-            ok = tct_check(<void *>span_addr(s), s.npages << kPageShift, key)
+            ok = h_check(<void *>span_addr(s), s.npages << kPageShift, key)
         return bool(ok)
 
     def reads_zero(self, handle):
         cdef Span *s = self._span(handle)
         cdef int ok
         with nogil:
-            ok = tct_all_zero(<void *>span_addr(s), s.npages << kPageShift)
+            ok = h_is_zero(<void *>span_addr(s), s.npages << kPageShift)
         return bool(ok)
 
     def resident(self, uintptr_t addr, size_t nbytes):
@@ -637,7 +588,7 @@ cdef class PrivateHeap:
         fresh or released memory checked to read as zeros, and the heap's
         invariants checked every check_every steps and at the end (after
         freeing everything). Returns the violations found."""
-        cdef uint64_t rs = _seed(seed)
+        cdef uint64_t rs = seed
         cdef uint64_t r
         cdef Span **spans = <Span **>libc_calloc(max_live, sizeof(Span *))
         cdef uint64_t *tags = <uint64_t *>libc_calloc(max_live, sizeof(uint64_t))
@@ -653,10 +604,10 @@ cdef class PrivateHeap:
         out = []
         try:
             for step in range(steps):
-                r = _rnd(&rs)
+                r = h_rand(&rs)
                 op = r % 100
                 if (op < 45 and nlive < max_live) or nlive == 0:
-                    r = _rnd(&rs)
+                    r = h_rand(&rs)
                     if r % 10 < 7:
                         n = 1 + (r >> 8) % 16
                     elif r % 10 < 9:
@@ -680,7 +631,7 @@ cdef class PrivateHeap:
                     if s.needzero == 0 and ((<uint64_t *>a)[0] != 0 or (<uint64_t *>(a + (s.npages << kPageShift) - 8))[0] != 0):
                         out.append("step %d: span %#x marked as reading zeros holds data" % (step, a))
                     spans[nlive] = s
-                    tags[nlive] = tct_mix(seed ^ (<uint64_t>step << 20))
+                    tags[nlive] = h_mix(seed ^ (<uint64_t>step << 20))
                     (<uint64_t *>a)[0] = tags[nlive]
                     (<uint64_t *>(a + (s.npages << kPageShift) - 8))[0] = ~tags[nlive]
                     self.live.add(<uintptr_t>s)
@@ -1108,7 +1059,7 @@ cdef void *_central_worker(void *arg) noexcept nogil:
     cdef void *heads[8]
     cdef int counts[8]
     cdef uint64_t keys[8]
-    cdef uint64_t rs = _seed(w.seed)
+    cdef uint64_t rs = w.seed
     cdef uint64_t r
     cdef long it
     cdef int k, j, n, got
@@ -1119,14 +1070,14 @@ cdef void *_central_worker(void *arg) noexcept nogil:
         heads[k] = NULL
         counts[k] = 0
     for it in range(w.iters):
-        r = _rnd(&rs)
+        r = h_rand(&rs)
         k = <int>(r % 8)
         if heads[k] != NULL:
             # verify, relink, give back
             p = heads[k]
             tail = NULL
             for j in range(counts[k]):
-                if not tct_check(<char *>p + 8, sh.size - 8, keys[k] + j):
+                if not h_check(<char *>p + 8, sh.size - 8, keys[k] + j):
                     w.corrupt += 1
                 p = (<void **>p)[0]
             _give(sh, heads[k], counts[k])
@@ -1137,11 +1088,11 @@ cdef void *_central_worker(void *arg) noexcept nogil:
             got = transfer_remove_range(sh.t, &head, &tail, n)
             if got == 0:
                 continue
-            keys[k] = tct_mix(w.seed ^ <uint64_t>it)
+            keys[k] = h_mix(w.seed ^ <uint64_t>it)
             p = head
             for j in range(got):
                 # the link word stays; pattern after it
-                tct_fill(<char *>p + 8, sh.size - 8, keys[k] + j)
+                h_fill(<char *>p + 8, sh.size - 8, keys[k] + j)
                 if j < got - 1:
                     p = (<void **>p)[0]
             (<void **>tail)[0] = NULL
@@ -1158,8 +1109,7 @@ cdef void *_central_worker(void *arg) noexcept nogil:
 # =============================================================================
 
 cdef TcallocCAPI *_api() except NULL:
-    import tcalloc
-    return <TcallocCAPI *>PyCapsule_GetPointer(tcalloc._C_API, b"tcalloc._C_API")
+    return h_tcalloc_api()
 
 def capi_call_errno(str fn, a=0, b=0):
     """Call one C API function with errno cleared first: (result, errno).
@@ -1220,7 +1170,7 @@ cdef inline bint _usable_ok(RingWorker *w, void *p, size_t n) noexcept nogil:
     return w.api.usable_size(p) >= n
 
 cdef void _verify_free(RingWorker *w, tct_item *it) noexcept nogil:
-    if not tct_check(it.p, it.n, it.key):
+    if not h_check(it.p, it.n, it.key):
         w.corrupt += 1
     w.api.free(it.p)
 
@@ -1228,7 +1178,7 @@ cdef void *_ring_main(void *arg) noexcept nogil:
     cdef RingWorker *w = <RingWorker *>arg
     cdef tct_item held[64]
     cdef tct_item it, got
-    cdef uint64_t rs = _seed(w.seed)
+    cdef uint64_t rs = w.seed
     cdef uint64_t r
     cdef long i
     cdef int kind, slot, k
@@ -1237,8 +1187,8 @@ cdef void *_ring_main(void *arg) noexcept nogil:
     for k in range(64):
         held[k].p = NULL
     for i in range(w.iters):
-        r = _rnd(&rs)
-        size = _pick_size(_rnd(&rs), w.large_every)
+        r = h_rand(&rs)
+        size = _pick_size(h_rand(&rs), w.large_every)
         kind = <int>(r % 16)
         slot = <int>((r >> 8) % 64)
         if kind == 0 and held[slot].p != NULL and w.kinds & 1:
@@ -1249,19 +1199,19 @@ cdef void *_ring_main(void *arg) noexcept nogil:
                 w.failed += 1
                 continue
             keep = it.n if it.n < size else size
-            if not tct_check(p, keep, it.key):
+            if not h_check(p, keep, it.key):
                 w.corrupt += 1
             if not _usable_ok(w, p, size):
                 w.bad_usable += 1
             held[slot].p = p
             held[slot].n = size
-            held[slot].key = tct_mix(w.seed ^ (<uint64_t>w.index << 48) ^ <uint64_t>i)
-            tct_fill(p, size, held[slot].key)
+            held[slot].key = h_mix(w.seed ^ (<uint64_t>w.index << 48) ^ <uint64_t>i)
+            h_fill(p, size, held[slot].key)
             w.reallocs += 1
             continue
         if kind == 1 and w.kinds & 2:
             p = w.api.calloc(1, size)
-            if p != NULL and not tct_all_zero(p, size):
+            if p != NULL and not h_is_zero(p, size):
                 w.bad_zero += 1
         elif kind == 2 and w.kinds & 4:
             align = <size_t>1 << (3 + (r >> 20) % 14)      # 8 B .. 64 KiB
@@ -1278,8 +1228,8 @@ cdef void *_ring_main(void *arg) noexcept nogil:
         w.blocks += 1
         it.p = p
         it.n = size
-        it.key = tct_mix(w.seed ^ (<uint64_t>w.index << 48) ^ <uint64_t>i)
-        tct_fill(p, size, it.key)
+        it.key = h_mix(w.seed ^ (<uint64_t>w.index << 48) ^ <uint64_t>i)
+        h_fill(p, size, it.key)
         if (r >> 16) % 3 != 0:
             # hand it to the next thread
             if w.corrupt_every > 0 and w.handed % w.corrupt_every == 0:
@@ -1404,26 +1354,26 @@ cdef void *_short_main(void *arg) noexcept nogil:
     # by the engine's thread-exit destructor.
     cdef ShortWorker *w = <ShortWorker *>arg
     cdef tct_item items[64]
-    cdef uint64_t rs = _seed(w.seed)
+    cdef uint64_t rs = w.seed
     cdef int i, j, n = w.blocks if w.blocks <= 64 else 64
     cdef tct_item tmp
     for i in range(n):
-        items[i].n = 1 + <size_t>(_rnd(&rs) % 4096) if i else 300000
-        items[i].key = tct_mix(w.seed + <uint64_t>i)
+        items[i].n = 1 + <size_t>(h_rand(&rs) % 4096) if i else 300000
+        items[i].key = h_mix(w.seed + <uint64_t>i)
         items[i].p = w.api.malloc(items[i].n)
         if items[i].p == NULL:
             w.failed += 1
             items[i].n = 0
             continue
-        tct_fill(items[i].p, items[i].n, items[i].key)
+        h_fill(items[i].p, items[i].n, items[i].key)
     for i in range(n - 1, 0, -1):
-        j = <int>(_rnd(&rs) % <uint64_t>(i + 1))
+        j = <int>(h_rand(&rs) % <uint64_t>(i + 1))
         tmp = items[i]
         items[i] = items[j]
         items[j] = tmp
     for i in range(n):
         if items[i].n:
-            if not tct_check(items[i].p, items[i].n, items[i].key):
+            if not h_check(items[i].p, items[i].n, items[i].key):
                 w.corrupt += 1
             w.api.free(items[i].p)
     return NULL
@@ -1507,7 +1457,7 @@ cdef class BlockSet:
 
     def __cinit__(self, uint64_t total_bytes, size_t min_size, size_t max_size, uint64_t seed=1):
         cdef TcallocCAPI *api = _api()
-        cdef uint64_t rs = _seed(seed)
+        cdef uint64_t rs = seed
         cdef uint64_t done = 0
         cdef size_t size
         cdef long cap = <long>(total_bytes // min_size) + 1
@@ -1518,7 +1468,7 @@ cdef class BlockSet:
         self.n = 0
         with nogil:
             while done < total_bytes and self.n < cap:
-                size = min_size + <size_t>(_rnd(&rs) % <uint64_t>(max_size - min_size + 1))
+                size = min_size + <size_t>(h_rand(&rs) % <uint64_t>(max_size - min_size + 1))
                 p = api.malloc(size)
                 if p == NULL:
                     break

@@ -9,27 +9,17 @@
 # memory of this module (slot tables, pointer arrays) comes from the C
 # library's malloc so it never mixes with the heap under test.
 from libc.stdint cimport uint8_t, uint64_t, uintptr_t, int64_t
-from libc.string cimport memset
+from libc.string cimport memset, memcmp
 from libc.errno cimport ENOMEM, EINVAL
 from libc.stdio cimport snprintf
 cimport libc.stdlib as clib
 from posix.unistd cimport fork, _exit, write
 from posix.wait cimport waitpid, WNOHANG, WIFEXITED, WEXITSTATUS, WIFSIGNALED, WTERMSIG
 from posix.types cimport pid_t
-from cpython.pycapsule cimport PyCapsule_GetPointer
 
 import tcalloc
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    ctypedef struct pthread_attr_t:
-        pass
-    int pthread_attr_init(pthread_attr_t *attr)
-    int pthread_attr_destroy(pthread_attr_t *attr)
-    int pthread_attr_setstacksize(pthread_attr_t *attr, size_t size)
-    int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
-                       void *(*start)(void *) noexcept nogil, void *arg)
-    int pthread_join(pthread_t thread, void **retval)
+include "harness.pxi"
 
 cdef extern from "<signal.h>" nogil:
     enum: SIGKILL
@@ -41,7 +31,6 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int nanosleep(const timespec *req, timespec *rem)
 
-from tcalloc.capi cimport TcallocCAPI, TCALLOC_CAPI_ABI_VERSION
 
 cdef extern from "tc_platform.h" nogil:
     uint64_t tc_now_ns()
@@ -51,10 +40,11 @@ cdef extern from "tc_platform.h" nogil:
 cdef extern from *:
     """
     #include <errno.h>
+    #include <stdint.h>
     static inline int tn_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void tn_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    static inline unsigned long long tn_load_u64(const unsigned long long *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline void tn_add_u64(unsigned long long *p, unsigned long long v) { __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+    static inline uint64_t tn_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void tn_add_u64(uint64_t *p, uint64_t v) { __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
     static inline void *tn_xchg_ptr(void **p, void *v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
     /* Targets for invalid frees: memory tcalloc never handed out. */
     static char tn_static_buf[64] __attribute__((aligned(16)));
@@ -68,103 +58,56 @@ cdef extern from *:
     """
     int tn_load_int(const int *p) nogil
     void tn_store_int(int *p, int v) nogil
-    unsigned long long tn_load_u64(const unsigned long long *p) nogil
-    void tn_add_u64(unsigned long long *p, unsigned long long v) nogil
+    uint64_t tn_load_u64(const uint64_t *p) nogil
+    void tn_add_u64(uint64_t *p, uint64_t v) nogil
     void *tn_xchg_ptr(void **p, void *v) nogil
     void *tn_static_ptr() nogil
     void *tn_launder(void *p) nogil
     void tn_set_errno(int e) nogil
     int tn_get_errno() nogil
 
-ctypedef unsigned long long u64
+ctypedef uint64_t u64
 
-cdef TcallocCAPI *capi = <TcallocCAPI *>PyCapsule_GetPointer(tcalloc._C_API, b"tcalloc._C_API")
-if capi.abi_version != TCALLOC_CAPI_ABI_VERSION:
-    raise ImportError("tcalloc C API ABI %d, _test_native expects %d"
-                      % (capi.abi_version, TCALLOC_CAPI_ABI_VERSION))
+cdef TcallocCAPI *capi = h_tcalloc_api()
 
 cdef size_t kMaxSmall = 262144
 cdef u64 MAGIC = 0x7463616c6c6f6321ULL   # "tcalloc!": header of self-describing blocks
 
 # =============================================================================
-# Patterns. A block of n bytes written with seed s holds, for n >= 16, a
-# header (n ^ MAGIC, s) and then word i = s ^ (i * K); shorter blocks hold
-# bytes derived from s. Any stray write, lost write, overlap with another
-# live block or premature reuse shows up as a mismatch.
+# Patterns. A block of n >= 16 bytes written with seed s is self-describing:
+# a header (n ^ MAGIC, s), then the harness pattern of key s (h_fill); a
+# shorter block holds the pattern alone. Any stray write, lost write, overlap
+# with another live block or premature reuse shows up as a mismatch.
 # =============================================================================
 
-cdef inline u64 _word(u64 seed, size_t i) noexcept nogil:
-    return seed ^ ((<u64>i + 1) * 0x9E3779B97F4A7C15ULL)
-
-cdef inline uint8_t _byte(u64 seed, size_t i) noexcept nogil:
-    return <uint8_t>((seed >> ((i & 7) * 8)) ^ (i * 0x3b) ^ 0xa5)
-
 cdef inline u64 _rand(u64 *state) noexcept nogil:
-    # splitmix64: cheap, good enough to pick sizes and actions
-    state[0] += 0x9E3779B97F4A7C15ULL
-    cdef u64 z = state[0]
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
-    return z ^ (z >> 31)
+    return h_rand(state)
 
 cdef void fill_block(void *p, size_t n, u64 seed) noexcept nogil:
     cdef u64 *w = <u64 *>p
-    cdef uint8_t *b = <uint8_t *>p
-    cdef size_t i, nw
     if n < 16:
-        for i in range(n):
-            b[i] = _byte(seed, i)
+        h_fill(p, n, seed)
         return
     w[0] = <u64>n ^ MAGIC
     w[1] = seed
-    nw = n // 8
-    for i in range(2, nw):
-        w[i] = _word(seed, i)
-    for i in range(nw * 8, n):
-        b[i] = _byte(seed, i)
-
-cdef inline uint8_t _exp_byte(size_t n, u64 seed, size_t i) noexcept nogil:
-    """Byte i of a block fill_block(p, n, seed) wrote (little-endian words)."""
-    cdef u64 v
-    if n < 16 or i >= (n // 8) * 8:
-        return _byte(seed, i)
-    if i < 8:
-        v = <u64>n ^ MAGIC
-    elif i < 16:
-        v = seed
-    else:
-        v = _word(seed, i // 8)
-    return <uint8_t>(v >> ((i % 8) * 8))
+    h_fill(<char *>p + 16, n - 16, seed)
 
 cdef bint check_block(const void *p, size_t n, u64 seed, size_t upto) noexcept nogil:
     """Does p hold what fill_block(p, n, seed) wrote, in its first `upto`
     bytes (upto >= n: all of it)?"""
     cdef const u64 *w = <const u64 *>p
-    cdef const uint8_t *b = <const uint8_t *>p
-    cdef size_t i, nw, lim
-    lim = upto if upto < n else n
-    nw = 0
-    if n >= 16:
-        nw = lim // 8                 # whole words inside the checked prefix
-        if nw >= 1 and w[0] != (<u64>n ^ MAGIC):
-            return 0
-        if nw >= 2 and w[1] != seed:
-            return 0
-        for i in range(2, nw):
-            if w[i] != _word(seed, i):
-                return 0
-    for i in range(nw * 8, lim):
-        if b[i] != _exp_byte(n, seed, i):
-            return 0
-    return 1
+    cdef u64 head[2]
+    cdef size_t lim = upto if upto < n else n
+    if n < 16:
+        return h_check(p, lim, seed)
+    head[0] = <u64>n ^ MAGIC
+    head[1] = seed
+    if memcmp(p, head, lim if lim < 16 else 16) != 0:
+        return 0
+    return lim <= 16 or h_check(<const char *>p + 16, lim - 16, seed)
 
 cdef bint check_zero(const void *p, size_t n) noexcept nogil:
-    cdef const uint8_t *b = <const uint8_t *>p
-    cdef size_t i
-    for i in range(n):
-        if b[i] != 0:
-            return 0
-    return 1
+    return h_is_zero(p, n)
 
 cdef bint check_self(void *p, size_t maxsize, size_t *n_out) noexcept nogil:
     """A self-describing block (n >= 16) handed over by another thread."""
