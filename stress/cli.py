@@ -79,9 +79,9 @@ WORKLOAD_NAMES = ("larson", "xmalloc", "prodcons", "cache-thrash", "cache-scratc
                   "churn", "mixed", "fork")
 
 
-def build_parser():
+def build_parser(prog=None):
     p = argparse.ArgumentParser(
-        prog="python -m tcalloc.stress",
+        prog=prog or "python -m tcalloc.stress",
         description="tcalloc stress lab: multi-threaded workloads with every block checked, "
                     "tcalloc side by side with the system malloc and the peers found "
                     "(gperftools, jemalloc, mimalloc via LD_PRELOAD), and a contention profile.",
@@ -238,9 +238,9 @@ def _soak(a, backends, found, progress, out):
     return runs, verdict
 
 
-def main(argv=None, out=None):
+def main(argv=None, out=None, prog=None):
     out = out or sys.stdout
-    p = build_parser()
+    p = build_parser(prog)
     a = p.parse_args(argv)
     found, missing = find_peers()
     _check_args(p, a, found, missing)

@@ -1,121 +1,252 @@
-"""Command line: run a program with tcalloc as the interpreter's allocator.
+"""Command line of tcalloc.
 
     python -m tcalloc run [--domains raw,mem,obj] [--stats] script.py [args...]
-    python -m tcalloc run [--domains raw,mem,obj] [--stats] -m module [args...]
-    python -m tcalloc stats
+    python -m tcalloc run [options] -m module [args...]
+    python -m tcalloc run [options] -c code [args...]
+    python -m tcalloc stress [lab options]       (the stress lab, as python -m tcalloc.stress)
+    python -m tcalloc stats [--json] [--classes]
+    python -m tcalloc --version
 
-``run`` installs the hook before the program's first line (as ``python -m
-cProfile`` does): sys.argv and sys.path[0] are what the program would see if
-started directly, and the exit status is the program's. ``--stats`` prints
-tcalloc's statistics to stderr when the program ends.
+``run`` installs the interpreter hook before the program's first line (as
+``python -m cProfile`` does): sys.argv and sys.path[0] are what the program
+would see if started directly, and the exit status is the program's, as
+Python's own: 0, the SystemExit code, 1 after an uncaught exception.
+``--stats`` prints tcalloc's figures to stderr as soon as the program's code
+has finished, while its module globals are still alive, with the peaks.
+Usage errors exit with 2, as Python's do. The same ``tcalloc`` console script
+is installed.
 """
+import argparse
 import os
 import runpy
 import sys
+import types
 
-USAGE = """\
-usage: python -m tcalloc run [--domains raw,mem,obj] [--stats] script.py [args...]
-       python -m tcalloc run [--domains raw,mem,obj] [--stats] -m module [args...]
-       python -m tcalloc stats
-"""
-
-
-def _usage(msg):
-    sys.stderr.write(f"python -m tcalloc: {msg}\n{USAGE}")
-    return 2
+DOMAINS = ("raw", "mem", "obj")
+# A hard limit must leave the interpreter this much above what tcalloc holds
+# when run starts: below it the program dies before it can print why
+# (CPython's "lost sys.stderr").
+RUN_MIN_HEADROOM = 16 << 20
 
 
-def _summary(st):
+def _version():
+    import tcalloc
+    return "tcalloc %s (Python %s)" % (tcalloc.__version__, sys.version.split()[0])
+
+
+def _domains(text):
+    doms = tuple(d.strip() for d in text.split(",") if d.strip())
+    if not doms or any(d not in DOMAINS for d in doms):
+        raise argparse.ArgumentTypeError(
+            "%r: a comma-separated subset of %s" % (text, ",".join(DOMAINS)))
+    return doms
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m tcalloc",
+        description="tcalloc: a TCMalloc-style allocator for Python. Run a program on it, "
+                    "stress-test it, or show its settings.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser(
+        "run", help="run a Python program with tcalloc as the interpreter's allocator",
+        description="Run a script, a module (-m) or code (-c) with tcalloc under the "
+                    "interpreter's allocator (PyMem_SetAllocator), its Python children too. "
+                    "Options end at the program: everything after it is the program's.",
+        usage="python -m tcalloc run [-h] [--domains D] [--stats] "
+              "(script | -m module | -c code) [args ...]")
+    r.add_argument("--domains", type=_domains, default=DOMAINS, metavar="D",
+                   help="allocator domains to put on tcalloc, a comma-separated subset of "
+                        "raw,mem,obj (default: all three)")
+    r.add_argument("--stats", action="store_true",
+                   help="when the program's code has finished (its globals still alive), "
+                        "print tcalloc's figures to stderr: a summary line "
+                        "'tcalloc: mallocs=... peak_heap_bytes=...' and the stats table")
+    target = r.add_mutually_exclusive_group(required=True)
+    target.add_argument("-m", dest="module", metavar="module", help="run a library module as a script")
+    target.add_argument("-c", dest="code", metavar="code", help="run code given as a string")
+    target.add_argument("script", nargs="?", help="path of the script to run")
+    r.add_argument("args", nargs="*", help="arguments for the program (sys.argv[1:])")
+
+    sub.add_parser("stress", add_help=False, help="the stress and contention lab "
+                                                  "(python -m tcalloc stress --help)")
+
+    s = sub.add_parser(
+        "stats", help="tcalloc's settings, build and size classes in this environment",
+        description="Show what a program started in this environment would get: the "
+                    "validated TCALLOC_* settings, the build's switches and the size classes. "
+                    "A program's own figures: python -m tcalloc run --stats program.py")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--classes", action="store_true", help="list every size class")
+    return p
+
+
+def _split_run(argv):
+    """run's own options, and the program's argv: options end at the script,
+    or at -m/-c and their value, as with python itself."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return argv[:i + 2], argv[i + 2:]
+        if a in ("-m", "-c"):
+            return argv[:i + 2], argv[i + 2:]
+        if a.startswith(("-m", "-c")) and not a.startswith("--"):
+            return argv[:i + 1], argv[i + 1:]           # -mmodule, as python accepts
+        if a == "--domains":
+            i += 2
+            continue
+        if not a.startswith("-") or a == "-":
+            return argv[:i + 1], argv[i + 1:]
+        i += 1
+    return argv, []
+
+
+def summary(st):
+    """The one-line summary run --stats prints first (tests and users grep it)."""
     mallocs = st["large_mallocs"] + sum(c["mallocs"] for c in st["size_classes"])
     frees = st["large_frees"] + sum(c["frees"] for c in st["size_classes"])
-    return (f"tcalloc: mallocs={mallocs} frees={frees} bytes_in_use={st['bytes_in_use']} "
-            f"heap_bytes={st['heap_bytes']}")
+    return ("tcalloc: mallocs=%d frees=%d bytes_in_use=%d heap_bytes=%d "
+            "peak_heap_bytes=%d peak_allocated_bytes=%d"
+            % (mallocs, frees, st["bytes_in_use"], st["heap_bytes"],
+               st["peak_heap_bytes"], st["peak_allocated_bytes"]))
 
 
 def _print_stats():
     import tcalloc
-    sys.stderr.write(_summary(tcalloc.stats()) + "\n" + tcalloc.stats_text() + "\n")
+    sys.stderr.write(summary(tcalloc.stats()) + "\n" + tcalloc.stats_text() + "\n")
+    sys.stderr.flush()
 
 
-def _run(argv):
-    domains = ("raw", "mem", "obj")
-    show_stats = False
-    i = 0
-    while i < len(argv) and argv[i].startswith("--"):
-        opt = argv[i]
-        if opt == "--stats":
-            show_stats = True
-        elif opt == "--domains" or opt.startswith("--domains="):
-            if opt == "--domains":
-                i += 1
-                if i >= len(argv):
-                    return _usage("--domains needs a value, e.g. raw,mem,obj")
-                value = argv[i]
-            else:
-                value = opt.split("=", 1)[1]
-            domains = tuple(d.strip() for d in value.split(",") if d.strip())
-            if not domains or any(d not in ("raw", "mem", "obj") for d in domains):
-                return _usage(f"bad --domains {value!r}: a comma-separated subset of raw,mem,obj")
-        elif opt == "--":
-            i += 1
-            break
-        else:
-            return _usage(f"unknown option {opt!r}")
-        i += 1
-    rest = argv[i:]
-    if not rest:
-        return _usage("run needs a script or -m module")
-    if rest[0].startswith("-") and rest[0] != "-m":
-        return _usage(f"unknown option {rest[0]!r}")
-    if rest[0] == "-m":
-        if len(rest) < 2:
-            return _usage("-m needs a module name")
-        target, is_module, prog_args = rest[1], True, rest[2:]
-    else:
-        target, is_module, prog_args = rest[0], False, rest[1:]
-        if not os.path.exists(target):
-            sys.stderr.write(f"python -m tcalloc: can't open file {target!r}: "
-                             f"No such file or directory\n")
-            return 2
+def _fmt(n):
+    from tcalloc.buffer import _human
+    return "%d (%s)" % (n, _human(n))
+
+
+def _check_limit():
+    """None, or why a hard limit leaves too little for the interpreter."""
+    import tcalloc
+    lim = tcalloc.get_memory_limit()
+    if lim is None or not lim[1]:
+        return None
+    held = tcalloc.stats()["heap_bytes"]
+    if lim[0] >= held + RUN_MIN_HEADROOM:
+        return None
+    return ("the hard memory limit (TCALLOC_MEMORY_LIMIT=%s, TCALLOC_MEMORY_LIMIT_HARD) is too "
+            "small to run a program with the interpreter on tcalloc: tcalloc holds %s already "
+            "and run needs at least %s more; raise the limit or make it soft"
+            % (_fmt(lim[0]), _fmt(held), _fmt(RUN_MIN_HEADROOM)))
+
+
+def _run(p, argv):
+    own, prog_args = _split_run(argv)
+    rp = p._subparsers._group_actions[0].choices["run"]
+    a = rp.parse_args(own)      # exits 2 with run's usage on a bad option
+    if a.script is not None and not os.path.exists(a.script):
+        sys.stderr.write("python -m tcalloc: can't open file %r: [Errno 2] No such file or "
+                         "directory\n" % a.script)
+        return 2
 
     import tcalloc
-    if show_stats:
-        import atexit
-        atexit.register(_print_stats)
-    tcalloc.install(domains)
+    why = _check_limit()
+    if why:
+        sys.stderr.write("python -m tcalloc: %s\n" % why)
+        return 2
+    tcalloc.install(a.domains)
     # Python children of the program (python -m test -jN workers, subprocess,
     # multiprocessing spawn) start on tcalloc too.
     from tcalloc._site import propagate
-    propagate(domains)
-    if is_module:
-        # As `python -m`: sys.path[0] is the current directory (set already,
-        # since we were started with -m); runpy sets sys.argv[0] to the file.
-        sys.argv = [target] + prog_args
-        runpy.run_module(target, run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = [target] + prog_args
-        sys.path[0] = os.path.dirname(os.path.abspath(target))
-        runpy.run_path(target, run_name="__main__")
+    propagate(a.domains)
+    status = 0
+    kept = None
+    try:
+        if a.module is not None:
+            # As `python -m`: sys.path[0] is the current directory (set already,
+            # since we were started with -m); runpy sets sys.argv[0] to the file.
+            sys.argv = [a.module] + prog_args
+            kept = runpy.run_module(a.module, run_name="__main__", alter_sys=True)
+        elif a.code is not None:
+            sys.argv = ["-c"] + prog_args
+            sys.path[0] = ""
+            main = types.ModuleType("__main__")
+            saved = sys.modules["__main__"]
+            sys.modules["__main__"] = main
+            try:
+                exec(compile(a.code, "<string>", "exec"), main.__dict__)
+            finally:
+                kept = main.__dict__
+                sys.modules["__main__"] = saved
+        else:
+            sys.argv = [a.script] + prog_args
+            sys.path[0] = os.path.dirname(os.path.abspath(a.script))
+            kept = runpy.run_path(a.script, run_name="__main__")
+    except SystemExit as e:
+        status = e.code
+        raise
+    finally:
+        # The program's globals (kept) are still alive here: the figures are
+        # the program's at its end, not after teardown.
+        if a.stats:
+            _print_stats()
+        del kept
+    return status
+
+
+def _stats(a):
+    import json
+    import tcalloc
+    from tcalloc import _config
+    from tcalloc.buffer import _human
+    st = tcalloc.stats()
+    lim = tcalloc.get_memory_limit()
+    info = {
+        "version": tcalloc.__version__,
+        "settings": _config.read(),
+        "memory_limit": None if lim is None else {"bytes": lim[0], "hard": lim[1]},
+        "release_rate": tcalloc.get_release_rate(),
+        "max_total_thread_cache_bytes": tcalloc.get_max_total_thread_cache_bytes(),
+        "debug": tcalloc.debug_enabled(),
+        "size_classes": len(st["size_classes"]),
+    }
+    if a.classes:
+        info["classes"] = [dict(zip(("class", "size", "pages", "batch", "objects_per_span"), row))
+                           for row in tcalloc.size_class_table()]
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(_version())
+    print("settings from the environment: %s" % (", ".join(
+        "%s=%s" % kv for kv in sorted(info["settings"].items())) or "none"))
+    print("memory limit: %s" % ("none" if lim is None else "%s, %s" % (
+        _fmt(lim[0]), "hard" if lim[1] else "soft")))
+    print("background release: %s" % ("off" if not info["release_rate"]
+                                       else "%s/s" % _human(info["release_rate"])))
+    print("thread caches, overall budget: %s" % _fmt(info["max_total_thread_cache_bytes"]))
+    print("debug mode: %s" % ("on" if info["debug"] else "off"))
+    print("size classes: %d, from %d B to %s" % (
+        info["size_classes"], tcalloc.size_class_table()[0][1],
+        _human(tcalloc.size_class_table()[-1][1])))
+    if a.classes:
+        print("%5s %8s %5s %5s %8s" % ("class", "size", "pages", "batch", "objects"))
+        for c in info["classes"]:
+            print("%5d %8d %5d %5d %8d" % (c["class"], c["size"], c["pages"], c["batch"],
+                                           c["objects_per_span"]))
+    print("a program's figures: python -m tcalloc run --stats program.py")
     return 0
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        if argv:
-            sys.stdout.write(USAGE)
-            return 0
-        return _usage("no command given")
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "run":
-        return _run(rest)
-    if cmd == "stats":
-        if rest:
-            return _usage("stats takes no arguments")
-        import tcalloc
-        sys.stdout.write(_summary(tcalloc.stats()) + "\n" + tcalloc.stats_text() + "\n")
-        return 0
-    return _usage(f"unknown command {cmd!r}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = _parser()
+    if argv and argv[0] == "stress":
+        from tcalloc.stress.cli import main as stress_main
+        return stress_main(argv[1:], prog="python -m tcalloc stress")
+    if argv and argv[0] == "run":
+        return _run(p, argv[1:])
+    a = p.parse_args(argv)      # exits 2 (usage) or 0 (--help, --version)
+    return _stats(a)
 
 
 if __name__ == "__main__":

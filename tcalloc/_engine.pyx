@@ -33,7 +33,6 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memset, memcpy
 from libc.errno cimport ENOMEM, EINVAL
-from libc.stdlib cimport getenv, strtoull
 from cpython.pycapsule cimport PyCapsule_New
 
 from tcalloc.common cimport *
@@ -206,10 +205,7 @@ cdef int _init() except -1:
     if pthread_atfork(_atfork_prepare, _atfork_parent, _atfork_child) != 0:
         raise ImportError("tcalloc: pthread_atfork failed")
     tc_spinlock_init(&g_bg_lock)
-    dbg = getenv("TCALLOC_DEBUG")
-    g_debug = 1 if (TCALLOC_DEBUG or (dbg != NULL and dbg[0] != 0 and dbg[0] != c'0')) else 0
-    for cl in range(1, g_sizemap.num_classes):
-        g_central[cl].wipe_new_spans = g_debug
+    g_debug = 1 if TCALLOC_DEBUG else 0      # the build's switch; TCALLOC_DEBUG=1 below
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc
     g_capi.free = _capi_free

@@ -192,20 +192,6 @@ def test_run_module_and_exception_exit_code(tmp_path):
     assert r.returncode == 1 and "KeyError: 'boom'" in r.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["run"], ["run", "-m"], ["frobnicate"], ["run", "-c", "1"],
-                                  ["run", "--domains", "heap", "x.py"], ["run", "--nope", "x.py"],
-                                  ["run", "/nonexistent/prog.py"], ["stats", "extra"]])
-def test_bad_usage_exits_2(args):
-    r = run_tc(*args)
-    assert r.returncode == 2
-    assert "usage" in r.stderr or "can't open" in r.stderr
-
-
-def test_stats_command():
-    r = run_tc("stats")
-    assert r.returncode == 0 and "tcalloc: mallocs=" in r.stdout and "MALLOC" in r.stdout
-
-
 def test_run_domains_and_stats_flag(tmp_path):
     script = tmp_path / "p.py"
     script.write_text("import tcalloc.hook as h; print(h.active_domains()); "

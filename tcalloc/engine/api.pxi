@@ -57,6 +57,8 @@ def set_memory_limit(nbytes, hard=False):
         raise TypeError("memory limit must be an int number of bytes or None, not %s" % type(nbytes).__name__)
     if nbytes < 0 or nbytes >= 2 ** 63:
         raise ValueError("memory limit must be between 0 and 2**63-1 bytes, got %d" % nbytes)
+    if not isinstance(hard, bool):
+        raise TypeError("hard must be a bool, not %s" % type(hard).__name__)
     cdef int is_hard = 1 if hard else 0
     n = nbytes
     with nogil:
@@ -103,21 +105,23 @@ def debug_enabled():
 
 # ---- start-up ----------------------------------------------------------------------
 
-cdef uint64_t _env_u64(const char *name, uint64_t dflt) noexcept nogil:
-    cdef const char *v = getenv(name)
-    if v == NULL or v[0] == 0:
-        return dflt
-    return strtoull(v, NULL, 0)
-
-
 cdef int _apply_environment() except -1:
-    """Settings from TCALLOC_* variables, read once at import."""
-    global g_release_rate
-    limit = _env_u64("TCALLOC_MEMORY_LIMIT", 0)
-    if limit:
-        pageheap_set_limit(&g_heap, limit, 1 if _env_u64("TCALLOC_MEMORY_LIMIT_HARD", 0) else 0)
-    rate = _env_u64("TCALLOC_RELEASE_RATE", 0)
-    if rate:
-        g_release_rate = rate
+    """Settings from TCALLOC_* variables, read once at import and validated
+    by tcalloc._config (a bad value stops the import with a ValueError that
+    names the variable and the value)."""
+    global g_release_rate, g_debug
+    from tcalloc import _config
+    env = _config.read()
+    if env.get("TCALLOC_DEBUG"):
+        g_debug = 1
+    for cl in range(1, g_sizemap.num_classes):
+        g_central[cl].wipe_new_spans = g_debug
+    if env.get("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES") is not None:
+        set_max_total_thread_cache_bytes(env["TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES"])
+    if env.get("TCALLOC_MEMORY_LIMIT"):
+        pageheap_set_limit(&g_heap, env["TCALLOC_MEMORY_LIMIT"],
+                           1 if env.get("TCALLOC_MEMORY_LIMIT_HARD") else 0)
+    if env.get("TCALLOC_RELEASE_RATE"):
+        g_release_rate = env["TCALLOC_RELEASE_RATE"]
         _bg_start()
     return 0

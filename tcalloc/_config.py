@@ -1,0 +1,95 @@
+"""Settings from ``TCALLOC_*`` environment variables, read once at import.
+
+Every variable is validated: a value that is not what the variable takes
+raises ValueError naming the variable and the value, so ``import tcalloc``
+(and ``python -m tcalloc run``) stops instead of running with a setting
+nobody asked for.
+
+    TCALLOC_MEMORY_LIMIT          size    limit on the committed heap (0: none)
+    TCALLOC_MEMORY_LIMIT_HARD     bool    the limit fails allocations (else soft)
+    TCALLOC_RELEASE_RATE          size    bytes/s the background thread returns (0: off)
+    TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES
+                                  size    budget shared by all thread caches
+    TCALLOC_DEBUG                 bool    debug mode (every small block checked)
+
+Sizes are a whole number of bytes or a number with a unit: ``512k``,
+``64MiB``, ``2G``, ``1.5GB``. Units are binary, as in other allocators'
+settings and in ``ulimit``: k = K = KB = KiB = 1024, and so on to T.
+Booleans are 1/0, true/false, yes/no, on/off (any case); empty means unset.
+Variables read when tcalloc is built (TCALLOC_DEBUG_BUILD, TCALLOC_FREE_KEY,
+...) are not settings of a running process; an unknown ``TCALLOC_*`` name
+gives a warning, since it is most likely a typo.
+"""
+import os
+import re
+import warnings
+
+SIZES = ("TCALLOC_MEMORY_LIMIT", "TCALLOC_RELEASE_RATE", "TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES")
+BOOLS = ("TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_DEBUG")
+# Read elsewhere: by the build (setup.py), by run's children, by the tests.
+OTHERS = ("TCALLOC_RUN_DOMAINS", "TCALLOC_DEBUG_BUILD", "TCALLOC_CYTHON_CHECKS",
+          "TCALLOC_LOCK_STATS", "TCALLOC_FREE_KEY", "TCALLOC_BUILD_ONLY",
+          "TCALLOC_SOAK_SECONDS", "TCALLOC_BENCH_CHILD")
+
+MAX_SIZE = 2 ** 63 - 1
+
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+_SIZE = re.compile(r"(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?:(?P<unit>[kmgt])(?:ib|b)?|b)?",
+                   re.IGNORECASE)
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_size(text, name="size"):
+    """Bytes from ``text`` ("4096", "512k", "64MiB", "2G", "1.5GB")."""
+    if not isinstance(text, str):
+        raise TypeError("%s must be a str, not %s" % (name, type(text).__name__))
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError("%s=%r is not a size: use a whole number of bytes or a number with "
+                         "a unit (512k, 64MiB, 2G)" % (name, text))
+    num, unit = m.group("num"), (m.group("unit") or "").lower()
+    if unit == "" and not num.isdigit():
+        raise ValueError("%s=%r: a fraction of a byte; give whole bytes or a unit" % (name, text))
+    scale = 1024 ** _UNITS[unit]
+    if num.isdigit():
+        value = int(num) * scale
+    else:
+        whole, _, frac = num.partition(".")
+        # Exact decimal arithmetic: 1.5G is 1610612736, not a float's neighbour.
+        value = (int(whole or "0") * 10 ** len(frac) + int(frac or "0")) * scale // 10 ** len(frac)
+    if value > MAX_SIZE:
+        raise ValueError("%s=%r is more than 2**63-1 bytes" % (name, text))
+    return value
+
+
+def parse_bool(text, name="value"):
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("%s=%r is not a boolean: use 1/0, true/false, yes/no or on/off" % (name, text))
+
+
+def read(environ=os.environ):
+    """The settings in ``environ``: {name: value} for every variable set (and
+    not empty), sizes as ints and booleans as bools. Raises ValueError on a
+    bad value; warns about unknown TCALLOC_* names."""
+    out = {}
+    for name, raw in environ.items():
+        if not name.startswith("TCALLOC_"):
+            continue
+        if name in SIZES:
+            if raw.strip():
+                out[name] = parse_size(raw, name)
+        elif name in BOOLS:
+            if raw.strip():
+                out[name] = parse_bool(raw, name)
+        elif name not in OTHERS:
+            warnings.warn("tcalloc: unknown environment variable %s ignored (settings: %s)"
+                          % (name, ", ".join(SIZES + BOOLS)), RuntimeWarning, stacklevel=2)
+    if out.get("TCALLOC_MEMORY_LIMIT_HARD") and not out.get("TCALLOC_MEMORY_LIMIT"):
+        raise ValueError("TCALLOC_MEMORY_LIMIT_HARD=%r without TCALLOC_MEMORY_LIMIT: "
+                         "there is no limit to make hard" % environ["TCALLOC_MEMORY_LIMIT_HARD"])
+    return out

@@ -1,0 +1,228 @@
+"""`python -m tcalloc` (run, stress, stats) and the TCALLOC_* settings.
+
+Every case runs a fresh interpreter, as a user would, from a directory other
+than the checkout; TCALLOC_* variables of the calling environment are removed
+so each test sees only what it sets.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import tcalloc
+from tcalloc import _config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TCALLOC_")}
+BASE_ENV["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+
+def tc(*args, env=None, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tcalloc", *args], env=dict(BASE_ENV, **(env or {})),
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def py(code, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          env=dict(BASE_ENV, **(env or {})), cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+# ---- the CLI ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["stats", "--help"],
+                                  ["stress", "--help"]])
+def test_help_everywhere(args, tmp_path):
+    r = tc(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python -m tcalloc"), r.stdout[:200]
+
+
+def test_version(tmp_path):
+    r = tc("--version", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.split()[:2] == ["tcalloc", tcalloc.__version__]
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["run", "-m"], ["run", "-c"], ["frobnicate"],
+                                  ["run", "--domains", "heap", "x.py"], ["run", "--nope", "x.py"],
+                                  ["run", "--domains"], ["stats", "extra"]])
+def test_bad_usage_exits_2_with_usage(args, tmp_path):
+    r = tc(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "usage: python -m tcalloc" in r.stderr
+
+
+def test_missing_script_exits_2_as_python_does(tmp_path):
+    r = tc("run", str(tmp_path / "nope.py"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "can't open file" in r.stderr and "No such file" in r.stderr
+
+
+def test_run_c_code_gets_argv_main_and_exit_status(tmp_path):
+    code = "import sys, tcalloc; print(sys.argv, __name__, tcalloc.installed()); sys.exit(5)"
+    r = tc("run", "-c", code, "a", "--b", cwd=tmp_path)
+    assert r.returncode == 5, r.stderr
+    assert r.stdout.strip() == "['-c', 'a', '--b'] __main__ True"
+
+
+def test_run_c_exception_exits_1_with_traceback(tmp_path):
+    r = tc("run", "-c", "raise KeyError('boom')", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "KeyError: 'boom'" in r.stderr
+
+
+def test_program_options_are_the_programs(tmp_path):
+    # Options end at the program: --stats after the script belongs to it.
+    script = tmp_path / "p.py"
+    script.write_text("import sys; print(sys.argv[1:])\n")
+    r = tc("run", str(script), "--stats", "-m", "x", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['--stats', '-m', 'x']"
+    assert "tcalloc: mallocs=" not in r.stderr
+    r = tc("run", "--", str(script), "-c", cwd=tmp_path)
+    assert r.stdout.strip() == "['-c']"
+
+
+def test_run_stats_while_the_programs_globals_live_with_peaks(tmp_path):
+    # 200k distinct strings stay referenced by the program's globals: the
+    # figures must count them, so they are taken before teardown.
+    script = tmp_path / "p.py"
+    script.write_text("keep = [str(i) * 3 for i in range(200000)]\n")
+    r = tc("run", "--stats", str(script), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"tcalloc: mallocs=(\d+) frees=(\d+) bytes_in_use=(\d+) heap_bytes=(\d+) "
+                  r"peak_heap_bytes=(\d+) peak_allocated_bytes=(\d+)", r.stderr)
+    assert m, r.stderr
+    mallocs, frees, in_use, heap, peak_heap, peak_alloc = map(int, m.groups())
+    assert in_use >= 200000 * 40            # each str object is at least 40 bytes
+    assert peak_heap >= heap - int(re.search(r"(\d+) \(.*\) Bytes released to OS",
+                                             r.stderr).group(1))
+    assert peak_alloc >= in_use
+    assert "Peak committed heap" in r.stderr
+
+
+def test_run_stats_printed_on_sys_exit_too(tmp_path):
+    r = tc("run", "--stats", "-c", "import sys; sys.exit(3)", cwd=tmp_path)
+    assert r.returncode == 3
+    assert "tcalloc: mallocs=" in r.stderr
+
+
+def test_stress_subcommand_is_the_lab(tmp_path):
+    r = tc("stress", "--workloads", "larson", "--backends", "tcalloc", "--threads", "2",
+           "--ops", "2000", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert runs and all(x["corrupt"] == 0 and x["lost"] == 0 for x in runs)
+
+
+def test_stats_shows_this_environments_settings(tmp_path):
+    r = tc("stats", "--json", "--classes", cwd=tmp_path,
+           env={"TCALLOC_MEMORY_LIMIT": "3G", "TCALLOC_RELEASE_RATE": "8MiB"})
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["memory_limit"] == {"bytes": 3 << 30, "hard": False}
+    assert info["release_rate"] == 8 << 20
+    assert info["settings"] == {"TCALLOC_MEMORY_LIMIT": 3 << 30, "TCALLOC_RELEASE_RATE": 8 << 20}
+    assert len(info["classes"]) == info["size_classes"] == len(tcalloc.size_class_table())
+    r = tc("stats", cwd=tmp_path, env={"TCALLOC_MEMORY_LIMIT": "3G"})
+    assert "memory limit: 3221225472 (3.0 GiB), soft" in r.stdout
+
+
+def test_hard_limit_too_small_for_run_says_so(tmp_path):
+    script = tmp_path / "p.py"
+    script.write_text("print('ran')\n")
+    r = tc("run", str(script), cwd=tmp_path,
+           env={"TCALLOC_MEMORY_LIMIT": "2", "TCALLOC_MEMORY_LIMIT_HARD": "1"})
+    assert r.returncode == 2
+    assert "ran" not in r.stdout
+    assert "hard memory limit" in r.stderr and "TCALLOC_MEMORY_LIMIT=2 " in r.stderr
+    r = tc("run", str(script), cwd=tmp_path,
+           env={"TCALLOC_MEMORY_LIMIT": "256M", "TCALLOC_MEMORY_LIMIT_HARD": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == "ran", r.stderr
+
+
+def test_console_script_is_installed():
+    import shutil
+    exe = shutil.which("tcalloc") or os.path.join(os.path.dirname(sys.executable), "tcalloc")
+    if not os.path.exists(exe):
+        pytest.skip("no tcalloc console script next to this interpreter (not pip-installed)")
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True, env=BASE_ENV)
+    assert r.returncode == 0 and r.stdout.startswith("tcalloc ")
+
+
+# ---- settings -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,value", [
+    ("0", 0), ("4096", 4096), ("4096b", 4096), ("512k", 512 << 10), ("512K", 512 << 10),
+    ("64MiB", 64 << 20), ("64MB", 64 << 20), ("64 m", 64 << 20), ("2G", 2 << 30),
+    ("1.5GB", 3 << 29), (".5k", 512), ("1T", 1 << 40)])
+def test_sizes_take_the_usual_units(text, value):
+    assert _config.parse_size(text, "X") == value
+
+
+@pytest.mark.parametrize("text", ["-1", "", "2 giga", "1.5", "0x10", "1e9", "10ib", "G", "9e99",
+                                  "99999999999T"])
+def test_bad_sizes_are_refused_naming_the_value(text):
+    with pytest.raises(ValueError, match=re.escape("X=%r" % text)):
+        _config.parse_size(text, "X")
+
+
+@pytest.mark.parametrize("env,expect", [
+    ({"TCALLOC_MEMORY_LIMIT": "2G"}, "(2147483648, False) 0 False"),
+    ({"TCALLOC_MEMORY_LIMIT": "2G", "TCALLOC_MEMORY_LIMIT_HARD": "yes"}, "(2147483648, True) 0 False"),
+    ({"TCALLOC_MEMORY_LIMIT": "2G", "TCALLOC_MEMORY_LIMIT_HARD": "off"}, "(2147483648, False) 0 False"),
+    ({"TCALLOC_RELEASE_RATE": "64MB"}, "None 67108864 False"),
+    ({"TCALLOC_DEBUG": "True"}, "None 0 True"),
+    ({"TCALLOC_DEBUG": "0", "TCALLOC_MEMORY_LIMIT": ""}, "None 0 False"),
+])
+def test_environment_settings_are_read_as_written(env, expect, tmp_path):
+    r = py("import tcalloc; print(tcalloc.get_memory_limit(), tcalloc.get_release_rate(), "
+           "tcalloc.debug_enabled())", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expect
+
+
+def test_thread_cache_budget_from_the_environment(tmp_path):
+    r = py("import tcalloc; print(tcalloc.get_max_total_thread_cache_bytes())",
+           env={"TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES": "8M"}, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == str(8 << 20), r.stderr
+
+
+@pytest.mark.parametrize("name,value", [
+    ("TCALLOC_MEMORY_LIMIT", "-1"), ("TCALLOC_MEMORY_LIMIT", "2 giga"),
+    ("TCALLOC_RELEASE_RATE", "fast"), ("TCALLOC_MEMORY_LIMIT_HARD", "maybe"),
+    ("TCALLOC_DEBUG", "2"), ("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", "lots")])
+def test_bad_environment_value_stops_import_naming_variable_and_value(name, value, tmp_path):
+    env = {name: value}
+    if name == "TCALLOC_MEMORY_LIMIT_HARD":
+        env["TCALLOC_MEMORY_LIMIT"] = "1G"
+    r = py("import tcalloc", env=env, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "ValueError: %s=%r" % (name, value) in r.stderr, r.stderr
+    # run says the same before any program code runs
+    r = tc("run", "-c", "print('ran')", env=env, cwd=tmp_path)
+    assert r.returncode != 0 and "ran" not in r.stdout
+    assert "%s=%r" % (name, value) in r.stderr
+
+
+def test_hard_without_a_limit_is_refused(tmp_path):
+    r = py("import tcalloc", env={"TCALLOC_MEMORY_LIMIT_HARD": "1"}, cwd=tmp_path)
+    assert r.returncode == 1 and "without TCALLOC_MEMORY_LIMIT" in r.stderr
+
+
+def test_unknown_variable_warns(tmp_path):
+    r = py("import tcalloc", env={"TCALLOC_MEMROY_LIMIT": "1G"}, cwd=tmp_path)
+    assert r.returncode == 0
+    assert "unknown environment variable TCALLOC_MEMROY_LIMIT" in r.stderr
+
+
+@pytest.mark.parametrize("hard", ["yes", 1, None])
+def test_set_memory_limit_hard_must_be_bool(hard):
+    with pytest.raises(TypeError, match="hard must be a bool"):
+        tcalloc.set_memory_limit(1 << 40, hard=hard)
+    assert tcalloc.get_memory_limit() is None
