@@ -157,6 +157,7 @@ cdef enum:
     kMaxDynamicFreeListLength = 1 << 20   # lists are bounded by the byte budget first
     kMaxOverages = 3
     kScavengeEvery = 64           # refused growths between two scavenges
+    kScavengePeriod = 256         # slow-path events (fetches + overflows) between scavenges
     kStealAmount = 64 * 1024
     kMinThreadCacheSize = 2 * kMaxSmallSize          # 512 KiB
     kDefaultPerThreadMax = 4 * 1024 * 1024
@@ -272,6 +273,15 @@ cdef void _scavenge(ThreadCache *tc) noexcept nogil:
         l.lowater = l.length
     tc.scavenges += 1
 
+cdef inline void _tick(ThreadCache *tc) noexcept nogil:
+    """One slow-path event (a fetch or an overflow). Every kScavengePeriod of
+    them, lists give back half of what they left unused since the last
+    scavenge: a thread whose live set shrank, or moved to other size
+    classes, stops parking objects that keep whole spans from going back to
+    the page heap (where any class can reuse them)."""
+    if ((tc.fetches + tc.overflows) & (kScavengePeriod - 1)) == 0:
+        _scavenge(tc)
+
 cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
     """Over budget (another thread took some of it): scavenge idle lists
     (a second pass finds every list idle that the first one did not see
@@ -335,6 +345,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     l.fetched += <uint64_t>got       # the one returned counts as a malloc (see freelist_mallocs)
     threadcache_note_out(tc.reg, <uint64_t>got * l.size)
     tc.fetches += 1
+    _tick(tc)
     # Slow start: grow by one per fetch up to a batch, then by a batch.
     if l.max_length < l.batch:
         newmax = l.max_length + 1
@@ -377,6 +388,7 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
         tc.overflows += 1
         _release(tc, l, cl, l.batch if l.length - l.max_length <= l.batch
                  else l.length - l.max_length)
+        _tick(tc)
         if l.max_length < l.batch:
             _grow_list(tc, l, l.max_length + 1)
         elif l.max_length > l.batch:
