@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
 NORMAL_PATH = [
     "stack", "static", "libc_malloc", "realloc_libc", "interior_large",
     "interior_large_page", "double_free_small", "double_free_small_warm", "double_free_large",
-    "double_free_large_later",
+    "double_free_large_later", "double_free_tiny", "double_free_tiny_warm",
 ]
 DEBUG_ONLY = ["interior_small", "double_free_small_later"]
 
@@ -89,12 +89,19 @@ def assert_aborted_naming_pointer(proc):
 @pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
 @pytest.mark.parametrize("case", NORMAL_PATH)
 def test_detected_on_normal_path(case, debug):
-    assert_aborted_naming_pointer(run_case(case, debug))
+    proc = run_case(case, debug)
+    assert_aborted_naming_pointer(proc)
+    if case.startswith("double_free"):
+        # said as what it is, in either mode (not "invalid pointer")
+        assert "double free" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("case", DEBUG_ONLY)
 def test_detected_in_debug_mode(case):
-    assert_aborted_naming_pointer(run_case(case, True))
+    proc = run_case(case, True)
+    assert_aborted_naming_pointer(proc)
+    if case.startswith("double_free"):
+        assert "double free" in proc.stderr, proc.stderr
 
 
 def test_valid_frees_do_not_abort_in_either_mode():

@@ -109,8 +109,23 @@ cdef void _free_large(void *p) noexcept nogil:
         return
     s = _large_span(p)
     if s == NULL:
-        tc_fatal_ptr("free(): invalid pointer (not allocated by tcalloc, or already freed)", p)
+        _fatal_bad_free(p)
     _free_large_span(p, s)
+
+cdef void _fatal_bad_free(const void *p) noexcept nogil:
+    """Abort naming p, saying what the pagemap knows of its page. Interior
+    pages of a free span may map to a recycled Span struct (only a free
+    span's end pages are kept exact), so "double free" is said only when
+    the span found is free and covers p's page; anything else is an invalid
+    pointer."""
+    cdef uintptr_t page = <uintptr_t>p >> kPageShift
+    cdef Span *s = pagemap_span(&g_heap.pagemap, page)
+    if s == NULL:
+        tc_fatal_ptr("free(): invalid pointer (not allocated by tcalloc)", p)
+    if s.location != SPAN_IN_USE and s.start <= page < s.start + s.npages:
+        tc_fatal_ptr("double free detected (free(): the block's pages are already free)", p)
+    tc_fatal_ptr("free(): invalid pointer (not the start of a block tcalloc handed out, "
+                 "or already freed)", p)
 
 cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     """Free large block p, whose in-use span _large_span(p) found as s."""

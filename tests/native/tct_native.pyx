@@ -1048,7 +1048,7 @@ cdef void _announce(const void *p) noexcept nogil:
 INVALID_FREE_CASES = (
     "stack", "static", "libc_malloc", "interior_small", "interior_large",
     "interior_large_page", "double_free_small", "double_free_small_warm",
-    "double_free_small_later",
+    "double_free_small_later", "double_free_tiny", "double_free_tiny_warm",
     "double_free_large", "double_free_large_later", "realloc_libc",
 )
 
@@ -1059,6 +1059,7 @@ def invalid_free(str case):
     cdef void *p = NULL
     cdef void *others[8]
     cdef int i, k
+    cdef size_t n
     if case not in INVALID_FREE_CASES:
         raise ValueError("unknown case %r" % case)
     if case == "stack":
@@ -1093,22 +1094,26 @@ def invalid_free(str case):
         p = <void *>(<char *>p + 3 * 8192)
         _announce(p)
         capi.free(p)
-    elif case == "double_free_small":
-        p = capi.malloc(64)
+    elif case in ("double_free_small", "double_free_tiny"):
+        # tiny: malloc(1..8) shares the 16-byte class, which has room for
+        # the free-block key like any other
+        n = 64 if case == "double_free_small" else 1
+        p = capi.malloc(n)
         _announce(p)
         capi.free(p)
         capi.free(p)
-    elif case == "double_free_small_warm":
+    elif case in ("double_free_small_warm", "double_free_tiny_warm"):
         # A used size class (its thread-cache list has grown): the block is
         # still on this thread's list when it is freed again, two frees later.
+        n = 64 if case == "double_free_small_warm" else 8
         for k in range(200):
             for i in range(8):
-                others[i] = capi.malloc(64)
+                others[i] = capi.malloc(n)
             for i in range(8):
                 capi.free(others[i])
-        p = capi.malloc(64)
-        others[0] = capi.malloc(64)
-        others[1] = capi.malloc(64)
+        p = capi.malloc(n)
+        others[0] = capi.malloc(n)
+        others[1] = capi.malloc(n)
         _announce(p)
         capi.free(p)
         capi.free(others[0])
