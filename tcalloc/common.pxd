@@ -58,6 +58,7 @@ cdef extern from "tc_platform.h" nogil:
     void *tc_os_map_at(void *hint, size_t size)
     int tc_os_unmap(void *p, size_t size)
     int tc_os_release(void *p, size_t size)
+    bint tc_os_any_resident(void *p, size_t size)
     void tc_fatal_ptr(const char *what, const void *ptr)
 
     bint tc_is_pow2(size_t x)

@@ -63,3 +63,35 @@ def test_background_release_at_a_set_rate():
         assert s["background_released_bytes"] > 0
         tcalloc.set_release_rate(0)
     """)
+
+
+def test_untouched_large_block_is_not_counted_as_backed_memory():
+    # A large block that the program never wrote comes back as released
+    # memory: stats agree with RSS, release_free_memory() has nothing to
+    # claim for it, and a calloc of the same pages needs no memset (it
+    # stays non-resident). A written block comes back as backed free memory.
+    out = _run("""
+        import psutil, tcalloc
+        MIB = 1 << 20
+        proc = psutil.Process()
+        tcalloc.release_free_memory()
+        b = tcalloc.alloc(64 * MIB)
+        rss0 = proc.memory_info().rss
+        del b
+        s = tcalloc.stats()
+        assert s["page_heap_free_bytes"] < 8 * MIB, s["page_heap_free_bytes"]
+        assert s["page_heap_released_bytes"] >= 64 * MIB, s["page_heap_released_bytes"]
+        assert tcalloc.release_free_memory() < 8 * MIB
+        z = tcalloc.alloc(64 * MIB, zero=True)
+        assert proc.memory_info().rss - rss0 < 8 * MIB, "calloc touched the released pages"
+        assert bytes(memoryview(z)[::4096]) == bytes(16384)
+        del z
+        w = tcalloc.alloc(64 * MIB)
+        memoryview(w)[::4096] = b"x" * 16384           # every page written
+        del w
+        s = tcalloc.stats()
+        assert s["page_heap_free_bytes"] >= 64 * MIB, s["page_heap_free_bytes"]
+        assert tcalloc.release_free_memory() >= 64 * MIB
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")

@@ -483,7 +483,14 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
     return s
 
 cdef void pageheap_delete(PageHeap *h, Span *s) noexcept nogil:
-    """Take back an in-use span (large, or small with all objects free)."""
+    """Take back an in-use span (large, or small with all objects free).
+    A large span that came from released or fresh pages (needzero still 0)
+    and was never touched is filed as returned, not as backed free memory:
+    the stats then match RSS, and a calloc of those pages skips the memset.
+    mincore() runs outside the lock, and only for such spans."""
+    cdef bint untouched = (s.sizeclass == 0 and s.needzero == 0
+                           and not tc_os_any_resident(<void *>span_addr(s),
+                                                      s.npages << kPageShift))
     cdef size_t i
     cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
     tc_spinlock_lock(&h.lock)
@@ -499,8 +506,8 @@ cdef void pageheap_delete(PageHeap *h, Span *s) noexcept nogil:
     s.sizeclass = 0
     s.freelist = NULL
     s.refcount = 0
-    s.location = SPAN_ON_NORMAL
-    s.needzero = 1
+    s.location = SPAN_ON_RETURNED if untouched else SPAN_ON_NORMAL
+    s.needzero = 0 if untouched else 1
     _merge_free(h, s)
     tc_spinlock_unlock(&h.lock)
 

@@ -186,6 +186,23 @@ static inline int tc_os_unmap(void *p, size_t size) { return munmap(p, size); }
 /* Give pages back: RSS drops now, the range reads as zeros when touched again. */
 static inline int tc_os_release(void *p, size_t size) { return madvise(p, size, MADV_DONTNEED); }
 
+/* 1 if any OS page of [p, p+size) is resident (p page aligned), 0 if none.
+ * On error, 1: the caller then keeps treating the memory as backed. mincore
+ * in chunks of 4096 OS pages, so the vector stays on the stack. */
+static inline int tc_os_any_resident(void *p, size_t size) {
+    unsigned char vec[4096];
+    size_t os_page = (size_t)sysconf(_SC_PAGESIZE), chunk = sizeof(vec) * os_page, off, len, i;
+    for (off = 0; off < size; off += chunk) {
+        len = size - off < chunk ? size - off : chunk;
+        if (mincore((char *)p + off, len, vec) != 0)
+            return 1;
+        for (i = 0; i < (len + os_page - 1) / os_page; i++)
+            if (vec[i] & 1)
+                return 1;
+    }
+    return 0;
+}
+
 /* ---- fatal errors ------------------------------------------------------- */
 /* Heap corruption: say what and where on stderr without allocating, then abort. */
 static void __attribute__((noreturn, noinline, cold)) tc_fatal_ptr(const char *what, const void *ptr) {
