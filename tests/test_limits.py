@@ -237,3 +237,21 @@ def test_no_limit_reads_as_none_and_bad_limits_are_refused():
         print(json.dumps("ok"))
     """)
     assert r == "ok"
+
+
+def test_alignment_slack_does_not_count_against_the_hard_limit():
+    # alloc(100, alignment=1 GiB) under a 512 MiB hard limit: the slack cut
+    # off to align the block is given back at once (still released), so only
+    # the block's own pages are committed, and the peak says the same.
+    r = run_py("""
+        tcalloc.set_memory_limit(512 * MiB, hard=True)
+        tcalloc.reset_peaks()
+        b = tcalloc.alloc(100, alignment=1 << 30)
+        assert b.address % (1 << 30) == 0
+        c = committed()
+        peak = tcalloc.stats()["peak_heap_bytes"]
+        del b
+        print(json.dumps(dict(committed=c, peak=peak)))
+    """)
+    assert r["committed"] < 8 * MiB, r
+    assert r["peak"] < 8 * MiB, r

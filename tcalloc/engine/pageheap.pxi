@@ -390,12 +390,15 @@ cdef bint _worth_forced_coalesce(PageHeap *h, size_t n) noexcept nogil:
         return 0
     return h.system_bytes // kForcedCoalesceInterval != (h.system_bytes + need) // kForcedCoalesceInterval
 
-cdef Span *_alloc_locked(PageHeap *h, size_t n) noexcept nogil:
+cdef Span *_alloc_locked(PageHeap *h, size_t n, size_t keep) noexcept nogil:
+    """A span of n pages, of which the caller keeps `keep` in use (an
+    aligned allocation gives the slack back at once, still released if it
+    was): only those count against the memory limit."""
     cdef Span *s = _find(h, n, 0)
     if s != NULL:
         return _take(h, s, n)
     # Anything else commits new memory: check the limit first.
-    if not _limit_allows(h, n):
+    if not _limit_allows(h, keep):
         return NULL
     s = _find(h, n, 1)
     if s == NULL and _worth_forced_coalesce(h, n):
@@ -428,7 +431,7 @@ cdef Span *pageheap_new(PageHeap *h, size_t npages, uint32_t cl) noexcept nogil:
         tc_set_errno(ENOMEM)
         return NULL
     tc_spinlock_lock(&h.lock)
-    s = _alloc_locked(h, npages)
+    s = _alloc_locked(h, npages, npages)
     if s != NULL:
         if cl != 0:
             s.sizeclass = <uint8_t>cl
@@ -450,13 +453,15 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
     cdef uintptr_t start
     cdef size_t skip, extra
     cdef uint8_t loc
+    cdef uint64_t peak
     if align_pages <= 1:
         return pageheap_new(h, npages, 0)
     if npages == 0 or npages > (<size_t>1 << 35) or align_pages > (<size_t>1 << 30):
         tc_set_errno(ENOMEM)
         return NULL
     tc_spinlock_lock(&h.lock)
-    s = _alloc_locked(h, npages + align_pages - 1)
+    peak = h.peak_committed
+    s = _alloc_locked(h, npages + align_pages - 1, npages)
     if s != NULL:
         loc = SPAN_ON_RETURNED if s.needzero == 0 else SPAN_ON_NORMAL
         start = (s.start + align_pages - 1) & ~(<uintptr_t>align_pages - 1)
@@ -477,20 +482,28 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
             s.npages = npages
         _record(h, s)
         _count_large(h, s)
+    # The slack was in use only while it was cut off: the peak is what stays.
+    tc_store_u64(&h.peak_committed, peak)
+    _note_peak(h)
     tc_spinlock_unlock(&h.lock)
     if s == NULL:
         tc_set_errno(ENOMEM)
     return s
 
 cdef void pageheap_delete(PageHeap *h, Span *s) noexcept nogil:
-    """Take back an in-use span (large, or small with all objects free).
-    A large span that came from released or fresh pages (needzero still 0)
-    and was never touched is filed as returned, not as backed free memory:
-    the stats then match RSS, and a calloc of those pages skips the memset.
-    mincore() runs outside the lock, and only for such spans."""
-    cdef bint untouched = (s.sizeclass == 0 and s.needzero == 0
-                           and not tc_os_any_resident(<void *>span_addr(s),
-                                                      s.npages << kPageShift))
+    """Take back an in-use span (large, or small with all objects free)."""
+    _delete(h, s, 0)
+
+cdef void pageheap_delete_large(PageHeap *h, Span *s) noexcept nogil:
+    """Take back an in-use large span. One that came from released or fresh
+    pages (needzero still 0) and was never touched is filed as returned, not
+    as backed free memory: the stats then match RSS, and a calloc of those
+    pages skips the memset. mincore() runs before the lock, and only for
+    such spans."""
+    _delete(h, s, s.needzero == 0 and not tc_os_any_resident(
+        <void *>span_addr(s), s.npages << kPageShift))
+
+cdef void _delete(PageHeap *h, Span *s, bint untouched) noexcept nogil:
     cdef size_t i
     cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
     tc_spinlock_lock(&h.lock)

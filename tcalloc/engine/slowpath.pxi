@@ -131,7 +131,7 @@ cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     """Free large block p, whose in-use span _large_span(p) found as s."""
     if g_debug:
         memset(p, kPoisonFree, s.npages << kPageShift)
-    pageheap_delete(&g_heap, s)
+    pageheap_delete_large(&g_heap, s)
 
 
 cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
