@@ -227,36 +227,47 @@ def alloc_of(backend):
     return "tcalloc" if backend == "tcalloc" else "system"
 
 
-def run_child(argv, env, timeout=900):
-    """Run a child; returns (result dict or None, error text, peak RSS KiB)."""
+def wait_child(argv, env, cwd, timeout):
+    """Run a child to completion: (exit code, wall s, peak RSS KiB, stdout,
+    stderr, timed out). wait4 rather than Popen.wait: the child's own rusage
+    (ru_maxrss is the largest of it and the descendants it reaped)."""
     with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
-        p = subprocess.Popen(argv, env=env, cwd=REPO, stdout=fout, stderr=ferr)
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=fout, stderr=ferr)
         deadline = time.monotonic() + timeout
+        timed_out = False
         while True:
-            # wait4 rather than Popen.wait: we need this child's own rusage.
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 p.kill()
                 pid, status, ru = os.wait4(p.pid, 0)
-                p.returncode = -9
-                return None, f"timed out after {timeout} s", ru.ru_maxrss
-            time.sleep(0.005)
-        p.returncode = os.waitstatus_to_exitcode(status)
+                timed_out = True
+                break
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
         fout.seek(0)
         ferr.seek(0)
-        out, err = fout.read(), ferr.read()
+        return (os.waitstatus_to_exitcode(status), wall, ru.ru_maxrss, fout.read(), ferr.read(),
+                timed_out)
+
+
+def run_child(argv, env, timeout=900):
+    """Run a child; returns (result dict or None, error text, peak RSS KiB)."""
+    code, _, maxrss, out, err, timed_out = wait_child(argv, env, REPO, timeout)
+    if timed_out:
+        return None, f"timed out after {timeout} s", maxrss
     result = None
     for line in out.splitlines():
         if line.startswith(MARK):
             result = json.loads(line[len(MARK):])
-    if p.returncode != 0 or result is None:
+    if code != 0 or result is None:
         tail = [l for l in err.strip().splitlines() if l.strip()][-1:]
-        return None, f"exit {p.returncode}: " + (" | ".join(tail) or "no output"), ru.ru_maxrss
+        return None, f"exit {code}: " + (" | ".join(tail) or "no output"), maxrss
     if result.get("preload_ok") is False:
-        return None, "LD_PRELOAD did not take effect", ru.ru_maxrss
-    return result, None, ru.ru_maxrss
+        return None, "LD_PRELOAD did not take effect", maxrss
+    return result, None, maxrss
 
 
 def child_argv(job, backend, a, iters=None):

@@ -261,29 +261,8 @@ def mode_argv(ctx, mode, args):
 
 def run_child(argv, env, cwd, timeout):
     """Run to completion: (exit code, wall s, peak RSS KiB of the tree, stdout, stderr)."""
-    import subprocess
-    import tempfile
-    import time
-    with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=fout, stderr=ferr)
-        # wait4, not Popen.wait: the rusage of the child and every descendant
-        # it reaped (ru_maxrss is the largest of them).
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.002)
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        fout.seek(0)
-        ferr.seek(0)
-        return p.returncode, wall, ru.ru_maxrss, fout.read(), ferr.read()
+    from bench.engine import wait_child
+    return wait_child(argv, env, cwd, timeout)[:5]
 
 
 def read_probe(path):
