@@ -580,6 +580,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
             f"max_bytes={limit}; {used} bytes are in use in {count} buffer(s)"
             + (f" and {pending} bytes are being acquired" if pending else ""))
 
+    @cython.nonecheck(False)     # self is never None in a method; nogil needs no check
     cdef void _trim_to_limit(self) noexcept nogil:
         """Free idle blocks until what the pool holds (out + under way + idle)
         is within max_bytes (lock held, a limit set)."""
@@ -588,6 +589,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
             self._ncached -= 1
             _tc.free(self._cache[self._ncached])
 
+    @cython.nonecheck(False)     # self is never None in a method; nogil needs no check
     cdef void _commit(self, Py_ssize_t nbytes) noexcept nogil:
         """Count nbytes as handed out (lock held)."""
         self._out_bytes += nbytes
@@ -595,6 +597,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
             self._peak = self._out_bytes
         self._total_bytes += nbytes
 
+    @cython.nonecheck(False)     # self is never None in a method; nogil needs no check
     cdef void _commit_acquire(self, Py_ssize_t block, bint fresh) noexcept nogil:
         """Count a successful acquire of a block (lock held)."""
         self._commit(block)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import textwrap
 import zipfile
 
 import pytest
@@ -76,3 +77,29 @@ def test_lab_runs_from_a_plain_install_elsewhere(dists, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "larson" in r.stdout and "tcalloc" in r.stdout
+
+
+@pytest.mark.parametrize("source", ["tcalloc/_engine.pyx", "tcalloc/buffer.pyx",
+                                    "tcalloc/_numpy_handler.pyx", "stress/_workloads.pyx",
+                                    "tests/native/tct_native.pyx", "tests/native/tct_components.pyx",
+                                    "tests/native/tct_broken.pyx", "bench/_bench.pyx"])
+def test_checked_build_translates(source, tmp_path):
+    """The documented debug build (TCALLOC_CYTHON_CHECKS=1: bounds, wraparound
+    and None checks on) must translate: a None check on `self` inside a nogil
+    block is an error Cython reports only with the checks on."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        os.environ["TCALLOC_CYTHON_CHECKS"] = "1"
+        sys.path.insert(0, {ROOT!r})
+        os.chdir({ROOT!r})
+        from setup import build_options, extension
+        from Cython.Build import cythonize
+        d = build_options()[0]
+        assert d["boundscheck"] and d["nonecheck"]
+        name = os.path.splitext(os.path.basename({source!r}))[0]
+        cythonize([extension(name, {source!r}, include_dirs=["tests/native"])],
+                  compiler_directives=d, include_path=[".", "stress", "tcalloc/engine", "tcalloc"],
+                  quiet=True, build_dir={str(tmp_path)!r}, force=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

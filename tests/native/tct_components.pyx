@@ -1461,21 +1461,25 @@ cdef class BlockSet:
         cdef uint64_t done = 0
         cdef size_t size
         cdef long cap = <long>(total_bytes // min_size) + 1
+        cdef long n = 0
+        cdef void **blocks
         cdef void *p
         self.blocks = <void **>libc_calloc(cap, sizeof(void *))
         if self.blocks == NULL:
             raise MemoryError()
         self.n = 0
+        blocks = self.blocks            # no attribute access (and None check) without the GIL
         with nogil:
-            while done < total_bytes and self.n < cap:
+            while done < total_bytes and n < cap:
                 size = min_size + <size_t>(h_rand(&rs) % <uint64_t>(max_size - min_size + 1))
                 p = api.malloc(size)
                 if p == NULL:
                     break
                 memset(p, 0xA5, size)
-                self.blocks[self.n] = p
-                self.n += 1
+                blocks[n] = p
+                n += 1
                 done += size
+        self.n = n
         self.nbytes = done
         if done < total_bytes:
             self.free_all()
