@@ -43,6 +43,8 @@ def _domains(text):
 
 
 def _parser():
+    """The top-level parser and run's (run is parsed on its own: options end
+    at the program, see _split_run)."""
     p = argparse.ArgumentParser(
         prog="python -m tcalloc",
         description="tcalloc: a TCMalloc-style allocator for Python. Run a program on it, "
@@ -80,7 +82,7 @@ def _parser():
                     "A program's own figures: python -m tcalloc run --stats program.py")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--classes", action="store_true", help="list every size class")
-    return p
+    return p, r
 
 
 def _split_run(argv):
@@ -89,9 +91,7 @@ def _split_run(argv):
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a == "--":
-            return argv[:i + 2], argv[i + 2:]
-        if a in ("-m", "-c"):
+        if a in ("--", "-m", "-c"):     # the next word is the program
             return argv[:i + 2], argv[i + 2:]
         if a.startswith(("-m", "-c")) and not a.startswith("--"):
             return argv[:i + 1], argv[i + 1:]           # -mmodule, as python accepts
@@ -140,9 +140,8 @@ def _check_limit():
             % (_fmt(lim[0]), _fmt(held), _fmt(RUN_MIN_HEADROOM)))
 
 
-def _run(p, argv):
+def _run(rp, argv):
     own, prog_args = _split_run(argv)
-    rp = p._subparsers._group_actions[0].choices["run"]
     a = rp.parse_args(own)      # exits 2 with run's usage on a bad option
     if a.script is not None and not os.path.exists(a.script):
         sys.stderr.write("python -m tcalloc: can't open file %r: [Errno 2] No such file or "
@@ -159,7 +158,6 @@ def _run(p, argv):
     # multiprocessing spawn) start on tcalloc too.
     from tcalloc._site import propagate
     propagate(a.domains)
-    status = 0
     kept = None
     try:
         if a.module is not None:
@@ -182,16 +180,13 @@ def _run(p, argv):
             sys.argv = [a.script] + prog_args
             sys.path[0] = os.path.dirname(os.path.abspath(a.script))
             kept = runpy.run_path(a.script, run_name="__main__")
-    except SystemExit as e:
-        status = e.code
-        raise
     finally:
         # The program's globals (kept) are still alive here: the figures are
         # the program's at its end, not after teardown.
         if a.stats:
             _print_stats()
         del kept
-    return status
+    return 0
 
 
 def _stats(a):
@@ -199,20 +194,20 @@ def _stats(a):
     import tcalloc
     from tcalloc import _config
     from tcalloc.buffer import _human
-    st = tcalloc.stats()
+    table = tcalloc.size_class_table()
     lim = tcalloc.get_memory_limit()
     info = {
         "version": tcalloc.__version__,
-        "settings": _config.read(),
+        "settings": _config.applied,
         "memory_limit": None if lim is None else {"bytes": lim[0], "hard": lim[1]},
         "release_rate": tcalloc.get_release_rate(),
         "max_total_thread_cache_bytes": tcalloc.get_max_total_thread_cache_bytes(),
         "debug": tcalloc.debug_enabled(),
-        "size_classes": len(st["size_classes"]),
+        "size_classes": len(table),
     }
     if a.classes:
         info["classes"] = [dict(zip(("class", "size", "pages", "batch", "objects_per_span"), row))
-                           for row in tcalloc.size_class_table()]
+                           for row in table]
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -226,8 +221,7 @@ def _stats(a):
     print("thread caches, overall budget: %s" % _fmt(info["max_total_thread_cache_bytes"]))
     print("debug mode: %s" % ("on" if info["debug"] else "off"))
     print("size classes: %d, from %d B to %s" % (
-        info["size_classes"], tcalloc.size_class_table()[0][1],
-        _human(tcalloc.size_class_table()[-1][1])))
+        info["size_classes"], table[0][1], _human(table[-1][1])))
     if a.classes:
         print("%5s %8s %5s %5s %8s" % ("class", "size", "pages", "batch", "objects"))
         for c in info["classes"]:
@@ -239,12 +233,12 @@ def _stats(a):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = _parser()
+    p, run_parser = _parser()
     if argv and argv[0] == "stress":
         from tcalloc.stress.cli import main as stress_main
         return stress_main(argv[1:], prog="python -m tcalloc stress")
     if argv and argv[0] == "run":
-        return _run(p, argv[1:])
+        return _run(run_parser, argv[1:])
     a = p.parse_args(argv)      # exits 2 (usage) or 0 (--help, --version)
     return _stats(a)
 

@@ -33,6 +33,10 @@ OTHERS = ("TCALLOC_RUN_DOMAINS", "TCALLOC_DEBUG_BUILD", "TCALLOC_CYTHON_CHECKS",
 
 MAX_SIZE = 2 ** 63 - 1
 
+# What the engine read and applied at import (read()'s result); the CLI's
+# `stats` shows it rather than reading (and warning) again.
+applied: "dict[str, int | bool]" = {}
+
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?:(?P<unit>[kmgt])(?:ib|b)?|b)?",
                    re.IGNORECASE)

@@ -185,7 +185,6 @@ include "engine/api.pxi"
 cdef int _init() except -1:
     global g_debug, g_release_rate
     cdef int cl
-    cdef const char *dbg
     if sizeof(ThreadCache) > TC_EMPTY_CACHE_BYTES:
         raise ImportError("tcalloc: tc_tls.h's empty cache is smaller than a ThreadCache")
     if sizemap_init(&g_sizemap) != 0:

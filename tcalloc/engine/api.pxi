@@ -111,7 +111,7 @@ cdef int _apply_environment() except -1:
     names the variable and the value)."""
     global g_release_rate, g_debug
     from tcalloc import _config
-    env = _config.read()
+    env = _config.applied = _config.read()
     if env.get("TCALLOC_DEBUG"):
         g_debug = 1
     for cl in range(1, g_sizemap.num_classes):

@@ -243,7 +243,9 @@ cdef int _give_back(PageHeap *h, uintptr_t start, size_t npages, uint8_t locatio
     return 1
 
 cdef inline void _note_peak(PageHeap *h) noexcept nogil:
-    """The committed heap may have grown: pages were taken into use."""
+    """The committed heap may have grown: pages were taken into use. Called
+    by the public functions once the span they hand out is settled (an
+    aligned one has given its slack back by then)."""
     cdef uint64_t committed = h.system_bytes - h.released_bytes
     if committed > h.peak_committed:
         tc_store_u64(&h.peak_committed, committed)
@@ -260,7 +262,6 @@ cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
     s.sizeclass = 0
     s.freelist = NULL
     _record(h, s)
-    _note_peak(h)
     return s
 
 cdef void _split_tail(PageHeap *h, Span *s, size_t n, uint8_t loc) noexcept nogil:
@@ -442,6 +443,7 @@ cdef Span *pageheap_new(PageHeap *h, size_t npages, uint32_t cl) noexcept nogil:
             h.small_spans += 1
         else:
             _count_large(h, s)
+        _note_peak(h)
     tc_spinlock_unlock(&h.lock)
     if s == NULL:
         tc_set_errno(ENOMEM)
@@ -453,14 +455,12 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
     cdef uintptr_t start
     cdef size_t skip, extra
     cdef uint8_t loc
-    cdef uint64_t peak
     if align_pages <= 1:
         return pageheap_new(h, npages, 0)
     if npages == 0 or npages > (<size_t>1 << 35) or align_pages > (<size_t>1 << 30):
         tc_set_errno(ENOMEM)
         return NULL
     tc_spinlock_lock(&h.lock)
-    peak = h.peak_committed
     s = _alloc_locked(h, npages + align_pages - 1, npages)
     if s != NULL:
         loc = SPAN_ON_RETURNED if s.needzero == 0 else SPAN_ON_NORMAL
@@ -482,9 +482,7 @@ cdef Span *pageheap_new_aligned(PageHeap *h, size_t npages, size_t align_pages) 
             s.npages = npages
         _record(h, s)
         _count_large(h, s)
-    # The slack was in use only while it was cut off: the peak is what stays.
-    tc_store_u64(&h.peak_committed, peak)
-    _note_peak(h)
+        _note_peak(h)
     tc_spinlock_unlock(&h.lock)
     if s == NULL:
         tc_set_errno(ENOMEM)

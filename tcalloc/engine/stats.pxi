@@ -58,9 +58,6 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
             cs[cl].mallocs += freelist_mallocs(&tc.lists[cl])
             cs[cl].frees += tc_load_u64(&tc.lists[cl].frees)
         st.thread_cache_free += threadcache_bytes(tc)
-        tc = tc.next
-    tc = g_registry.caches
-    while tc != NULL:
         st.tc_fetches += tc_load_u64(&tc.fetches)
         st.tc_overflows += tc_load_u64(&tc.overflows)
         st.tc_scavenges += tc_load_u64(&tc.scavenges)

@@ -80,9 +80,6 @@ cdef u64 MAGIC = 0x7463616c6c6f6321ULL   # "tcalloc!": header of self-describing
 # with another live block or premature reuse shows up as a mismatch.
 # =============================================================================
 
-cdef inline u64 _rand(u64 *state) noexcept nogil:
-    return h_rand(state)
-
 cdef void fill_block(void *p, size_t n, u64 seed) noexcept nogil:
     cdef u64 *w = <u64 *>p
     if n < 16:
@@ -105,9 +102,6 @@ cdef bint check_block(const void *p, size_t n, u64 seed, size_t upto) noexcept n
     if memcmp(p, head, lim if lim < 16 else 16) != 0:
         return 0
     return lim <= 16 or h_check(<const char *>p + 16, lim - 16, seed)
-
-cdef bint check_zero(const void *p, size_t n) noexcept nogil:
-    return h_is_zero(p, n)
 
 cdef bint check_self(void *p, size_t maxsize, size_t *n_out) noexcept nogil:
     """A self-describing block (n >= 16) handed over by another thread."""
@@ -160,16 +154,16 @@ ctypedef struct Worker:
 cdef size_t _pick_size(u64 *rng, size_t max_size, int large_permille) noexcept nogil:
     """Mostly small, some medium, `large_permille` per mille large (past
     256 KiB: the page heap)."""
-    cdef u64 r = _rand(rng) % 1000
+    cdef u64 r = h_rand(rng) % 1000
     cdef size_t n
     if r < <u64>large_permille:
-        n = kMaxSmall + 1 + _rand(rng) % (3 * kMaxSmall)
+        n = kMaxSmall + 1 + h_rand(rng) % (3 * kMaxSmall)
     elif r < 700:
-        n = 1 + _rand(rng) % 512
+        n = 1 + h_rand(rng) % 512
     elif r < 950:
-        n = 513 + _rand(rng) % (32768 - 512)
+        n = 513 + h_rand(rng) % (32768 - 512)
     else:
-        n = 32769 + _rand(rng) % (kMaxSmall - 32768)
+        n = 32769 + h_rand(rng) % (kMaxSmall - 32768)
     if n > max_size:
         n = 1 + n % max_size
     return n
@@ -182,7 +176,7 @@ cdef void _bad(Worker *w, void *p, size_t n) noexcept nogil:
 
 cdef void _worker_step(Worker *w) noexcept nogil:
     cdef Shared *sh = w.sh
-    cdef Slot *b = &w.slots[_rand(&w.rng) % <u64>sh.nslots]
+    cdef Slot *b = &w.slots[h_rand(&w.rng) % <u64>sh.nslots]
     cdef u64 action
     cdef size_t n, keep, other_n
     cdef void *q
@@ -191,11 +185,11 @@ cdef void _worker_step(Worker *w) noexcept nogil:
     if b.p != NULL:
         if not check_block(b.p, b.size, b.seed, b.size):
             _bad(w, b.p, b.size)
-        action = _rand(&w.rng) % 8
+        action = h_rand(&w.rng) % 8
         if action == 0 and sh.cross and b.size >= 16:
             # Hand the block to whichever thread takes this slot next; free
             # what was there (allocated, most likely, by another thread).
-            old = tn_xchg_ptr(&sh.exch[_rand(&w.rng) % EXCH], b.p)
+            old = tn_xchg_ptr(&sh.exch[h_rand(&w.rng) % EXCH], b.p)
             if old != NULL:
                 if not check_self(old, sh.max_size, &other_n):
                     _bad(w, old, other_n)
@@ -213,7 +207,7 @@ cdef void _worker_step(Worker *w) noexcept nogil:
                     _bad(w, q, n)
                 b.p = q
                 b.size = n
-                b.seed = _rand(&w.rng)
+                b.seed = h_rand(&w.rng)
                 fill_block(q, n, b.seed)
                 tn_add_u64(&w.reallocs, 1)
                 return
@@ -223,13 +217,13 @@ cdef void _worker_step(Worker *w) noexcept nogil:
         b.p = NULL
         return
     n = _pick_size(&w.rng, sh.max_size, sh.large_permille)
-    action = _rand(&w.rng) % 16
+    action = h_rand(&w.rng) % 16
     if action == 0:
         q = capi.calloc(1, n)
-        if q != NULL and not check_zero(q, n):
+        if q != NULL and not h_is_zero(q, n):
             _bad(w, q, n)
     elif action == 1:
-        align = (<size_t>16) << (_rand(&w.rng) % 9)        # 16 .. 4096
+        align = (<size_t>16) << (h_rand(&w.rng) % 9)        # 16 .. 4096
         q = capi.aligned_alloc(align, n)
         if q != NULL and (<uintptr_t>q & (align - 1)) != 0:
             _bad(w, q, n)
@@ -240,7 +234,7 @@ cdef void _worker_step(Worker *w) noexcept nogil:
         return
     b.p = q
     b.size = n
-    b.seed = _rand(&w.rng)
+    b.seed = h_rand(&w.rng)
     fill_block(q, n, b.seed)
     tn_add_u64(&w.allocs, 1)
 
@@ -421,7 +415,7 @@ cdef int _exercise(u64 seed) noexcept nogil:
                     errors += 1
                 capi.free(ptrs[k])
     for k in range(8):
-        n = kMaxSmall + 1 + <size_t>(_rand(&rng) % (4 * kMaxSmall))
+        n = kMaxSmall + 1 + <size_t>(h_rand(&rng) % (4 * kMaxSmall))
         p = capi.malloc(n)
         if p == NULL:
             errors += 1
@@ -440,7 +434,7 @@ cdef int _exercise(u64 seed) noexcept nogil:
         errors += 1
     capi.free(p)
     p = capi.calloc(1000, 1000)
-    if p == NULL or not check_zero(p, 1000000):
+    if p == NULL or not h_is_zero(p, 1000000):
         errors += 1
     capi.free(p)
     return errors
@@ -599,7 +593,7 @@ def check(uintptr_t p, size_t n, u64 seed):
 def is_zero(uintptr_t p, size_t n):
     cdef bint ok
     with nogil:
-        ok = check_zero(<void *>p, n)
+        ok = h_is_zero(<void *>p, n)
     return ok
 
 def touch(uintptr_t p, size_t n):
@@ -771,23 +765,23 @@ def model_run(u64 seed, int nops, sizes, aligns, int max_live=64):
         return us
 
     for k in range(nops):
-        op = <int>(_rand(&rng) % 100)
+        op = <int>(h_rand(&rng) % 100)
         if nlive >= max_live and op < 60:
             op = 60 + op % 20          # full: free or realloc instead
         if op < 25:                                            # malloc
-            n = sz[_rand(&rng) % nsizes]
+            n = sz[h_rand(&rng) % nsizes]
             p = capi.malloc(n)
             counts["malloc"] += 1
             a = 16 if n >= 16 else 8
             u = admit(<uintptr_t>p, n, a, b"malloc")
             if u:
                 live[nlive].p = p; live[nlive].req = n; live[nlive].usable = u
-                live[nlive].align = a; live[nlive].seed = _rand(&rng)
+                live[nlive].align = a; live[nlive].seed = h_rand(&rng)
                 fill_block(p, u, live[nlive].seed)
                 nlive += 1
         elif op < 35:                                          # calloc
-            n = sz[_rand(&rng) % nsizes]
-            nmemb = (1, 2, 3, 7, 16)[_rand(&rng) % 5]
+            n = sz[h_rand(&rng) % nsizes]
+            nmemb = (1, 2, 3, 7, 16)[h_rand(&rng) % 5]
             each = n // nmemb if n >= nmemb else n
             total = nmemb * each
             p = capi.calloc(nmemb, each)
@@ -795,37 +789,37 @@ def model_run(u64 seed, int nops, sizes, aligns, int max_live=64):
             a = 16 if total >= 16 else 8
             u = admit(<uintptr_t>p, total, a, b"calloc")
             if u:
-                if not check_zero(p, total):
+                if not h_is_zero(p, total):
                     miss("calloc(%d, %d) = %#x not zeroed" % (nmemb, each, <uintptr_t>p))
                 live[nlive].p = p; live[nlive].req = total; live[nlive].usable = u
-                live[nlive].align = a; live[nlive].seed = _rand(&rng)
+                live[nlive].align = a; live[nlive].seed = h_rand(&rng)
                 fill_block(p, u, live[nlive].seed)
                 nlive += 1
         elif op < 50:                                          # aligned_alloc
-            n = sz[_rand(&rng) % nsizes]
-            a = al[_rand(&rng) % naligns]
+            n = sz[h_rand(&rng) % nsizes]
+            a = al[h_rand(&rng) % naligns]
             p = capi.aligned_alloc(a, n)
             counts["aligned_alloc"] += 1
             u = admit(<uintptr_t>p, n, a, b"aligned_alloc")
             if u:
                 live[nlive].p = p; live[nlive].req = n; live[nlive].usable = u
-                live[nlive].align = a; live[nlive].seed = _rand(&rng)
+                live[nlive].align = a; live[nlive].seed = h_rand(&rng)
                 fill_block(p, u, live[nlive].seed)
                 nlive += 1
         elif op < 55:                                          # realloc(NULL, n)
-            n = sz[_rand(&rng) % nsizes]
+            n = sz[h_rand(&rng) % nsizes]
             p = capi.realloc(NULL, n)
             counts["realloc"] += 1
             a = 16 if n >= 16 else 8
             u = admit(<uintptr_t>p, n, a, b"realloc(NULL)")
             if u:
                 live[nlive].p = p; live[nlive].req = n; live[nlive].usable = u
-                live[nlive].align = a; live[nlive].seed = _rand(&rng)
+                live[nlive].align = a; live[nlive].seed = h_rand(&rng)
                 fill_block(p, u, live[nlive].seed)
                 nlive += 1
         elif op < 75:                                          # free
             if nlive:
-                j = <int>(_rand(&rng) % nlive)
+                j = <int>(h_rand(&rng) % nlive)
                 if not check_block(live[j].p, live[j].usable, live[j].seed, live[j].usable):
                     miss("block %#x (%d bytes) corrupt before free" % (<uintptr_t>live[j].p, live[j].req))
                 capi.free(live[j].p)
@@ -836,8 +830,8 @@ def model_run(u64 seed, int nops, sizes, aligns, int max_live=64):
                 capi.free(NULL)
         elif op < 88:                                          # realloc(p, n)
             if nlive:
-                j = <int>(_rand(&rng) % nlive)
-                n = sz[_rand(&rng) % nsizes]
+                j = <int>(h_rand(&rng) % nlive)
+                n = sz[h_rand(&rng) % nsizes]
                 if not check_block(live[j].p, live[j].usable, live[j].seed, live[j].usable):
                     miss("block %#x corrupt before realloc" % <uintptr_t>live[j].p)
                 q = capi.realloc(live[j].p, n)
@@ -860,11 +854,11 @@ def model_run(u64 seed, int nops, sizes, aligns, int max_live=64):
                 if _overlaps(live, nlive, <uintptr_t>q, u, j):
                     miss("realloc(..., %d) = %#x overlaps a live block" % (n, <uintptr_t>q))
                 live[j].p = q; live[j].req = n; live[j].usable = u; live[j].align = a
-                live[j].seed = _rand(&rng)
+                live[j].seed = h_rand(&rng)
                 fill_block(q, u, live[j].seed)
         elif op < 93:                                          # usable_size
             if nlive:
-                j = <int>(_rand(&rng) % nlive)
+                j = <int>(h_rand(&rng) % nlive)
                 u = capi.usable_size(live[j].p)
                 counts["usable_size"] += 1
                 if u != live[j].usable:
@@ -873,10 +867,10 @@ def model_run(u64 seed, int nops, sizes, aligns, int max_live=64):
                 miss("usable_size(NULL) != 0")
         elif op < 97:                                          # calls that must fail
             counts["expected_failures"] += 1
-            op = <int>(_rand(&rng) % 4)
+            op = <int>(h_rand(&rng) % 4)
             tn_set_errno(0)
             if op == 0:
-                p = capi.aligned_alloc(24 if _rand(&rng) & 1 else 0, 64); e = tn_get_errno()
+                p = capi.aligned_alloc(24 if h_rand(&rng) & 1 else 0, 64); e = tn_get_errno()
                 if p != NULL or e != EINVAL:
                     miss("aligned_alloc(non power of two) = %#x errno %d, want NULL/EINVAL" % (<uintptr_t>p, e))
             elif op == 1:
@@ -890,7 +884,7 @@ def model_run(u64 seed, int nops, sizes, aligns, int max_live=64):
             else:
                 if nlive:
                     # a failed realloc leaves the block untouched
-                    j = <int>(_rand(&rng) % nlive)
+                    j = <int>(h_rand(&rng) % nlive)
                     q = capi.realloc(live[j].p, (<size_t>-1) - 4096); e = tn_get_errno()
                     if q != NULL or e != ENOMEM:
                         miss("realloc(p, SIZE_MAX-4096) = %#x errno %d, want NULL/ENOMEM" % (<uintptr_t>q, e))
@@ -939,9 +933,9 @@ cdef void *_churn_main(void *arg) noexcept nogil:
             capi.free(c.inherit[i])
             c.inherit[i] = NULL
     for i in range(nb):
-        msz[i] = 1 + <size_t>(_rand(&rng) % 4096)
-        if _rand(&rng) % 16 == 0:
-            msz[i] = 4096 + <size_t>(_rand(&rng) % 60000)
+        msz[i] = 1 + <size_t>(h_rand(&rng) % 4096)
+        if h_rand(&rng) % 16 == 0:
+            msz[i] = 4096 + <size_t>(h_rand(&rng) % 60000)
         mine[i] = capi.malloc(msz[i])
         if mine[i] == NULL:
             c.failed += 1
