@@ -24,14 +24,15 @@ import os
 import re
 import warnings
 
-SIZES = ("TCALLOC_MEMORY_LIMIT", "TCALLOC_RELEASE_RATE", "TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES")
+MAX_SIZE = 2 ** 63 - 1
+# name -> the largest value the engine takes
+SIZES = {"TCALLOC_MEMORY_LIMIT": MAX_SIZE, "TCALLOC_RELEASE_RATE": MAX_SIZE,
+         "TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES": 2 ** 62 - 1}
 BOOLS = ("TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_DEBUG")
 # Read elsewhere: by the build (setup.py), by run's children, by the tests.
 OTHERS = ("TCALLOC_RUN_DOMAINS", "TCALLOC_DEBUG_BUILD", "TCALLOC_CYTHON_CHECKS",
           "TCALLOC_LOCK_STATS", "TCALLOC_FREE_KEY", "TCALLOC_BUILD_ONLY",
           "TCALLOC_SOAK_SECONDS", "TCALLOC_BENCH_CHILD")
-
-MAX_SIZE = 2 ** 63 - 1
 
 # What the engine read and applied at import (read()'s result); the CLI's
 # `stats` shows it rather than reading (and warning) again.
@@ -44,8 +45,8 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def parse_size(text, name="size"):
-    """Bytes from ``text`` ("4096", "512k", "64MiB", "2G", "1.5GB")."""
+def parse_size(text, name="size", limit=MAX_SIZE):
+    """Bytes from ``text`` ("4096", "512k", "64MiB", "2G", "1.5GB"), at most limit."""
     if not isinstance(text, str):
         raise TypeError("%s must be a str, not %s" % (name, type(text).__name__))
     m = _SIZE.fullmatch(text.strip())
@@ -62,8 +63,8 @@ def parse_size(text, name="size"):
         whole, _, frac = num.partition(".")
         # Exact decimal arithmetic: 1.5G is 1610612736, not a float's neighbour.
         value = (int(whole or "0") * 10 ** len(frac) + int(frac or "0")) * scale // 10 ** len(frac)
-    if value > MAX_SIZE:
-        raise ValueError("%s=%r is more than 2**63-1 bytes" % (name, text))
+    if value > limit:
+        raise ValueError("%s=%r is more than %d bytes" % (name, text, limit))
     return value
 
 
@@ -86,13 +87,13 @@ def read(environ=os.environ):
             continue
         if name in SIZES:
             if raw.strip():
-                out[name] = parse_size(raw, name)
+                out[name] = parse_size(raw, name, SIZES[name])
         elif name in BOOLS:
             if raw.strip():
                 out[name] = parse_bool(raw, name)
         elif name not in OTHERS:
             warnings.warn("tcalloc: unknown environment variable %s ignored (settings: %s)"
-                          % (name, ", ".join(SIZES + BOOLS)), RuntimeWarning, stacklevel=2)
+                          % (name, ", ".join(tuple(SIZES) + BOOLS)), RuntimeWarning, stacklevel=2)
     if out.get("TCALLOC_MEMORY_LIMIT_HARD") and not out.get("TCALLOC_MEMORY_LIMIT"):
         raise ValueError("TCALLOC_MEMORY_LIMIT_HARD=%r without TCALLOC_MEMORY_LIMIT: "
                          "there is no limit to make hard" % environ["TCALLOC_MEMORY_LIMIT_HARD"])

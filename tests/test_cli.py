@@ -196,7 +196,8 @@ def test_thread_cache_budget_from_the_environment(tmp_path):
 @pytest.mark.parametrize("name,value", [
     ("TCALLOC_MEMORY_LIMIT", "-1"), ("TCALLOC_MEMORY_LIMIT", "2 giga"),
     ("TCALLOC_RELEASE_RATE", "fast"), ("TCALLOC_MEMORY_LIMIT_HARD", "maybe"),
-    ("TCALLOC_DEBUG", "2"), ("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", "lots")])
+    ("TCALLOC_DEBUG", "2"), ("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", "lots"),
+    ("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", "5000000T")])     # above the engine's 2**62-1
 def test_bad_environment_value_stops_import_naming_variable_and_value(name, value, tmp_path):
     env = {name: value}
     if name == "TCALLOC_MEMORY_LIMIT_HARD":
