@@ -203,9 +203,10 @@ def pkg_version(pkg):
         return None
 
 
-def git_describe():
+def git_describe(path=REPO):
+    """git describe of the checkout holding `path`, or None."""
     try:
-        r = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+        r = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=path,
                            capture_output=True, text=True)
         return r.stdout.strip() or None
     except OSError:
@@ -225,6 +226,14 @@ def backend_env(backend, libs):
 
 def alloc_of(backend):
     return "tcalloc" if backend == "tcalloc" else "system"
+
+
+def write_json(path, data):
+    """--json FILE: every sample, as JSON (nothing without a path)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        log(f"wrote {path}")
 
 
 def wait_child(argv, env, cwd, timeout):
@@ -761,10 +770,7 @@ def main(argv=None):
         text = report(data, a)
     print(text)
     log(f"total {time.monotonic() - t0:.0f} s")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        log(f"wrote {a.json}")
+    write_json(a.json, data)
     return 0
 
 

@@ -219,17 +219,6 @@ def locate_tcalloc(explicit):
     return None, None, err
 
 
-def tree_rev(path):
-    """git describe of the checkout holding `path`, or None."""
-    import subprocess
-    try:
-        r = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=path,
-                           capture_output=True, text=True)
-        return r.stdout.strip() or None
-    except OSError:
-        return None
-
-
 def mode_env(ctx, mode, child=None):
     env = dict(os.environ)
     for k in ("LD_PRELOAD", "PYTHONMALLOC", CHILD_ENV, "PYTHONSTARTUP"):
@@ -798,7 +787,7 @@ def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from bench.engine import find_libs, machine_info, pkg_version, table
+    from bench.engine import find_libs, git_describe, machine_info, pkg_version, table, write_json
     from tcalloc.stress.peers import PEERS
 
     t_start = time.monotonic()
@@ -816,7 +805,7 @@ def main(argv=None):
         modes.remove("tcalloc")
     log(f"python {info['python']} ({sys.executable}), {info['cpus']} CPUs, "
         f"load average {info['loadavg_at_start']}")
-    log(f"tcalloc: {tc_pkg or 'NOT FOUND'}" + (f" (git {tree_rev(tc_pkg)})" if tc_pkg else ""))
+    log(f"tcalloc: {tc_pkg or 'NOT FOUND'}" + (f" (git {git_describe(tc_pkg)})" if tc_pkg else ""))
     log("peers found:   " + (", ".join(f"{k}={v}" for k, v in libs.items()) or "none"))
     log("not measured:  " + (", ".join(f"{k} ({v})" for k, v in missing.items()) or "none"))
     log(f"modes: {', '.join(modes)}; rounds: {a.rounds}")
@@ -828,8 +817,8 @@ def main(argv=None):
         except Exception:
             versions[mod] = None
     data = {"meta": dict(info, modes=modes, rounds=a.rounds, quick=a.quick,
-                         git=tree_rev(REPO), tcalloc_package=tc_pkg,
-                         tcalloc_git=tree_rev(tc_pkg) if tc_pkg else None,
+                         git=git_describe(REPO), tcalloc_package=tc_pkg,
+                         tcalloc_git=git_describe(tc_pkg) if tc_pkg else None,
                          peers=libs, missing=missing, versions=versions,
                          peer_versions={m: pkg_version(PEERS[m][0]) for m in libs},
                          pyperf_run=PYPERF_RUN[a.quick], argv=sys.argv[1:])}
@@ -867,10 +856,7 @@ def main(argv=None):
         f"{k}: {v}" for k, v in missing.items()) if missing else ""))
     print()
     print(report(data, table))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        log(f"wrote {a.json}")
+    write_json(a.json, data)
     return 0
 
 

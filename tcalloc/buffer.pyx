@@ -76,10 +76,16 @@ cdef object _as_int(object v, str what):
     return _operator.index(v)
 
 
-cdef Py_ssize_t _as_size_slow(object size, str what) except -1:
-    v = _as_int(size, what)
+cdef object _as_nonneg(object v, str what):
+    """v as a Python int >= 0: TypeError, ValueError (negative)."""
+    v = _as_int(v, what)
     if v < 0:
         raise ValueError(f"{what} must be >= 0, got {v}")
+    return v
+
+
+cdef Py_ssize_t _as_size_slow(object size, str what) except -1:
+    v = _as_nonneg(size, what)
     if v > PY_SSIZE_T_MAX:
         raise MemoryError(f"cannot allocate {_human(v)} ({v} bytes): more than the address space")
     return v
@@ -100,9 +106,7 @@ cdef inline Py_ssize_t _as_size(object size, str what) except -1:
 cdef Py_ssize_t _as_setting(object value, str what) except -1:
     """A pool setting (bytes or a count): as _as_size, but a value past
     2**63-1 is a ValueError: nothing is allocated yet."""
-    v = _as_int(value, what)
-    if v < 0:
-        raise ValueError(f"{what} must be >= 0, got {v}")
+    v = _as_nonneg(value, what)
     if v > PY_SSIZE_T_MAX:
         raise ValueError(f"{what} must be at most {PY_SSIZE_T_MAX}, got {v}")
     return v
