@@ -124,3 +124,77 @@ def test_multiprocessing_fork_with_interpreter_hook():
     want = [[i, sum(j * 37 % 5000 for j in range(2000)), 3000, True] for i in range(16)]
     assert r["got"] == want
     assert r["workers"]["corrupt"] == 0
+
+
+# The stats identity (README): every byte of the heap is in exactly one pool.
+POOLS = ("bytes_in_use", "page_heap_free_bytes", "page_heap_released_bytes", "central_free_bytes",
+         "transfer_cache_free_bytes", "thread_cache_free_bytes", "span_overhead_bytes")
+
+FORK_UNDER_LOAD = """
+    import json, os, tcalloc
+    import tct_native as tn
+    POOLS = %r
+    tn.free(tn.malloc(64))          # the forking thread has a cache of its own
+    w = tn.start_workers(8, nslots=256, large_permille=20)
+    while w.counts()["ops"] < 20000:
+        pass
+    reports = []
+    for i in range(%d):
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # The child: one thread. What the dead threads had cached must be
+            # back in the shared stores, and every byte accounted for.
+            os.close(r)
+            s = tcalloc.stats()
+            rep = {"caches": s["thread_caches"], "gap": s["heap_bytes"] - sum(s[k] for k in POOLS),
+                   "cached": s["thread_cache_free_bytes"]}
+            tcalloc.release_free_memory()
+            s = tcalloc.stats()
+            rep["cached_after_release"] = s["thread_cache_free_bytes"] + s["transfer_cache_free_bytes"]
+            rep["gap_after_release"] = s["heap_bytes"] - sum(s[k] for k in POOLS)
+            rep["exercise_errors"] = tn.child_exercise()
+            s = tcalloc.stats()
+            rep["gap_after_exercise"] = s["heap_bytes"] - sum(s[k] for k in POOLS)
+            os.write(wfd, json.dumps(rep).encode())
+            os._exit(0)
+        os.close(wfd)
+        with os.fdopen(r) as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        reports.append({"status": status, **(json.loads(data) if data else {})})
+    print(json.dumps({"reports": reports, "workers": w.stop()}))
+"""
+
+
+def _fork_under_load(debug, nforks):
+    proc = run_py(FORK_UNDER_LOAD % (POOLS, nforks), env={"TCALLOC_DEBUG": "1"} if debug else None)
+    r = last_json(proc)
+    assert r["workers"]["corrupt"] == 0 and r["workers"]["failed"] == 0, r["workers"]
+    return r["reports"]
+
+
+def test_children_of_a_fork_under_load_reclaim_dead_caches_and_add_up():
+    # Eight native threads allocate, free across threads and realloc while
+    # the main thread forks. fork() may land while a thread is moving a
+    # batch between its cache and the shared lists, or half-way through a
+    # fast-path push or pop; the child must still account for every block
+    # and give the dead threads' caches back to the shared stores.
+    reports = _fork_under_load(False, 24)
+    assert all(r["status"] == 0 for r in reports), reports
+    assert [r["gap"] for r in reports] == [0] * len(reports), reports
+    assert [r["caches"] for r in reports] == [1] * len(reports), reports
+    assert [r["cached_after_release"] for r in reports] == [0] * len(reports), reports
+    assert all(r["gap_after_release"] == 0 and r["gap_after_exercise"] == 0 for r in reports), reports
+    assert all(r["exercise_errors"] == 0 for r in reports), reports
+
+
+def test_children_of_a_fork_under_load_add_up_in_debug_mode():
+    # Debug mode has no thread caches: every block moves straight between
+    # the caller and the central lists, in flight when fork() lands too.
+    reports = _fork_under_load(True, 12)
+    assert all(r["status"] == 0 for r in reports), reports
+    assert [r["gap"] for r in reports] == [0] * len(reports), reports
+    assert [r["caches"] for r in reports] == [0] * len(reports), reports
+    assert all(r["gap_after_release"] == 0 and r["gap_after_exercise"] == 0 for r in reports), reports
+    assert all(r["exercise_errors"] == 0 for r in reports), reports

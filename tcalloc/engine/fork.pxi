@@ -1,7 +1,13 @@
 # ---- fork ------------------------------------------------------------------
+# prepare closes the fork gate (threadcache.pxi) and waits for the moves
+# under way, then takes every lock in the documented order; the parent
+# releases them and reopens the gate; the child resets them and reclaims the
+# caches of the threads it does not have, so its figures add up and
+# release_free_memory() reaches what those threads had cached.
 
 cdef void _atfork_prepare() noexcept nogil:
     cdef int cl
+    threadcache_gate_close(&g_registry)
     tc_spinlock_lock(&g_bg_lock)
     tc_spinlock_lock(&g_registry.lock)
     for cl in range(1, g_sizemap.num_classes):
@@ -21,6 +27,7 @@ cdef void _atfork_parent() noexcept nogil:
         tc_spinlock_unlock(&g_transfer[cl].lock)
     tc_spinlock_unlock(&g_registry.lock)
     tc_spinlock_unlock(&g_bg_lock)
+    tc_gate_add(&g_registry.forks_pending, -1)
 
 cdef void _atfork_child() noexcept nogil:
     global g_bg_running, g_bg_restart
@@ -32,6 +39,11 @@ cdef void _atfork_child() noexcept nogil:
         tc_spinlock_reset(&g_transfer[cl].lock)
     tc_spinlock_reset(&g_registry.lock)
     tc_spinlock_reset(&g_bg_lock)
+    # The other threads are gone: none is moving, none can (a thread that
+    # was backing off the closed gate may have left its count behind).
+    g_registry.movers = 0
+    g_registry.forks_pending = 0
+    threadcache_reclaim_others(&g_registry, <ThreadCache *>tc_tls_owner())
     # The releaser thread did not survive the fork; start a new one lazily
     # (creating threads inside fork() is not allowed).
     if g_bg_running:

@@ -65,7 +65,9 @@ cdef void _reclaim() noexcept nogil:
     if tc != NULL:
         threadcache_flush(tc)
     for cl in range(1, g_sizemap.num_classes):
+        threadcache_gate_enter(&g_registry)     # a drained batch is in flight (see the fork gate)
         transfer_drain(&g_transfer[cl])
+        threadcache_gate_exit(&g_registry)
 
 cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s

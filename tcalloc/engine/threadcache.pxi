@@ -15,6 +15,17 @@
 # `max_size` or set `flush_requested` while holding the registry lock. The registry (list of
 # caches, budgets, counters of exited threads) is under reg.lock, which is
 # taken before any transfer/central lock, never after.
+#
+# Fork: every move of objects between a cache (or a cacheless caller) and
+# the shared stores, counters included, runs inside the registry's fork gate
+# (threadcache_gate_enter/exit), which fork() closes and waits out before it
+# takes the locks: a batch popped from a shared list but not yet counted on
+# a thread's list, or the reverse, cannot exist at the moment of fork(). A
+# thread inside the gate holds or waits for no lock but the transfer,
+# central, page-heap and arena locks, so it never waits on the forker. The
+# fast path runs outside the gate; it publishes a pushed block only after
+# linking it, so a child can follow every list of a thread frozen anywhere
+# (threadcache_reclaim_others).
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memset
 
@@ -79,6 +90,43 @@ ctypedef struct ThreadCacheRegistry:
     uint64_t out_bytes
     uint64_t peak_allocated
     const uint64_t *large_bytes
+    # The fork gate (see the header): threads inside a move, and fork()s
+    # between their prepare and parent/child handlers.
+    uint64_t movers
+    uint64_t forks_pending
+
+# The gate is a Dekker pair: each side writes its own word, then reads the
+# other's, which needs sequentially consistent order (tc_atomic_* are relaxed).
+cdef extern from *:
+    """
+    static inline void tc_gate_add(uint64_t *p, int64_t v) { __atomic_add_fetch(p, (uint64_t)v, __ATOMIC_SEQ_CST); }
+    static inline uint64_t tc_gate_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    """
+    void tc_gate_add(uint64_t *p, int64_t v) nogil
+    uint64_t tc_gate_load(const uint64_t *p) nogil
+
+cdef inline void threadcache_gate_enter(ThreadCacheRegistry *reg) noexcept nogil:
+    """Start a move (no lock held but the ones a move takes); waits while
+    a fork() is in progress."""
+    cdef uint64_t spins = 0
+    while True:
+        tc_gate_add(&reg.movers, 1)
+        if tc_gate_load(&reg.forks_pending) == 0:
+            return
+        tc_gate_add(&reg.movers, -1)
+        while tc_gate_load(&reg.forks_pending) != 0:
+            tc_spin_backoff(&spins, 64)
+
+cdef inline void threadcache_gate_exit(ThreadCacheRegistry *reg) noexcept nogil:
+    tc_gate_add(&reg.movers, -1)
+
+cdef void threadcache_gate_close(ThreadCacheRegistry *reg) noexcept nogil:
+    """fork() prepare, before any lock: keep new moves out, wait for the
+    ones under way to finish."""
+    cdef uint64_t spins = 0
+    tc_gate_add(&reg.forks_pending, 1)
+    while tc_gate_load(&reg.movers) != 0:
+        tc_spin_backoff(&spins, 64)
 
 cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
     """Objects this list has handed out (exact for the owner; for another
@@ -130,12 +178,15 @@ cdef inline bint threadcache_try_push(ThreadCache *tc, size_t cl, void *p) noexc
     # second word.
     if TC_UNLIKELY(length > l.max_length or (TCALLOC_FREE_KEY and (<void **>p)[1] == key)):
         return 0
-    l.head = p
-    l.length = length
-    l.frees += 1
+    # The block is linked before it is published as the head (both void *
+    # stores, so the compiler keeps their order): a fork child that finds
+    # this thread frozen between them still walks an intact list.
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = key
     (<void **>p)[0] = head
+    l.head = p
+    l.length = length
+    l.frees += 1
     return 1
 
 cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
@@ -201,6 +252,7 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
         n = l.length
     if n == 0:
         return
+    threadcache_gate_enter(tc.reg)
     l.length -= n
     l.released += n
     tc_atomic_sub_u64(&tc.reg.out_bytes, <uint64_t>n * l.size)
@@ -216,6 +268,7 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
         (<void **>tail)[0] = NULL
         transfer_insert_range(t, head, tail, <int>k)
         n -= k
+    threadcache_gate_exit(tc.reg)
 
 # ---- list lengths and the byte budget -------------------------------------
 
@@ -333,8 +386,10 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     want = l.max_length if l.max_length < l.batch else l.batch
     if want == 0:
         want = 1
+    threadcache_gate_enter(tc.reg)
     got = transfer_remove_range(&tc.reg.transfer[cl], &head, &tail, <int>want)
     if got == 0:
+        threadcache_gate_exit(tc.reg)
         return NULL
     (<void **>tail)[0] = NULL
     l.head = (<void **>head)[0]
@@ -343,6 +398,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     l.length = <uint32_t>got - 1
     l.lowater = 0                    # the list ran empty
     l.fetched += <uint64_t>got       # the one returned counts as a malloc (see freelist_mallocs)
+    threadcache_gate_exit(tc.reg)
     threadcache_note_out(tc.reg, <uint64_t>got * l.size)
     tc.fetches += 1
     _tick(tc)
@@ -451,7 +507,8 @@ cdef ThreadCache *threadcache_create(ThreadCacheRegistry *reg) noexcept nogil:
 
 cdef void threadcache_destroy(ThreadCache *tc) noexcept nogil:
     """Thread exit: flush everything, fold the counters into the registry,
-    return the budget, recycle the struct."""
+    return the budget, recycle the struct. Takes reg.lock after the flush
+    (never across a move: see the fork gate)."""
     cdef ThreadCacheRegistry *reg = tc.reg
     cdef int cl
     threadcache_flush(tc)
@@ -472,6 +529,46 @@ cdef void threadcache_destroy(ThreadCache *tc) noexcept nogil:
     tc.next = reg.free_caches
     reg.free_caches = tc
     tc_spinlock_unlock(&reg.lock)
+
+cdef bint _is_block_of(ThreadCacheRegistry *reg, uint32_t cl, const void *q) noexcept nogil:
+    """Is q the start of a carved block of class cl in an in-use span?"""
+    cdef Span *s = pagemap_span(&reg.transfer[cl].central.heap.pagemap, <uintptr_t>q >> kPageShift)
+    return (s != NULL and s.location == SPAN_IN_USE and s.sizeclass == cl and <uintptr_t>q < s.bump
+            and (<uintptr_t>q - span_addr(s)) % reg.sizemap.class_to_size[cl] == 0)
+
+cdef void threadcache_reclaim_others(ThreadCacheRegistry *reg, ThreadCache *keep) noexcept nogil:
+    """In a fork child (one thread, locks reset, gate open): the caches of
+    the threads that did not survive fork() go back to the shared stores and
+    their structs are recycled, as if those threads had exited; `keep` (the
+    forking thread's, or NULL) stays.
+
+    The gate kept every move out of fork(), so fetched and released are
+    exact; a thread may have been frozen in the fast path, though, with its
+    list's length not yet matching its links (a pop or a push half done).
+    Each list is therefore walked to its end and its length set to what was
+    found; bytes in use stay exact because they depend on fetched - released
+    - length only. A walk stops at a link that is no block of the class
+    (never expected: push links before it publishes); the rest stays
+    counted as in use rather than risk freeing live memory."""
+    cdef ThreadCache *tc = reg.caches
+    cdef ThreadCache *nxt
+    cdef FreeList *l
+    cdef void *q
+    cdef uint32_t n
+    cdef int cl
+    while tc != NULL:
+        nxt = tc.next
+        if tc != keep:
+            for cl in range(1, tc.num_classes):
+                l = &tc.lists[cl]
+                n = 0
+                q = l.head
+                while q != NULL and n <= l.length and _is_block_of(reg, cl, q):
+                    n += 1
+                    q = (<void **>q)[0]
+                l.length = n
+            threadcache_destroy(tc)
+        tc = nxt
 
 cdef void threadcache_request_flush_all(ThreadCacheRegistry *reg) noexcept nogil:
     """Ask every thread to flush its cache at its next slow-path call."""
@@ -494,11 +591,14 @@ cdef void threadcache_set_overall_max(ThreadCacheRegistry *reg, uint64_t nbytes)
 cdef void *threadcache_alloc_uncached(ThreadCacheRegistry *reg, uint32_t cl) noexcept nogil:
     cdef void *head
     cdef void *tail
+    threadcache_gate_enter(reg)
     if transfer_remove_range(&reg.transfer[cl], &head, &tail, 1) == 0:
+        threadcache_gate_exit(reg)
         return NULL
+    tc_atomic_add_u64(&reg.retired_mallocs[cl], 1)
+    threadcache_gate_exit(reg)
     if TCALLOC_FREE_KEY:
         (<void **>head)[1] = NULL
-    tc_atomic_add_u64(&reg.retired_mallocs[cl], 1)
     threadcache_note_out(reg, reg.sizemap.class_to_size[cl])
     return head
 
@@ -506,6 +606,8 @@ cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void 
     (<void **>p)[0] = NULL
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = reg.free_key
+    threadcache_gate_enter(reg)
     transfer_insert_range(&reg.transfer[cl], p, p, 1)
     tc_atomic_add_u64(&reg.retired_frees[cl], 1)
+    threadcache_gate_exit(reg)
     tc_atomic_sub_u64(&reg.out_bytes, reg.sizemap.class_to_size[cl])
