@@ -2,21 +2,22 @@
 
 Each case runs in a child interpreter that calls
 ``tct_native.invalid_free(case)`` (tests/native/tct_native.pyx): the helper prints ``ptr=0x...``
-(straight to fd 1) and then does the bad thing through the C API. The child
+(straight to fd 1) and then does the bad thing through the C API: free, or
+realloc or usable_size, which take a pointer to a live block too. The child
 must die of SIGABRT with ``tcalloc: fatal: ... (pointer 0x...)`` on stderr
 naming that pointer. If it returns, tcalloc did not notice, and it prints
-``survived``.
+``survived`` with what happened instead.
 
 Which cases the normal (fast) path catches:
 
 * pointers outside tcalloc's heap (stack, static data, the C library's
-  malloc, realloc of such a pointer): the pagemap has no size class for the
-  page, so free goes to the large-block path, which finds no in-use span
-  starting there;
+  malloc, realloc or usable_size of such a pointer): the pagemap has no size
+  class for the page, so the call goes to the large-block path, which finds
+  no in-use span starting there;
 * interior pointers of large blocks (unaligned, or page-aligned inside the
-  span): no in-use span *starts* at that page;
-* a double free of a large block, right away or after other frees: its span
-  is no longer in use;
+  span), to free, realloc or usable_size: no in-use span *starts* at that page;
+* a double free of a large block, right away or after other frees, and
+  realloc or usable_size of a freed one: its span is no longer in use;
 * a double free of a small block while it is still on the thread's cache
   list: freed immediately again (it is the list head), or a few frees later
   in a size class the thread uses (free blocks carry a per-process key in
@@ -31,10 +32,14 @@ them, because the check would cost the fast path a span lookup per free):
   (a cold list overflows at once and hands it to the transfer cache): the
   key is found but the block is not on this thread's list, and searching
   the shared stores would need their locks. Debug mode routes small frees to
-  the span free lists, where every free block can be found.
+  the span free lists, where every free block can be found;
+* realloc or usable_size of a freed small block, or of an interior pointer
+  of one: the normal path reads the page's size class and nothing else.
+  Debug mode checks the pointer as free does.
 
-Every case is also run with ``TCALLOC_DEBUG=1``: debug mode must catch
-everything the normal path does.
+Every case runs in both modes: debug mode must catch everything the normal
+path does, and for what the normal path lets through, the test shows what
+it does instead (so the table in docs/reliability.md stays true).
 """
 import os
 import signal
@@ -48,11 +53,21 @@ import tcalloc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
 
 NORMAL_PATH = [
-    "stack", "static", "libc_malloc", "realloc_libc", "interior_large",
-    "interior_large_page", "double_free_small", "double_free_small_warm", "double_free_large",
+    "stack", "static", "libc_malloc", "realloc_libc", "usable_size_libc", "interior_large",
+    "interior_large_page", "realloc_interior_large", "usable_size_interior_large",
+    "double_free_small", "double_free_small_warm", "double_free_large",
     "double_free_large_later", "double_free_tiny", "double_free_tiny_warm",
+    "realloc_freed_large", "usable_size_freed_large",
 ]
-DEBUG_ONLY = ["interior_small", "double_free_small_later"]
+# What the normal path does instead (the helper's "survived:" line).
+DEBUG_ONLY = {
+    "interior_small": "not detected: the next malloc returned the interior pointer",
+    "double_free_small_later": "not detected: double_free_small_later",
+    "realloc_freed_small": "not detected: realloc returned the freed block, the next malloc returned it again",
+    "usable_size_freed_small": "not detected: usable_size 64",
+    "realloc_interior_small": "not detected: realloc returned the interior pointer",
+    "usable_size_interior_small": "not detected: usable_size 1024",
+}
 
 
 def child_env(debug):
@@ -76,7 +91,7 @@ def run_case(case, debug):
                           text=True, timeout=60)
 
 
-def assert_aborted_naming_pointer(proc):
+def assert_aborted_naming_pointer(proc, case):
     lines = [l for l in proc.stdout.splitlines() if l.startswith("ptr=")]
     assert lines, "no pointer announced; stdout=%r stderr=%r" % (proc.stdout, proc.stderr)
     ptr = lines[-1][4:]
@@ -84,24 +99,36 @@ def assert_aborted_naming_pointer(proc):
     assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stderr)
     assert "tcalloc: fatal:" in proc.stderr, proc.stderr
     assert "(pointer %s)" % ptr in proc.stderr, "message does not name %s: %r" % (ptr, proc.stderr)
+    # said as what it is: the call, and a second release as such (not
+    # "invalid pointer")
+    if case.startswith("double_free"):
+        assert "double free" in proc.stderr, proc.stderr
+    for call in ("realloc", "usable_size"):
+        if case.startswith(call):
+            assert "tcalloc: fatal: %s(): " % call in proc.stderr, proc.stderr
+            if "_freed_" in case:
+                assert "already freed" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
 @pytest.mark.parametrize("case", NORMAL_PATH)
 def test_detected_on_normal_path(case, debug):
-    proc = run_case(case, debug)
-    assert_aborted_naming_pointer(proc)
-    if case.startswith("double_free"):
-        # said as what it is, in either mode (not "invalid pointer")
-        assert "double free" in proc.stderr, proc.stderr
+    assert_aborted_naming_pointer(run_case(case, debug), case)
 
 
-@pytest.mark.parametrize("case", DEBUG_ONLY)
+@pytest.mark.parametrize("case", sorted(DEBUG_ONLY))
 def test_detected_in_debug_mode(case):
-    proc = run_case(case, True)
-    assert_aborted_naming_pointer(proc)
-    if case.startswith("double_free"):
-        assert "double free" in proc.stderr, proc.stderr
+    assert_aborted_naming_pointer(run_case(case, True), case)
+
+
+@pytest.mark.parametrize("case", sorted(DEBUG_ONLY))
+def test_not_detected_on_normal_path(case):
+    # The normal path's limits, shown: the call returns, and the helper
+    # reports what the bad pointer got instead (a block handed out twice,
+    # an overlapping one, a size past the block's end).
+    proc = run_case(case, False)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert "survived: " + DEBUG_ONLY[case] in proc.stdout, proc.stdout
 
 
 def test_valid_frees_do_not_abort_in_either_mode():

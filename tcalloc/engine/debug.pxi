@@ -5,12 +5,22 @@
 # byte 16 on (the first word is the free-list link, the second the free-block
 # key); the poison is verified
 # when the block is reused and when a neighbour is freed, which catches
-# writes after free and overruns into free neighbours.
+# writes after free and overruns into free neighbours. realloc and
+# usable_size check their pointer the same way as free (slowpath.pxi).
 
 cdef enum:
     kPoisonFree = 0xDB          # in freed blocks
     kPoisonAlloc = 0xCD         # in new blocks (malloc, not calloc)
     kPoisonFrom = 16            # bytes before this hold the link and the key
+
+cdef enum:                      # which call is checking a pointer (its messages)
+    kOpFree = 0
+    kOpRealloc = 1
+    kOpUsableSize = 2
+
+cdef inline const char *_op_msg(int op, const char *on_free, const char *on_realloc,
+                                const char *on_usable_size) noexcept nogil:
+    return on_free if op == kOpFree else on_realloc if op == kOpRealloc else on_usable_size
 
 cdef bint _on_span_freelist(Span *s, const void *p, size_t size) noexcept nogil:
     """Is p on span s's free list? Every link is checked before it is
@@ -34,23 +44,29 @@ cdef bint _poison_intact(const void *p, size_t size) noexcept nogil:
             return 0
     return 1
 
-cdef void _debug_check_small(void *p, uint32_t cl) noexcept nogil:
-    """p must be the start of a block handed out of its span, not free, and
-    its free neighbours must still hold their poison."""
+cdef void _debug_check_small(void *p, uint32_t cl, int op) noexcept nogil:
+    """p, passed to free, realloc or usable_size (op), must be the start of a
+    block handed out of its span, not free, and its free neighbours must
+    still hold their poison."""
     cdef Span *s = pagemap_span(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
     cdef size_t size = g_sizemap.class_to_size[cl]
     cdef CentralFreeList *c = &g_central[cl]
     cdef uintptr_t off, q
     cdef int k
     if s == NULL or s.location != SPAN_IN_USE or s.sizeclass != cl:
-        tc_fatal_ptr("free(): invalid pointer (pagemap and span disagree)", p)
+        tc_fatal_ptr(_op_msg(op, "free(): invalid pointer (pagemap and span disagree)",
+                             "realloc(): invalid pointer (pagemap and span disagree)",
+                             "usable_size(): invalid pointer (pagemap and span disagree)"), p)
     off = <uintptr_t>p - span_addr(s)
     if off % size != 0 or <uintptr_t>p >= s.bump:
-        tc_fatal_ptr("free(): invalid pointer (not the start of a block)", p)
+        tc_fatal_ptr(_op_msg(op, "free(): invalid pointer (not the start of a block)",
+                             "realloc(): invalid pointer (not the start of a block)",
+                             "usable_size(): invalid pointer (not the start of a block)"), p)
     tc_spinlock_lock(&c.lock)
     if _on_span_freelist(s, p, size):
         tc_spinlock_unlock(&c.lock)
-        tc_fatal_ptr("double free detected", p)
+        tc_fatal_ptr(_op_msg(op, "double free detected", "realloc(): block already freed",
+                             "usable_size(): block already freed"), p)
     if size > kPoisonFrom:
         for k in range(2):
             q = <uintptr_t>p - size if k == 0 else <uintptr_t>p + size
@@ -63,7 +79,7 @@ cdef void _debug_check_small(void *p, uint32_t cl) noexcept nogil:
 
 cdef void _debug_free_small(void *p, uint32_t cl) noexcept nogil:
     cdef size_t size = g_sizemap.class_to_size[cl]
-    _debug_check_small(p, cl)
+    _debug_check_small(p, cl, kOpFree)
     if size > kPoisonFrom:
         memset(<uint8_t *>p + kPoisonFrom, kPoisonFree, size - kPoisonFrom)
     threadcache_free_uncached(&g_registry, cl, p)

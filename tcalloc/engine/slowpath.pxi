@@ -111,23 +111,32 @@ cdef void _free_large(void *p) noexcept nogil:
         return
     s = _large_span(p)
     if s == NULL:
-        _fatal_bad_free(p)
+        _fatal_bad_pointer(p, kOpFree)
     _free_large_span(p, s)
 
-cdef void _fatal_bad_free(const void *p) noexcept nogil:
-    """Abort naming p, saying what the pagemap knows of its page. Interior
+cdef void _fatal_bad_pointer(const void *p, int op) noexcept nogil:
+    """Abort naming p, passed to free, realloc or usable_size (op, see
+    debug.pxi), saying what the pagemap knows of its page. Interior
     pages of a free span may map to a recycled Span struct (only a free
-    span's end pages are kept exact), so "double free" is said only when
+    span's end pages are kept exact), so "already free" is said only when
     the span found is free and covers p's page; anything else is an invalid
     pointer."""
     cdef uintptr_t page = <uintptr_t>p >> kPageShift
     cdef Span *s = pagemap_span(&g_heap.pagemap, page)
     if s == NULL:
-        tc_fatal_ptr("free(): invalid pointer (not allocated by tcalloc)", p)
+        tc_fatal_ptr(_op_msg(op, "free(): invalid pointer (not allocated by tcalloc)",
+                             "realloc(): invalid pointer (not allocated by tcalloc)",
+                             "usable_size(): invalid pointer (not allocated by tcalloc)"), p)
     if s.location != SPAN_IN_USE and s.start <= page < s.start + s.npages:
-        tc_fatal_ptr("double free detected (free(): the block's pages are already free)", p)
-    tc_fatal_ptr("free(): invalid pointer (not the start of a block tcalloc handed out, "
-                 "or already freed)", p)
+        tc_fatal_ptr(_op_msg(op, "double free detected (free(): the block's pages are already free)",
+                             "realloc(): block already freed (its pages are free)",
+                             "usable_size(): block already freed (its pages are free)"), p)
+    tc_fatal_ptr(_op_msg(op, "free(): invalid pointer (not the start of a block tcalloc handed out, "
+                             "or already freed)",
+                             "realloc(): invalid pointer (not the start of a block tcalloc handed out, "
+                             "or already freed)",
+                             "usable_size(): invalid pointer (not the start of a block tcalloc handed "
+                             "out, or already freed)"), p)
 
 cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     """Free large block p, whose in-use span _large_span(p) found as s."""
@@ -158,16 +167,20 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
     s.needzero = 1
     return p
 
-cdef inline size_t _block_size(void *ptr, uint32_t *cl, Span **large, const char *what) noexcept nogil:
+cdef inline size_t _block_size(void *ptr, uint32_t *cl, Span **large, int op) noexcept nogil:
     """Usable size of tcalloc block ptr, its class (0: large) and, for a
-    large block, its span; aborts naming `what` if ptr is no block start."""
+    large block, its span; aborts naming ptr if it is no live block start
+    (for a small block, only debug mode can tell: the normal path trusts
+    the page's class). op: the caller, for the message (debug.pxi)."""
     cl[0] = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
     if cl[0] != 0:
+        if TC_UNLIKELY(g_debug):
+            _debug_check_small(ptr, cl[0], op)
         large[0] = NULL
         return g_sizemap.class_to_size[cl[0]]
     large[0] = _large_span(ptr)
     if large[0] == NULL:
-        tc_fatal_ptr(what, ptr)
+        _fatal_bad_pointer(ptr, op)
     return large[0].npages << kPageShift
 
 cdef size_t tc_usable_size(void *ptr) noexcept nogil:
@@ -175,7 +188,7 @@ cdef size_t tc_usable_size(void *ptr) noexcept nogil:
     cdef Span *s
     if ptr == NULL:
         return 0
-    return _block_size(ptr, &cl, &s, "usable_size(): invalid pointer (not allocated by tcalloc)")
+    return _block_size(ptr, &cl, &s, kOpUsableSize)
 
 cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     cdef size_t old, want, npages
@@ -186,7 +199,7 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
         return _malloc(size)
     if size == 0:
         size = 1          # like CPython's raw allocator: a minimal block, never NULL-on-success
-    old = _block_size(ptr, &cl, &s, "realloc(): invalid pointer (not allocated by tcalloc)")
+    old = _block_size(ptr, &cl, &s, kOpRealloc)
     if cl == 0 and size <= old and size > kMaxSmallSize:
         # A large block that stays large shrinks where it stands: its tail
         # pages go back to the page heap, nothing is copied.

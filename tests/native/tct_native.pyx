@@ -1044,13 +1044,20 @@ INVALID_FREE_CASES = (
     "interior_large_page", "double_free_small", "double_free_small_warm",
     "double_free_small_later", "double_free_tiny", "double_free_tiny_warm",
     "double_free_large", "double_free_large_later", "realloc_libc",
+    # realloc and usable_size take a pointer too
+    "usable_size_libc", "realloc_freed_small", "usable_size_freed_small",
+    "realloc_interior_small", "usable_size_interior_small", "realloc_freed_large",
+    "usable_size_freed_large", "realloc_interior_large", "usable_size_interior_large",
 )
 
 def invalid_free(str case):
-    """Do the invalid free named `case` (see INVALID_FREE_CASES); returns
-    only if tcalloc did not detect it."""
+    """Do the invalid free (or realloc, or usable_size) named `case` (see
+    INVALID_FREE_CASES); returns only if tcalloc did not detect it, saying
+    what happened instead for the cases the normal path lets through."""
     cdef char stack_buf[64]
     cdef void *p = NULL
+    cdef void *q = NULL
+    cdef void *r = NULL
     cdef void *others[8]
     cdef int i, k
     cdef size_t n
@@ -1072,11 +1079,51 @@ def invalid_free(str case):
         p = clib.malloc(48)
         _announce(p)
         capi.realloc(p, 100)
+    elif case == "usable_size_libc":
+        p = clib.malloc(48)
+        _announce(p)
+        n = capi.usable_size(p)
     elif case == "interior_small":
         p = capi.malloc(64)
         p = <void *>(<char *>p + 16)
         _announce(p)
         capi.free(p)
+        if capi.malloc(64) == p:
+            return "not detected: the next malloc returned the interior pointer"
+    elif case in ("realloc_freed_small", "usable_size_freed_small"):
+        # a neighbour stays allocated, so the span (and its class) stays
+        p = capi.malloc(64)
+        others[0] = capi.malloc(64)
+        capi.free(p)
+        _announce(p)
+        if case == "usable_size_freed_small":
+            return "not detected: usable_size %d" % capi.usable_size(p)
+        q = capi.realloc(p, 64)
+        r = capi.malloc(64)
+        if q == p and r == p:
+            return "not detected: realloc returned the freed block, the next malloc returned it again"
+    elif case in ("realloc_interior_small", "usable_size_interior_small"):
+        p = <void *>(<char *>capi.malloc(1024) + 16)
+        _announce(p)
+        if case == "usable_size_interior_small":
+            return "not detected: usable_size %d" % capi.usable_size(p)
+        if capi.realloc(p, 1000) == p:
+            return "not detected: realloc returned the interior pointer"
+    elif case in ("realloc_freed_large", "usable_size_freed_large"):
+        p = capi.malloc(1 << 20)
+        capi.free(p)
+        _announce(p)
+        if case == "usable_size_freed_large":
+            n = capi.usable_size(p)
+        else:
+            capi.realloc(p, 100)
+    elif case in ("realloc_interior_large", "usable_size_interior_large"):
+        p = <void *>(<char *>capi.malloc(1 << 20) + 8192)
+        _announce(p)
+        if case == "usable_size_interior_large":
+            n = capi.usable_size(p)
+        else:
+            capi.realloc(p, 100)
     elif case == "interior_large":
         p = capi.malloc(1 << 20)
         p = <void *>(<char *>p + 4096 + 64)
