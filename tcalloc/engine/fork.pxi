@@ -27,7 +27,7 @@ cdef void _atfork_parent() noexcept nogil:
         tc_spinlock_unlock(&g_transfer[cl].lock)
     tc_spinlock_unlock(&g_registry.lock)
     tc_spinlock_unlock(&g_bg_lock)
-    tc_gate_add(&g_registry.forks_pending, -1)
+    threadcache_gate_reopen(&g_registry)
 
 cdef void _atfork_child() noexcept nogil:
     global g_bg_running, g_bg_restart
@@ -39,10 +39,7 @@ cdef void _atfork_child() noexcept nogil:
         tc_spinlock_reset(&g_transfer[cl].lock)
     tc_spinlock_reset(&g_registry.lock)
     tc_spinlock_reset(&g_bg_lock)
-    # The other threads are gone: none is moving, none can (a thread that
-    # was backing off the closed gate may have left its count behind).
-    g_registry.movers = 0
-    g_registry.forks_pending = 0
+    threadcache_gate_reset(&g_registry)
     threadcache_reclaim_others(&g_registry, <ThreadCache *>tc_tls_owner())
     # The releaser thread did not survive the fork; start a new one lazily
     # (creating threads inside fork() is not allowed).

@@ -99,34 +99,44 @@ ctypedef struct ThreadCacheRegistry:
 # other's, which needs sequentially consistent order (tc_atomic_* are relaxed).
 cdef extern from *:
     """
-    static inline void tc_gate_add(uint64_t *p, int64_t v) { __atomic_add_fetch(p, (uint64_t)v, __ATOMIC_SEQ_CST); }
-    static inline uint64_t tc_gate_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void threadcache_gate_add_sc(uint64_t *p, int64_t v) { __atomic_add_fetch(p, (uint64_t)v, __ATOMIC_SEQ_CST); }
+    static inline uint64_t threadcache_gate_load_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     """
-    void tc_gate_add(uint64_t *p, int64_t v) nogil
-    uint64_t tc_gate_load(const uint64_t *p) nogil
+    void _gate_add "threadcache_gate_add_sc"(uint64_t *p, int64_t v) nogil
+    uint64_t _gate_load "threadcache_gate_load_sc"(const uint64_t *p) nogil
 
 cdef inline void threadcache_gate_enter(ThreadCacheRegistry *reg) noexcept nogil:
     """Start a move (no lock held but the ones a move takes); waits while
     a fork() is in progress."""
     cdef uint64_t spins = 0
     while True:
-        tc_gate_add(&reg.movers, 1)
-        if tc_gate_load(&reg.forks_pending) == 0:
+        _gate_add(&reg.movers, 1)
+        if _gate_load(&reg.forks_pending) == 0:
             return
-        tc_gate_add(&reg.movers, -1)
-        while tc_gate_load(&reg.forks_pending) != 0:
+        _gate_add(&reg.movers, -1)
+        while _gate_load(&reg.forks_pending) != 0:
             tc_spin_backoff(&spins, 64)
 
 cdef inline void threadcache_gate_exit(ThreadCacheRegistry *reg) noexcept nogil:
-    tc_gate_add(&reg.movers, -1)
+    _gate_add(&reg.movers, -1)
 
 cdef void threadcache_gate_close(ThreadCacheRegistry *reg) noexcept nogil:
     """fork() prepare, before any lock: keep new moves out, wait for the
     ones under way to finish."""
     cdef uint64_t spins = 0
-    tc_gate_add(&reg.forks_pending, 1)
-    while tc_gate_load(&reg.movers) != 0:
+    _gate_add(&reg.forks_pending, 1)
+    while _gate_load(&reg.movers) != 0:
         tc_spin_backoff(&spins, 64)
+
+cdef void threadcache_gate_reopen(ThreadCacheRegistry *reg) noexcept nogil:
+    """fork() parent, after the locks are released."""
+    _gate_add(&reg.forks_pending, -1)
+
+cdef void threadcache_gate_reset(ThreadCacheRegistry *reg) noexcept nogil:
+    """fork() child: the other threads are gone, none is moving (one that
+    was backing off the closed gate may have left its count behind)."""
+    reg.movers = 0
+    reg.forks_pending = 0
 
 cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
     """Objects this list has handed out (exact for the owner; for another
