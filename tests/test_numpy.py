@@ -1,4 +1,7 @@
 """NEP 49 handler: NumPy arrays backed by tcalloc."""
+import asyncio
+import concurrent.futures
+import ctypes
 import pickle
 import subprocess
 import sys
@@ -71,18 +74,12 @@ def test_views_outlive_context_and_base():
     assert view.tolist() == list(range(10, 20))
 
 
-def test_nested_use_restores_and_set_default():
+def test_nested_use_restores():
     prev_name = get_handler_name()
     with tnp.use():
         with tnp.use():
             pass
         assert get_handler_name() == "tcalloc"
-    assert get_handler_name() == prev_name
-    old = tnp.set_default()
-    try:
-        assert get_handler_name(np.empty(3)) == "tcalloc"
-    finally:
-        tnp.set_handler(old)
     assert get_handler_name() == prev_name
 
 
@@ -130,3 +127,157 @@ def test_frombuffer_on_tcalloc_buffer():
 def test_set_handler_rejects_non_capsules():
     with pytest.raises(TypeError):
         tnp.set_handler("tcalloc")
+
+
+# ---- set_default(): every thread ------------------------------------------------
+
+@pytest.fixture
+def default_on():
+    """set_default() for one test; NumPy's allocator again afterwards (the
+    switch is process-wide, and other tests of this worker expect it off)."""
+    tnp.set_default()
+    try:
+        yield
+    finally:
+        tnp.restore_default()
+
+
+def _name_of_new_array():
+    return tnp.handler_name(np.ones(1000))
+
+
+def _in_c_thread(fn):
+    """Run fn in a thread created by pthread_create (ctypes gives it a new
+    thread state and a fresh context, as any C library's thread gets)."""
+    libc = ctypes.CDLL(None)
+    out = []
+    start = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(
+        lambda arg: out.append(fn()))
+    tid = ctypes.c_ulong()
+    assert libc.pthread_create(ctypes.byref(tid), None, start, None) == 0
+    assert libc.pthread_join(tid, None) == 0      # releases the GIL meanwhile
+    return out[0]
+
+
+def _names_everywhere():
+    """The allocator of a new array in each kind of thread."""
+    seen = {"main": _name_of_new_array()}
+    t = threading.Thread(target=lambda: seen.setdefault("thread", _name_of_new_array()))
+    t.start()
+    t.join()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        seen["executor"] = ex.submit(_name_of_new_array).result()
+    seen["to_thread"] = asyncio.run(asyncio.to_thread(_name_of_new_array))
+    seen["c_thread"] = _in_c_thread(_name_of_new_array)
+    return seen
+
+
+def test_set_default_reaches_every_thread_and_is_undone():
+    go, done = threading.Event(), threading.Event()
+    early = {}
+
+    def started_before():
+        go.wait()
+        early["name"] = _name_of_new_array()
+        done.set()
+
+    t = threading.Thread(target=started_before, daemon=True)
+    t.start()
+    try:
+        assert set(_names_everywhere().values()) == {"default_allocator"}
+        tnp.set_default()
+        go.set()
+        assert done.wait(60)
+        assert early["name"] == "tcalloc"
+        seen = _names_everywhere()
+        assert seen == dict.fromkeys(seen, "tcalloc"), seen
+        assert tnp.is_default()
+    finally:
+        go.set()
+        tnp.restore_default()
+    assert not tnp.is_default()
+    assert set(_names_everywhere().values()) == {"default_allocator"}
+
+
+def test_blocks_go_back_to_the_allocator_that_made_them():
+    before = tcalloc.stats()["large_bytes_in_use"]
+    numpy_made = [np.ones(1 << 17) for _ in range(4)]        # 1 MiB each, NumPy's
+    small_numpy = [np.ones(8) for _ in range(50)]            # NumPy's small-block cache too
+    tnp.set_default()
+    try:
+        ours = [np.ones(1 << 17) for _ in range(4)]
+        assert all(tnp.owns(a) for a in ours) and not any(map(tnp.owns, numpy_made))
+        assert tcalloc.stats()["large_bytes_in_use"] >= before + (4 << 20)
+        del numpy_made, small_numpy                          # freed by NumPy's allocator
+        grown = np.ones(10)
+        grown.resize(1 << 17, refcheck=False)                # realloc of a tcalloc block
+        assert tnp.owns(grown) and grown[0] == 1 and grown[-1] == 0
+    finally:
+        tnp.restore_default()
+    assert tcalloc.stats()["large_bytes_in_use"] >= before + (4 << 20)
+    del ours, grown                                          # freed by tcalloc, after the undo
+    assert tcalloc.stats()["large_bytes_in_use"] == before
+
+
+def test_switching_while_threads_allocate():
+    stop = threading.Event()
+    errors = []
+
+    def worker(k):
+        try:
+            while not stop.is_set():
+                arrs = [np.full(100 + 300 * i, k, dtype=np.int64) for i in range(20)]
+                for a in arrs:
+                    a.resize(a.size * 2, refcheck=False)
+                    assert int(a.sum()) == k * (a.size // 2)
+        except Exception as e:          # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in ts:
+        t.start()
+    try:
+        for _ in range(30):
+            tnp.set_default()
+            tnp.restore_default()
+    finally:
+        stop.set()
+        for t in ts:
+            t.join()
+    assert not errors
+
+
+def test_set_default_leaves_explicit_handlers_alone(default_on):
+    old = tnp.set_handler(None)        # None: NumPy's default handler, now on tcalloc
+    try:
+        assert tnp.handler_name(np.ones(10)) == "tcalloc"
+    finally:
+        tnp.set_handler(old)
+    tnp.set_default()                  # idempotent
+    assert tnp.is_default()
+
+
+# ---- owns() / handler_name() --------------------------------------------------
+
+def test_handler_name_matches_numpy_and_sees_through_views():
+    with tnp.use():
+        a = np.arange(1000)
+    b = np.arange(1000)
+    assert tnp.handler_name(a) == get_handler_name(a) == "tcalloc"
+    assert tnp.handler_name(b) == get_handler_name(b) == "default_allocator"
+    assert tnp.owns(a) and not tnp.owns(b)
+    assert tnp.handler_name(a[5:].reshape(5, -1)[1:]) == "tcalloc"
+    assert tnp.handler_name(b[::2]) == "default_allocator"
+    buf = tcalloc.alloc(80)
+    assert tnp.handler_name(np.frombuffer(buf)[2:]) == "tcalloc"
+    assert tnp.handler_name(np.frombuffer(memoryview(buf))) == "tcalloc"
+    assert tnp.handler_name(np.frombuffer(b"12345678")) is None
+    assert not tnp.owns(np.frombuffer(bytearray(8)))
+
+
+@pytest.mark.parametrize("bad", [None, [1, 2], b"ab", memoryview(b"x")])
+def test_owns_and_handler_name_take_arrays_only(bad):
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        tnp.owns(bad)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        tnp.handler_name(bad)

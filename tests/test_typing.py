@@ -142,8 +142,14 @@ USER_SCRIPT = """\
     if importlib.util.find_spec("numpy") is not None:
         with tcalloc.numpy.use() as h:
             assert_type(h, object)
-        prev = tcalloc.numpy.set_default()
+        tcalloc.numpy.set_default()
+        assert_type(tcalloc.numpy.is_default(), bool)
         tcalloc.numpy.restore_default()
+        import numpy
+        arr = numpy.ones(3)
+        assert_type(tcalloc.numpy.owns(arr), bool)
+        assert_type(tcalloc.numpy.handler_name(arr), Optional[str])
+        prev = tcalloc.numpy.set_handler(None)
         tcalloc.numpy.set_handler(prev)
         tcalloc.numpy.set_handler(tcalloc.numpy.handler)
         tcalloc.numpy.set_handler(None)
