@@ -7,7 +7,7 @@
 # below. Lock order: the page-heap lock may be taken while holding it, but
 # these functions drop it around page-heap calls anyway, so a central lock is
 # never held across an mmap or madvise. Never hold two central locks.
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memset
 
 ctypedef struct CentralFreeList:
@@ -75,10 +75,13 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
     """Take up to n objects as a chain head..tail. Returns how many (0: out
     of memory; the chain is then untouched)."""
     cdef int got = 0
+    cdef int k
     cdef Span *s
     cdef void *obj
     cdef void *first = NULL
     cdef void *last = NULL
+    cdef uintptr_t p, end
+    cdef uintptr_t size = c.size
     tc_spinlock_lock(&c.lock)
     while got < n:
         s = c.nonempty
@@ -86,22 +89,42 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
             if not _populate(c):
                 break
             continue
-        while got < n:
-            if s.freelist != NULL:
-                obj = s.freelist
-                s.freelist = (<void **>obj)[0]
-            elif s.bump < s.limit:
-                obj = <void *>s.bump
-                s.bump += c.size
-            else:
-                break
-            s.refcount += 1
+        k = 0
+        if s.freelist != NULL:
+            # The span's free list is already a chain: take its first
+            # objects as they stand, reading one link each, writing none.
+            obj = s.freelist
+            k = 1
+            while k < n - got and (<void **>obj)[0] != NULL:
+                obj = (<void **>obj)[0]
+                k += 1
             if last == NULL:
-                first = obj
+                first = s.freelist
             else:
-                (<void **>last)[0] = obj
+                (<void **>last)[0] = s.freelist
+            s.freelist = (<void **>obj)[0]
             last = obj
-            got += 1
+        if got + k < n and s.bump < s.limit:
+            # Never-used objects: linked in one tight pass over the bump
+            # range (the cold heap's path: one store per object, no branch
+            # per object but the loop's).
+            p = s.bump
+            end = p + <uintptr_t>(n - got - k) * size
+            if end > s.limit:
+                end = s.limit
+            if last == NULL:
+                first = <void *>p
+            else:
+                (<void **>last)[0] = <void *>p
+            k += <int>((end - p) // size)
+            s.bump = end
+            end -= size
+            while p < end:
+                (<void **>p)[0] = <void *>(p + size)
+                p += size
+            last = <void *>end
+        s.refcount += <uint32_t>k
+        got += k
         if _exhausted(s):
             span_list_remove(&c.nonempty, s)
             span_list_push(&c.full, s)
@@ -118,17 +141,23 @@ cdef void central_insert_range(CentralFreeList *c, void *head, int n) noexcept n
     exactly n are read). Spans left with no object out go back to the page heap."""
     cdef void *obj = head
     cdef void *nxt
-    cdef Span *s
+    cdef Span *s = NULL
     cdef Span *done = NULL
     cdef int i
-    cdef uintptr_t off
+    cdef uintptr_t off, page
+    cdef int64_t freed = 0            # net change of c.free_objects, stored once
     tc_spinlock_lock(&c.lock)
     for i in range(n):
         nxt = (<void **>obj)[0]
-        s = pagemap_span(&c.heap.pagemap, <uintptr_t>obj >> kPageShift)
-        if s == NULL or s.location != SPAN_IN_USE or s.sizeclass != c.cl:
-            tc_spinlock_unlock(&c.lock)
-            tc_fatal_ptr("free(): object does not belong to its size class; heap corrupted", obj)
+        page = <uintptr_t>obj >> kPageShift
+        # A chain's objects mostly come from one span in a row (carved
+        # together, freed together): the pagemap is read, and the span
+        # checked, only when an object leaves the last span.
+        if s == NULL or page - s.start >= s.npages:
+            s = pagemap_span(&c.heap.pagemap, page)
+            if s == NULL or s.location != SPAN_IN_USE or s.sizeclass != c.cl:
+                tc_spinlock_unlock(&c.lock)
+                tc_fatal_ptr("free(): object does not belong to its size class; heap corrupted", obj)
         if TCALLOC_DEBUG:
             off = <uintptr_t>obj - span_addr(s)
             if off % c.size != 0 or <uintptr_t>obj >= s.limit or s.refcount == 0:
@@ -152,13 +181,15 @@ cdef void central_insert_range(CentralFreeList *c, void *head, int n) noexcept n
             c.nspans -= 1
             c.span_bytes -= s.npages << kPageShift
             c.spans_returned += 1
-            tc_store_u64(&c.free_objects, c.free_objects - (((s.limit - span_addr(s)) // c.size) - 1))
+            freed -= <int64_t>(((s.limit - span_addr(s)) // c.size) - 1)
             tc_store_u64(&c.total_objects, c.total_objects - (s.limit - span_addr(s)) // c.size)
             s.next = done
             done = s
+            s = NULL                  # no later object can be in it
         else:
-            tc_store_u64(&c.free_objects, c.free_objects + 1)
+            freed += 1
         obj = nxt
+    tc_store_u64(&c.free_objects, <uint64_t>(<int64_t>c.free_objects + freed))
     tc_spinlock_unlock(&c.lock)
     while done != NULL:
         s = done
