@@ -14,6 +14,7 @@
 #     engine/transfer.pxi     transfer cache per class, spinlock per class
 #     engine/threadcache.pxi  per-thread caches (no lock) and their registry
 #   the engine proper (uses the globals below)
+#     engine/sampler.pxi      heap sampling: which blocks, their stacks, profiles' records
 #     engine/slowpath.pxi     cache misses, large blocks, calloc/realloc/aligned
 #     engine/debug.pxi        debug mode: checked frees, poisoning
 #     engine/fork.pxi         fork handlers
@@ -86,6 +87,7 @@ cdef extern from *:
     TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t))
     TC_ENGINE_NOINLINE(void, _free_small_slow, (void *, uint32_t))
     TC_ENGINE_NOINLINE(void, _h_free_other, (void *, void *))
+    TC_ENGINE_NOINLINE(void *, _sample_small, (void *, uint32_t))
     """
 
 # ---- the global structures ---------------------------------------------------
@@ -121,8 +123,14 @@ cdef int g_bg_restart = 0            # set in a fork child whose parent had a re
 # no atomic, no test for a missing cache, no byte counting.
 
 cdef inline void *_malloc_class(uint32_t cl) noexcept nogil:
-    cdef void *p = threadcache_try_pop(<ThreadCache *>tc_tls_get(), cl)
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
+    cdef void *p = threadcache_try_pop(tc, cl)
     if TC_LIKELY(p != NULL):
+        # Heap sampling: the class's countdown to its next sample (0 when off:
+        # it wraps, never due); a popped p means tc is a real cache.
+        tc.lists[cl].sample_countdown -= 1
+        if TC_UNLIKELY(tc.lists[cl].sample_countdown == 0):
+            return _sample_small(p, cl)
         return p
     return _malloc_small_slow(cl)       # a tail call: the fast path saves no registers
 
@@ -172,6 +180,7 @@ cdef size_t _capi_bytes_in_use() noexcept nogil:
     _collect(&st, NULL)
     return st.bytes_in_use
 
+include "engine/sampler.pxi"
 include "engine/slowpath.pxi"
 include "engine/debug.pxi"
 include "engine/fork.pxi"
@@ -204,6 +213,7 @@ cdef int _init() except -1:
     if pthread_atfork(_atfork_prepare, _atfork_parent, _atfork_child) != 0:
         raise ImportError("tcalloc: pthread_atfork failed")
     tc_spinlock_init(&g_bg_lock)
+    tc_spinlock_init(&g_sampler.lock)
     g_debug = 1 if TCALLOC_DEBUG else 0      # the build's switch; TCALLOC_DEBUG=1 below
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc

@@ -40,7 +40,8 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         p = _debug_malloc_small(cl)
         if p == NULL:
             tc_set_errno(ENOMEM)
-        return p
+            return p
+        return sampler_tick_slow(NULL, p, cl)
     if tc == NULL and not tc_tls_exiting():
         tc = _cache_for_thread()
     if tc != NULL:
@@ -54,7 +55,8 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         p = threadcache_pop(tc, cl) if tc != NULL else threadcache_alloc_uncached(&g_registry, cl)
     if p == NULL:
         tc_set_errno(ENOMEM)
-    return p
+        return p
+    return sampler_tick_slow(tc, p, cl)
 
 cdef void _reclaim() noexcept nogil:
     """Flush this thread's cache and the transfer caches, so spans they kept
@@ -90,7 +92,11 @@ cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
 
 cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s = _alloc_large_span(size, align_pages)
-    return <void *>span_addr(s) if s != NULL else NULL
+    if s == NULL:
+        return NULL
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
+        _sample_large(<void *>span_addr(s), s.npages << kPageShift)
+    return <void *>span_addr(s)
 
 cdef inline Span *_large_span(const void *p) noexcept nogil:
     """The in-use large span starting at p, or NULL if p is no such thing."""
@@ -129,6 +135,8 @@ cdef void _fatal_bad_free(const void *p) noexcept nogil:
 
 cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     """Free large block p, whose in-use span _large_span(p) found as s."""
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
+        _sampler_drop(p)        # a sampled block (small ones have pages of their own too)
     if g_debug:
         memset(p, kPoisonFree, s.npages << kPageShift)
     pageheap_delete_large(&g_heap, s)
@@ -150,6 +158,8 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
     if s == NULL:
         return NULL
     p = <void *>span_addr(s)
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
+        _sample_large(p, s.npages << kPageShift)
     # Fresh or released pages read as zeros already.
     if s.needzero:
         memset(p, 0, total)

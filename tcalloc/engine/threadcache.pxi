@@ -32,7 +32,7 @@ ctypedef struct FreeList:         # 64 bytes: one cache line per class
     uint64_t frees                # pushes (free fast path)
     uint64_t fetched              # objects brought in from the transfer cache
     uint64_t released             # objects sent back to it
-    uint64_t _pad
+    uint64_t sample_countdown     # allocations to the next heap sample (engine/sampler.pxi); 0: off
 
 ctypedef struct ThreadCache:
     FreeList lists[kMaxClasses]
