@@ -84,10 +84,10 @@ cdef extern from *:
     struct __pyx_t_7tcalloc_7_engine_Span;
     TC_ENGINE_NOINLINE(void *, _malloc_large, (size_t, size_t))
     TC_ENGINE_NOINLINE(void, _free_large, (void *))
-    TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t))
+    TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t, size_t))
     TC_ENGINE_NOINLINE(void, _free_small_slow, (void *, uint32_t))
     TC_ENGINE_NOINLINE(void, _h_free_other, (void *, void *))
-    TC_ENGINE_NOINLINE(void *, _sample_small, (void *, uint32_t))
+    TC_ENGINE_NOINLINE(void *, _sample_small, (void *, size_t))
     """
 
 # ---- the global structures ---------------------------------------------------
@@ -122,17 +122,17 @@ cdef int g_bg_restart = 0            # set in a fork child whose parent had a re
 # loads, the TLS load and the push with its double-free key check. No lock,
 # no atomic, no test for a missing cache, no byte counting.
 
-cdef inline void *_malloc_class(uint32_t cl) noexcept nogil:
+cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
     cdef void *p = threadcache_try_pop(tc, cl)
     if TC_LIKELY(p != NULL):
-        # Heap sampling: the class's countdown to its next sample (0 when off:
-        # it wraps, never due); a popped p means tc is a real cache.
-        tc.lists[cl].sample_countdown -= 1
-        if TC_UNLIKELY(tc.lists[cl].sample_countdown == 0):
-            return _sample_small(p, cl)
+        # Heap sampling: the thread's byte clock runs down to its next sample
+        # (engine/sampler.pxi; never, when off). p: tc is a real cache.
+        tc.sample_left -= <int64_t>size
+        if TC_UNLIKELY(tc.sample_left < 0):
+            return _sample_small(p, size)
         return p
-    return _malloc_small_slow(cl)       # a tail call: the fast path saves no registers
+    return _malloc_small_slow(cl, size)  # a tail call: the fast path saves no registers
 
 cdef inline void *_malloc(size_t size) noexcept nogil:
     cdef uint32_t cl
@@ -142,7 +142,7 @@ cdef inline void *_malloc(size_t size) noexcept nogil:
         cl = g_sizemap.class_array[sizemap_index(size)]
     else:
         return _malloc_large(size, 1)
-    return _malloc_class(cl)
+    return _malloc_class(cl, size)
 
 cdef inline void _free(void *p) noexcept nogil:
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)

@@ -2,30 +2,30 @@
 # stacks (native return addresses and Python frames), so a live process can
 # say which code holds its memory (as TCMalloc and Go's MemProfileRate do).
 #
-# Choosing samples. Each allocation of n bytes is sampled with probability
-# p(n) = 1 - exp(-n/rate), independently of every other: the byte clock of a
-# Poisson process of mean interval `rate`. A sample then stands for 1/p
-# allocations and n/p bytes (Go's and pprof's unsampling: count and bytes
-# scaled by 1/(1 - exp(-size/rate))), an unbiased estimate whatever the sizes.
-# The same decision is taken two ways:
-#   small blocks  a countdown of allocations per class in the thread cache's
-#                 free list (FreeList.sample_countdown): for class size s the
-#                 number of allocations up to the next sample is geometric,
-#                 1 + floor(E * rate / s) with E ~ Exp(1), which is the byte
-#                 clock restricted to the class. The fast path pays one
-#                 decrement and one branch (_malloc_class in _engine.pyx);
-#                 with sampling off the countdown is 0 and wraps, never due.
+# Choosing samples. Each allocation of n bytes (as requested) is sampled
+# with probability p(n) = 1 - exp(-n/rate), independently of every other:
+# the byte clock of a Poisson process of mean interval `rate`, as in
+# TCMalloc. A sample stands for 1/p allocations and n/p bytes (Go's and
+# pprof's unsampling: count and bytes scaled by 1/(1 - exp(-size/rate))), an
+# unbiased estimate whatever the sizes. Each thread's clock holds the bytes
+# left to its next sample, an Exp(rate) draw; an allocation that takes it
+# below zero is sampled and a fresh draw starts (memoryless, so the next
+# allocation's chance is p(n) again):
+#   small blocks  ThreadCache.sample_left, run down by the fast path (one
+#                 subtraction and one branch in _malloc_class, _engine.pyx)
+#                 and by the small slow path; off, it starts at INT64_MAX
 #   otherwise     large blocks and threads without a cache (debug mode,
-#                 exiting threads) run a per-thread byte clock (TLS).
+#                 exiting threads) run a per-thread clock in TLS.
 # A sampled small block is handed out as a page of its own (a large span,
 # as TCMalloc does), so its free takes the large path, where one relaxed
 # load of the live-sample count decides whether to look it up: the free
 # fast path is unchanged. The stand-in small block goes back to the cache.
 #
 # Turning sampling on or changing the rate bumps `gen` and sets every live
-# cache's countdowns to 1 (under the registry lock: a racy store into lists
-# the owner decrements; a lost store is caught at the owner's next cache
-# refill, which compares its generation too).
+# cache's clock to -1 (under the registry lock: a racy store into a field
+# the owner writes; a lost store is caught at the owner's next cache miss,
+# which compares its generation too), so each thread's next allocation
+# draws afresh.
 #
 # Records, the address -> record table, interned strings and the peak and
 # allocation-log arrays live in mmap'd memory (records and strings from the
@@ -42,7 +42,7 @@
 #
 # Thread safety: g_sampler.lock guards everything below except the per-thread
 # state; it nests inside no engine lock and only the arena's lock nests in it.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t, INT64_MAX
 from libc.string cimport memset, memcpy, memcmp
 
 cdef extern from * nogil:
@@ -55,12 +55,12 @@ cdef extern from * nogil:
     #endif
     static __thread uint64_t tc_smp_rng __attribute__((tls_model("initial-exec")));
     static __thread int64_t tc_smp_left __attribute__((tls_model("initial-exec")));
-    static __thread uint32_t tc_smp_gen_classes __attribute__((tls_model("initial-exec")));
+    static __thread uint32_t tc_smp_gen_cache __attribute__((tls_model("initial-exec")));
     static __thread uint32_t tc_smp_gen_bytes __attribute__((tls_model("initial-exec")));
     static __thread int tc_smp_busy __attribute__((tls_model("initial-exec")));
     static inline uint64_t *tc_smp_rng_p(void) { return &tc_smp_rng; }
     static inline int64_t *tc_smp_left_p(void) { return &tc_smp_left; }
-    static inline uint32_t *tc_smp_gen_classes_p(void) { return &tc_smp_gen_classes; }
+    static inline uint32_t *tc_smp_gen_cache_p(void) { return &tc_smp_gen_cache; }
     static inline uint32_t *tc_smp_gen_bytes_p(void) { return &tc_smp_gen_bytes; }
     static inline int *tc_smp_busy_p(void) { return &tc_smp_busy; }
 
@@ -141,7 +141,7 @@ cdef extern from * nogil:
         int line
     uint64_t *tc_smp_rng_p()
     int64_t *tc_smp_left_p()
-    uint32_t *tc_smp_gen_classes_p()
+    uint32_t *tc_smp_gen_cache_p()
     uint32_t *tc_smp_gen_bytes_p()
     int *tc_smp_busy_p()
     int tc_smp_pyframes(tc_rawframe *out, int max) nogil
@@ -238,17 +238,10 @@ cdef double _smp_exp1() noexcept nogil:
     # 53 random bits in (0, 1]: log never sees 0.
     return -log(<double>(((x * <uint64_t>0x2545F4914F6CDD1DUL) >> 11) + 1) * (1.0 / 9007199254740992.0))
 
-cdef inline uint64_t _smp_countdown(uint64_t size, uint64_t rate) noexcept nogil:
-    """Allocations of `size` bytes up to and including the next sample."""
-    cdef double g = _smp_exp1() * <double>rate / <double>size
-    return <uint64_t>g + 1 if g < 4.0e18 else <uint64_t>4000000000000000000
-
-cdef void _smp_redraw(ThreadCache *tc, uint64_t rate) noexcept nogil:
-    """Fresh countdowns for every list of the calling thread's cache."""
-    cdef int cl
-    for cl in range(1, tc.num_classes):
-        tc.lists[cl].sample_countdown = _smp_countdown(tc.lists[cl].size, rate) if rate else 0
-    tc_smp_gen_classes_p()[0] = tc_load_u32(&g_sampler.gen)
+cdef inline int64_t _smp_draw(uint64_t rate) noexcept nogil:
+    """Bytes to the next sample: Exp(rate), at least 1."""
+    cdef double d = _smp_exp1() * <double>rate
+    return <int64_t>d + 1 if d < 4.0e18 else <int64_t>4000000000000000000
 
 cdef bint _smp_tick_bytes(uint64_t nbytes) noexcept nogil:
     """The per-thread byte clock: is an allocation of nbytes sampled?"""
@@ -259,11 +252,11 @@ cdef bint _smp_tick_bytes(uint64_t nbytes) noexcept nogil:
         return 0
     if tc_smp_gen_bytes_p()[0] != gen:
         tc_smp_gen_bytes_p()[0] = gen
-        left[0] = <int64_t>(_smp_exp1() * <double>rate) + 1
+        left[0] = _smp_draw(rate)
     left[0] -= <int64_t>nbytes
-    if left[0] > 0:
+    if left[0] >= 0:
         return 0
-    left[0] = <int64_t>(_smp_exp1() * <double>rate) + 1
+    left[0] = _smp_draw(rate)
     return 1
 
 # ---- mmap'd arrays -------------------------------------------------------------
@@ -497,29 +490,23 @@ cdef void *_smp_sampled_block(uint64_t size) noexcept nogil:
     busy[0] = 0
     return q
 
-cdef void *_sample_small(void *p, uint32_t cl) noexcept nogil:
-    """Class cl's countdown in the calling thread's cache reached 0 as it
-    handed out p: take the sample (p goes back to the cache and a page of
-    its own is returned), or redraw the countdowns if the rate changed."""
+cdef void *_sample_small(void *p, size_t size) noexcept nogil:
+    """The calling thread's clock went below zero as its cache handed out p
+    for `size` bytes: take the sample (p goes back to the cache and a page
+    of its own is returned), or start the clock afresh if the rate changed."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef uint64_t rate = tc_load_u64(&g_sampler.rate)
-    cdef uint64_t size = g_sizemap.class_to_size[cl]
-    cdef uint64_t g
     cdef void *q
-    if tc_smp_gen_classes_p()[0] != tc_load_u32(&g_sampler.gen):
-        # A stale countdown (set to 1 by set_sample_rate): start afresh, and
-        # count p as the first allocation of class cl's new countdown.
-        _smp_redraw(tc, rate)
-        if rate == 0:
+    if tc_smp_gen_cache_p()[0] != tc_load_u32(&g_sampler.gen):
+        # A clock set to -1 by set_sample_rate: a fresh draw, counting p.
+        tc_smp_gen_cache_p()[0] = tc_load_u32(&g_sampler.gen)
+        tc.sample_left = _smp_draw(rate) - <int64_t>size if rate else INT64_MAX
+        if tc.sample_left >= 0:
             return p
-        g = tc.lists[cl].sample_countdown
-        if g > 1:
-            tc.lists[cl].sample_countdown = g - 1
-            return p
-    if rate == 0:
-        tc.lists[cl].sample_countdown = 0
+    if rate == 0 or size == 0:
+        tc.sample_left = INT64_MAX if rate == 0 else _smp_draw(rate)
         return p
-    tc.lists[cl].sample_countdown = _smp_countdown(size, rate)
+    tc.sample_left = _smp_draw(rate)
     if tc_smp_busy_p()[0]:
         return p
     q = _smp_sampled_block(size)
@@ -528,13 +515,13 @@ cdef void *_sample_small(void *p, uint32_t cl) noexcept nogil:
     _free(p)
     return q
 
-cdef void *_sample_small_uncached(void *p, uint32_t cl) noexcept nogil:
+cdef void *_sample_small_uncached(void *p, size_t size) noexcept nogil:
     """The same for a thread without a cache (debug mode, thread exit): the
-    per-thread byte clock decides."""
+    per-thread TLS clock decides."""
     cdef void *q
-    if not _smp_tick_bytes(g_sizemap.class_to_size[cl]):
+    if not _smp_tick_bytes(size):
         return p
-    q = _smp_sampled_block(g_sizemap.class_to_size[cl])
+    q = _smp_sampled_block(size)
     if q == NULL:
         return p
     _free(p)
@@ -548,15 +535,13 @@ cdef void _sample_large(void *p, uint64_t nbytes) noexcept nogil:
         tc_smp_busy_p()[0] = 0
 
 cdef void _sampler_restart_caches(uint64_t rate) noexcept nogil:
-    """Make every live cache redraw its countdowns at its next allocation of
-    each class (see the header for the racy store)."""
+    """Make every live cache's next allocation draw its clock afresh (see
+    the header for the racy store)."""
     cdef ThreadCache *tc
-    cdef int cl
     tc_spinlock_lock(&g_registry.lock)
     tc = g_registry.caches
     while tc != NULL:
-        for cl in range(1, tc.num_classes):
-            tc.lists[cl].sample_countdown = 1 if rate else 0
+        tc.sample_left = -1
         tc = tc.next
     tc_spinlock_unlock(&g_registry.lock)
 
@@ -574,8 +559,6 @@ cdef int sampler_set_rate(uint64_t rate, uint64_t seed) noexcept nogil:
     tc_spinlock_unlock(&g_sampler.lock)
     tc_smp_rng_p()[0] = 0          # this thread reseeds first: turn 0 with a fixed seed
     _sampler_restart_caches(rate)
-    if tc_tls_owner() != NULL:
-        _smp_redraw(<ThreadCache *>tc_tls_owner(), rate)
     return 0
 
 cdef list _smp_take_refs(SampleRec **src, size_t n):
@@ -685,14 +668,14 @@ cdef void sampler_reset_peak() noexcept nogil:
     _smp_snapshot_peak_locked()
     tc_spinlock_unlock(&g_sampler.lock)
 
-cdef inline void *sampler_tick_slow(ThreadCache *tc, void *p, uint32_t cl) noexcept nogil:
-    """The slow path served p: it counts toward the class's countdown as the
-    fast path's allocations do, and catches a countdown restart that was lost."""
+cdef inline void *sampler_tick_slow(ThreadCache *tc, void *p, size_t size) noexcept nogil:
+    """The slow path served p: it runs the clock as the fast path does, and
+    catches a clock restart that was lost."""
     if tc == NULL:
-        return _sample_small_uncached(p, cl) if tc_load_u64(&g_sampler.rate) else p
-    if tc_smp_gen_classes_p()[0] != tc_load_u32(&g_sampler.gen):
-        tc.lists[cl].sample_countdown = 1
-    tc.lists[cl].sample_countdown -= 1
-    if TC_UNLIKELY(tc.lists[cl].sample_countdown == 0):
-        return _sample_small(p, cl)
+        return _sample_small_uncached(p, size) if tc_load_u64(&g_sampler.rate) else p
+    if tc_smp_gen_cache_p()[0] != tc_load_u32(&g_sampler.gen):
+        tc.sample_left = -1
+    tc.sample_left -= <int64_t>size
+    if TC_UNLIKELY(tc.sample_left < 0):
+        return _sample_small(p, size)
     return p

@@ -31,7 +31,7 @@ cdef void _free_small_slow(void *p, uint32_t cl) noexcept nogil:
     else:
         threadcache_free_uncached(&g_registry, cl, p)
 
-cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
+cdef void *_malloc_small_slow(uint32_t cl, size_t size) noexcept nogil:
     """The pop found nothing: the list is empty, debug checks are on, or
     the thread has no cache yet."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
@@ -41,7 +41,7 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         if p == NULL:
             tc_set_errno(ENOMEM)
             return p
-        return sampler_tick_slow(NULL, p, cl)
+        return sampler_tick_slow(NULL, p, size)
     if tc == NULL and not tc_tls_exiting():
         tc = _cache_for_thread()
     if tc != NULL:
@@ -56,7 +56,7 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
     if p == NULL:
         tc_set_errno(ENOMEM)
         return p
-    return sampler_tick_slow(tc, p, cl)
+    return sampler_tick_slow(tc, p, size)
 
 cdef void _reclaim() noexcept nogil:
     """Flush this thread's cache and the transfer caches, so spans they kept
@@ -95,7 +95,7 @@ cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
     if s == NULL:
         return NULL
     if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
-        _sample_large(<void *>span_addr(s), s.npages << kPageShift)
+        _sample_large(<void *>span_addr(s), size)
     return <void *>span_addr(s)
 
 cdef inline Span *_large_span(const void *p) noexcept nogil:
@@ -159,7 +159,7 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
         return NULL
     p = <void *>span_addr(s)
     if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
-        _sample_large(p, s.npages << kPageShift)
+        _sample_large(p, total)
     # Fresh or released pages read as zeros already.
     if s.needzero:
         memset(p, 0, total)
@@ -231,7 +231,7 @@ cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil:
     if size <= kMaxSmallSize and alignment <= kPageSize:
         cl = sizemap_aligned_class(&g_sizemap, size, alignment)
         if cl != 0:
-            return _malloc_class(cl)
+            return _malloc_class(cl, size)
     return _malloc_large(size, alignment >> kPageShift if alignment > kPageSize else 1)
 
 cdef bint tc_owns(const void *ptr) noexcept nogil:

@@ -32,7 +32,7 @@ ctypedef struct FreeList:         # 64 bytes: one cache line per class
     uint64_t frees                # pushes (free fast path)
     uint64_t fetched              # objects brought in from the transfer cache
     uint64_t released             # objects sent back to it
-    uint64_t sample_countdown     # allocations to the next heap sample (engine/sampler.pxi); 0: off
+    uint64_t _pad
 
 ctypedef struct ThreadCache:
     FreeList lists[kMaxClasses]
@@ -47,6 +47,7 @@ ctypedef struct ThreadCache:
     ThreadCache *prev
     ThreadCacheRegistry *reg      # NULL in the engine's empty cache (tc_tls.h)
     void *free_key                # copy of the registry's: one load less per free
+    int64_t sample_left           # bytes to the next heap sample (engine/sampler.pxi)
     int num_classes
     int flush_requested
     uint64_t fetches
