@@ -7,7 +7,7 @@ estimate of the allocations it was chosen from (``count`` allocations and
 ``bytes`` bytes), so summing samples estimates what each site allocated.
 
     heap_profile()          the sampled blocks live now
-    peak_heap_profile()     those live when the committed heap was highest
+    peak_heap_profile()     those live when the sampled heap was largest
                             (since start or tcalloc.reset_peaks())
     allocation_profile()    a context manager: everything sampled inside the
                             block, freed or not, with lifetimes
@@ -82,7 +82,7 @@ def _where(addr):
     return os.path.realpath(_engine._sampler_symbol(addr)[0])
 
 
-_engine_file = os.path.realpath(_engine.__file__)
+_package_dir = os.path.dirname(os.path.realpath(_engine.__file__))
 _python_file = _where(ctypes.cast(ctypes.pythonapi.Py_IncRef, ctypes.c_void_p).value)
 
 
@@ -92,6 +92,16 @@ def _native(addr):
         fname, sym, off = _engine._sampler_symbol(addr)
         f = _symbols[addr] = Frame(fname, "%s+0x%x" % (sym, off) if sym else "0x%x" % off, 0)
     return f
+
+
+_paths = {}
+
+
+def _realpath(path):
+    r = _paths.get(path)
+    if r is None:
+        r = _paths[path] = os.path.realpath(path)
+    return r
 
 
 def _string(ptr):
@@ -106,14 +116,14 @@ def _sample(rec, now_ns):
     py = [Frame(_string(f), _string(n), line) for f, n, line in frames]
     nat = [_native(a) for a in native]
     # The C code between the interpreter and the allocator: what called
-    # malloc, leaving out tcalloc's engine and everything from the
-    # interpreter down (the Python frames say that better).
+    # malloc, leaving out tcalloc's own modules (the engine, buffers) and
+    # everything from the interpreter down (the Python frames say that better).
     caller = []
     for f in nat:
-        path = os.path.realpath(f.file)
+        path = _realpath(f.file)
         if path == _python_file and py:
             break
-        if path != _engine_file:
+        if os.path.dirname(path) != _package_dir:
             caller.append(f)
     lifetime = (free_ns - alloc_ns) / 1e9 if free_ns else None
     return Sample(size, weight, caller + py, py, nat, (alloc_ns - now_ns) / 1e9 + time.time(),
@@ -210,9 +220,12 @@ def heap_profile():
 
 
 def peak_heap_profile():
-    """The sampled blocks that were live when the committed heap was at its
-    highest since start or tcalloc.reset_peaks() (taken at the sampled
-    allocation that raised it: within about one sample of the peak)."""
+    """The sampled blocks that were live when their estimated bytes were at
+    their highest since start or tcalloc.reset_peaks(): a snapshot taken at
+    the sampled allocation that raised it, so within about one sample of the
+    peak of live bytes. (Not the committed heap's peak: freed memory stays
+    committed until released, so the heap's next growth, however small,
+    would name whatever is live then.)"""
     return Profile("peak", _samples(_engine._sampler_peak()), _engine.get_sample_rate())
 
 

@@ -201,10 +201,11 @@ ctypedef struct Sampler:
     StrEntry *strs
     size_t strs_cap
     size_t strs_used
-    SampleRec **peak            # the live samples when the committed heap was highest
+    SampleRec **peak            # the live samples when their estimate was highest
     size_t peak_n
     size_t peak_cap
-    uint64_t peak_committed     # the committed heap at that snapshot
+    double live_estimate        # estimated bytes of the live samples' allocations
+    double peak_estimate        # live_estimate at the peak snapshot
     SampleRec **log             # every sample while an allocation profile is open
     size_t log_n
     size_t log_cap
@@ -411,7 +412,6 @@ cdef void _smp_record(void *p, uint64_t size) noexcept nogil:
     cdef int nnative = backtrace(native, kSampleNative)
     cdef int npy = tc_smp_pyframes(raw, kSamplePy)
     cdef uint64_t rate = tc_load_u64(&g_sampler.rate)
-    cdef uint64_t committed
     cdef SampleRec *r
     cdef int i
     if nnative < 0:
@@ -454,9 +454,13 @@ cdef void _smp_record(void *p, uint64_t size) noexcept nogil:
         r.refs += 1
         g_sampler.log[g_sampler.log_n] = r
         g_sampler.log_n += 1
-    committed = tc_load_u64(&g_heap.system_bytes) - tc_load_u64(&g_heap.released_bytes)
-    if committed > g_sampler.peak_committed:
-        g_sampler.peak_committed = committed
+    # The peak is the highest estimate of live bytes, as TCMalloc's peak
+    # tracker keeps: the committed heap stays high after frees until memory
+    # is released, so its next small growth would replace the snapshot with
+    # whatever is live then.
+    g_sampler.live_estimate += r.size * r.weight
+    if g_sampler.live_estimate > g_sampler.peak_estimate:
+        g_sampler.peak_estimate = g_sampler.live_estimate
         _smp_snapshot_peak_locked()
     tc_spinlock_unlock(&g_sampler.lock)
 
@@ -473,6 +477,7 @@ cdef void _sampler_drop(void *p) noexcept nogil:
         if r.next != NULL:
             r.next.prev = r.prev
         r.free_ns = tc_now_ns()
+        g_sampler.live_estimate -= r.size * r.weight
         tc_store_u64(&g_sampler.nlive, g_sampler.nlive - 1)
         _smp_unref_locked(r)
     tc_spinlock_unlock(&g_sampler.lock)
@@ -659,12 +664,13 @@ def _sampler_symbol(uintptr_t addr):
 
 def _sampler_info():
     return {"rate": g_sampler.rate, "live": g_sampler.nlive, "taken": g_sampler.taken,
-            "peak_samples": g_sampler.peak_n, "peak_committed": g_sampler.peak_committed}
+            "peak_samples": g_sampler.peak_n, "live_estimate": g_sampler.live_estimate,
+            "peak_estimate": g_sampler.peak_estimate}
 
 cdef void sampler_reset_peak() noexcept nogil:
     """reset_peaks(): the peak profile starts over from the live samples."""
     tc_spinlock_lock(&g_sampler.lock)
-    g_sampler.peak_committed = tc_load_u64(&g_heap.system_bytes) - tc_load_u64(&g_heap.released_bytes)
+    g_sampler.peak_estimate = g_sampler.live_estimate
     _smp_snapshot_peak_locked()
     tc_spinlock_unlock(&g_sampler.lock)
 
