@@ -10,7 +10,7 @@ from tcalloc._engine import (
     _C_API, _C_API_EXT, stats, stats_text, release_free_memory, set_release_rate,
     get_release_rate, set_memory_limit, get_memory_limit, set_max_total_thread_cache_bytes,
     get_max_total_thread_cache_bytes, size_class_table, size_class_of, debug_enabled,
-    reset_peaks,
+    reset_peaks, set_sample_rate, get_sample_rate,
 )
 
 __version__ = "0.1.0"
@@ -31,3 +31,7 @@ from tcalloc._engine import install, uninstall, installed
 
 # Contention profiling of any code: lock counters and psutil figures.
 from tcalloc.profile import profile
+
+# Sampled heap profiles: which code holds the memory.
+from tcalloc.heapprof import (heap_profile, peak_heap_profile, allocation_profile, Profile,
+                              Sample, Frame)

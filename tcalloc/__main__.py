@@ -1,6 +1,6 @@
 """Command line of tcalloc.
 
-    python -m tcalloc run [--domains raw,mem,obj] [--stats] script.py [args...]
+    python -m tcalloc run [--domains raw,mem,obj] [--stats] [--heap-profile FILE] script.py [args...]
     python -m tcalloc run [options] -m module [args...]
     python -m tcalloc run [options] -c code [args...]
     python -m tcalloc stress [lab options]       (the stress lab, as python -m tcalloc.stress)
@@ -57,7 +57,7 @@ def _parser():
         description="Run a script, a module (-m) or code (-c) with tcalloc under the "
                     "interpreter's allocator (PyMem_SetAllocator), its Python children too. "
                     "Options end at the program: everything after it is the program's.",
-        usage="python -m tcalloc run [-h] [--domains D] [--stats] "
+        usage="python -m tcalloc run [-h] [--domains D] [--stats] [--heap-profile FILE] "
               "(script | -m module | -c code) [args ...]")
     r.add_argument("--domains", type=_domains, default=DOMAINS, metavar="D",
                    help="allocator domains to put on tcalloc, a comma-separated subset of "
@@ -66,6 +66,11 @@ def _parser():
                    help="when the program's code has finished (its globals still alive), "
                         "print tcalloc's figures to stderr: a summary line "
                         "'tcalloc: mallocs=... peak_heap_bytes=...' and the stats table")
+    r.add_argument("--heap-profile", metavar="FILE",
+                   help="sample the heap (at TCALLOC_SAMPLE_RATE, default 2 MiB) and write its "
+                        "profile to FILE when the program's code has finished, and the peak's "
+                        "to FILE with '.peak' before its extension; the extension picks the "
+                        "format: .svg flame graph, .txt table, .collapsed stacks, else pprof")
     target = r.add_mutually_exclusive_group(required=True)
     target.add_argument("-m", dest="module", metavar="module", help="run a library module as a script")
     target.add_argument("-c", dest="code", metavar="code", help="run code given as a string")
@@ -95,7 +100,7 @@ def _split_run(argv):
             return argv[:i + 2], argv[i + 2:]
         if a.startswith(("-m", "-c")) and not a.startswith("--"):
             return argv[:i + 1], argv[i + 1:]           # -mmodule, as python accepts
-        if a == "--domains":
+        if a in ("--domains", "--heap-profile"):
             i += 2
             continue
         if not a.startswith("-") or a == "-":
@@ -140,6 +145,21 @@ def _check_limit():
             % (_fmt(lim[0]), _fmt(held), _fmt(RUN_MIN_HEADROOM)))
 
 
+def peak_path(path):
+    """Where run --heap-profile FILE writes the peak's profile: FILE with
+    '.peak' before its extension (heap.pb.gz -> heap.peak.pb.gz)."""
+    head, name = os.path.split(path)
+    stem, dot, ext = name.partition(".")
+    return os.path.join(head, stem + ".peak" + dot + ext)
+
+
+def _write_heap_profiles(path):
+    import tcalloc
+    tcalloc.heap_profile().write(path)
+    tcalloc.peak_heap_profile().write(peak_path(path))
+    sys.stderr.write("tcalloc: heap profiles written to %s and %s\n" % (path, peak_path(path)))
+
+
 def _run(rp, argv):
     own, prog_args = _split_run(argv)
     a = rp.parse_args(own)      # exits 2 with run's usage on a bad option
@@ -153,6 +173,9 @@ def _run(rp, argv):
     if why:
         sys.stderr.write("python -m tcalloc: %s\n" % why)
         return 2
+    if a.heap_profile and not tcalloc.get_sample_rate():
+        from tcalloc.heapprof import DEFAULT_SAMPLE_RATE
+        tcalloc.set_sample_rate(DEFAULT_SAMPLE_RATE)
     tcalloc.install(a.domains)
     # Python children of the program (python -m test -jN workers, subprocess,
     # multiprocessing spawn) start on tcalloc too.
@@ -185,6 +208,8 @@ def _run(rp, argv):
         # the program's at its end, not after teardown.
         if a.stats:
             _print_stats()
+        if a.heap_profile:
+            _write_heap_profiles(a.heap_profile)
         del kept
     return 0
 

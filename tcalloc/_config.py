@@ -11,6 +11,7 @@ nobody asked for.
     TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES
                                   size    budget shared by all thread caches
     TCALLOC_DEBUG                 bool    debug mode (every small block checked)
+    TCALLOC_SAMPLE_RATE           size    heap sampling: one sample per this many bytes (0: off)
 
 Sizes are a whole number of bytes or a number with a unit: ``512k``,
 ``64MiB``, ``2G``, ``1.5GB``. Units are binary, as in other allocators'
@@ -27,7 +28,7 @@ import warnings
 MAX_SIZE = 2 ** 63 - 1
 # name -> the largest value the engine takes
 SIZES = {"TCALLOC_MEMORY_LIMIT": MAX_SIZE, "TCALLOC_RELEASE_RATE": MAX_SIZE,
-         "TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES": 2 ** 62 - 1}
+         "TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES": 2 ** 62 - 1, "TCALLOC_SAMPLE_RATE": 2 ** 62 - 1}
 BOOLS = ("TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_DEBUG")
 # Read elsewhere: by the build (setup.py), by run's children, by the tests.
 OTHERS = ("TCALLOC_RUN_DOMAINS", "TCALLOC_DEBUG_BUILD", "TCALLOC_CYTHON_CHECKS",

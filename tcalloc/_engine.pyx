@@ -14,6 +14,7 @@
 #     engine/transfer.pxi     transfer cache per class, spinlock per class
 #     engine/threadcache.pxi  per-thread caches (no lock) and their registry
 #   the engine proper (uses the globals below)
+#     engine/sampler.pxi      heap sampling: which blocks, their stacks, profiles' records
 #     engine/slowpath.pxi     cache misses, large blocks, calloc/realloc/aligned
 #     engine/debug.pxi        debug mode: checked frees, poisoning
 #     engine/fork.pxi         fork handlers
@@ -83,9 +84,10 @@ cdef extern from *:
     struct __pyx_t_7tcalloc_7_engine_Span;
     TC_ENGINE_NOINLINE(void *, _malloc_large, (size_t, size_t))
     TC_ENGINE_NOINLINE(void, _free_large, (void *))
-    TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t))
+    TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t, size_t))
     TC_ENGINE_NOINLINE(void, _free_small_slow, (void *, uint32_t))
     TC_ENGINE_NOINLINE(void, _h_free_other, (void *, void *))
+    TC_ENGINE_NOINLINE(void *, _sample_small, (void *, size_t))
     """
 
 # ---- the global structures ---------------------------------------------------
@@ -120,11 +122,17 @@ cdef int g_bg_restart = 0            # set in a fork child whose parent had a re
 # loads, the TLS load and the push with its double-free key check. No lock,
 # no atomic, no test for a missing cache, no byte counting.
 
-cdef inline void *_malloc_class(uint32_t cl) noexcept nogil:
-    cdef void *p = threadcache_try_pop(<ThreadCache *>tc_tls_get(), cl)
+cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
+    cdef void *p = threadcache_try_pop(tc, cl)
     if TC_LIKELY(p != NULL):
+        # Heap sampling: the thread's byte clock runs down to its next sample
+        # (engine/sampler.pxi; never, when off). p: tc is a real cache.
+        tc.sample_left -= <int64_t>size
+        if TC_UNLIKELY(tc.sample_left < 0):
+            return _sample_small(p, size)
         return p
-    return _malloc_small_slow(cl)       # a tail call: the fast path saves no registers
+    return _malloc_small_slow(cl, size)  # a tail call: the fast path saves no registers
 
 cdef inline void *_malloc(size_t size) noexcept nogil:
     cdef uint32_t cl
@@ -134,7 +142,7 @@ cdef inline void *_malloc(size_t size) noexcept nogil:
         cl = g_sizemap.class_array[sizemap_index(size)]
     else:
         return _malloc_large(size, 1)
-    return _malloc_class(cl)
+    return _malloc_class(cl, size)
 
 cdef inline void _free(void *p) noexcept nogil:
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
@@ -172,6 +180,7 @@ cdef size_t _capi_bytes_in_use() noexcept nogil:
     _collect(&st, NULL)
     return st.bytes_in_use
 
+include "engine/sampler.pxi"
 include "engine/slowpath.pxi"
 include "engine/debug.pxi"
 include "engine/fork.pxi"
@@ -204,6 +213,7 @@ cdef int _init() except -1:
     if pthread_atfork(_atfork_prepare, _atfork_parent, _atfork_child) != 0:
         raise ImportError("tcalloc: pthread_atfork failed")
     tc_spinlock_init(&g_bg_lock)
+    tc_spinlock_init(&g_sampler.lock)
     g_debug = 1 if TCALLOC_DEBUG else 0      # the build's switch; TCALLOC_DEBUG=1 below
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc

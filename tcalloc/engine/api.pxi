@@ -35,11 +35,35 @@ def set_release_rate(bytes_per_second):
 
 def reset_peaks():
     """Start the peaks in stats() (peak_heap_bytes, peak_allocated_bytes)
-    over from the figures now."""
+    and the peak heap profile over from the figures now."""
     with nogil:
         pageheap_reset_peak(&g_heap)
         tc_store_u64(&g_registry.peak_allocated,
                      tc_load_u64(&g_registry.out_bytes) + tc_load_u64(&g_heap.large_bytes))
+        sampler_reset_peak()        # and the peak heap profile
+
+def set_sample_rate(nbytes, seed=None):
+    """Sample one allocation per `nbytes` allocated on average (0: off), with
+    its Python and native stacks, for tcalloc.heap_profile() and friends.
+    Samples are chosen by bytes at exponentially distributed intervals, so
+    each stands for an unbiased estimate. `seed` (an int) makes the choice
+    repeatable for a given order of threads; None: a fresh random seed."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError("sample rate must be an int number of bytes, not %s" % type(nbytes).__name__)
+    if nbytes < 0 or nbytes >= 2 ** 62:
+        raise ValueError("sample rate must be between 0 (off) and 2**62-1 bytes, got %d" % nbytes)
+    if seed is None:
+        seed = tc_now_ns() ^ <uintptr_t>&g_sampler
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError("seed must be an int or None, not %s" % type(seed).__name__)
+    cdef uint64_t rate = nbytes
+    cdef uint64_t s = seed & 0xFFFFFFFFFFFFFFFF
+    with nogil:
+        sampler_set_rate(rate, s)
+
+def get_sample_rate():
+    """Bytes between heap samples on average (0: sampling is off)."""
+    return g_sampler.rate
 
 def get_release_rate():
     """The background release rate in bytes per second (0: off)."""
@@ -121,6 +145,8 @@ cdef int _apply_environment() except -1:
     if env.get("TCALLOC_MEMORY_LIMIT"):
         pageheap_set_limit(&g_heap, env["TCALLOC_MEMORY_LIMIT"],
                            1 if env.get("TCALLOC_MEMORY_LIMIT_HARD") else 0)
+    if env.get("TCALLOC_SAMPLE_RATE"):
+        set_sample_rate(env["TCALLOC_SAMPLE_RATE"])
     if env.get("TCALLOC_RELEASE_RATE"):
         g_release_rate = env["TCALLOC_RELEASE_RATE"]
         _bg_start()

@@ -15,11 +15,13 @@ cdef void _atfork_prepare() noexcept nogil:
     for cl in range(1, g_sizemap.num_classes):
         tc_spinlock_lock(&g_central[cl].lock)
     tc_spinlock_lock(&g_heap.lock)
+    tc_spinlock_lock(&g_sampler.lock)     # nests only the arena's
     tc_spinlock_lock(&g_arena.lock)
 
 cdef void _atfork_parent() noexcept nogil:
     cdef int cl
     tc_spinlock_unlock(&g_arena.lock)
+    tc_spinlock_unlock(&g_sampler.lock)
     tc_spinlock_unlock(&g_heap.lock)
     for cl in range(1, g_sizemap.num_classes):
         tc_spinlock_unlock(&g_central[cl].lock)
@@ -33,6 +35,7 @@ cdef void _atfork_child() noexcept nogil:
     global g_bg_running, g_bg_restart
     cdef int cl
     tc_spinlock_reset(&g_arena.lock)
+    tc_spinlock_reset(&g_sampler.lock)
     tc_spinlock_reset(&g_heap.lock)
     for cl in range(1, g_sizemap.num_classes):
         tc_spinlock_reset(&g_central[cl].lock)

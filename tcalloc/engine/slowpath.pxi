@@ -31,7 +31,7 @@ cdef void _free_small_slow(void *p, uint32_t cl) noexcept nogil:
     else:
         threadcache_free_uncached(&g_registry, cl, p)
 
-cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
+cdef void *_malloc_small_slow(uint32_t cl, size_t size) noexcept nogil:
     """The pop found nothing: the list is empty, debug checks are on, or
     the thread has no cache yet."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
@@ -40,7 +40,8 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         p = _debug_malloc_small(cl)
         if p == NULL:
             tc_set_errno(ENOMEM)
-        return p
+            return p
+        return sampler_tick_slow(NULL, p, size)
     if tc == NULL and not tc_tls_exiting():
         tc = _cache_for_thread()
     if tc != NULL:
@@ -54,7 +55,8 @@ cdef void *_malloc_small_slow(uint32_t cl) noexcept nogil:
         p = threadcache_pop(tc, cl) if tc != NULL else threadcache_alloc_uncached(&g_registry, cl)
     if p == NULL:
         tc_set_errno(ENOMEM)
-    return p
+        return p
+    return sampler_tick_slow(tc, p, size)
 
 cdef void _reclaim() noexcept nogil:
     """Flush this thread's cache and the transfer caches, so spans they kept
@@ -92,7 +94,11 @@ cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
 
 cdef void *_malloc_large(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s = _alloc_large_span(size, align_pages)
-    return <void *>span_addr(s) if s != NULL else NULL
+    if s == NULL:
+        return NULL
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
+        _sample_large(<void *>span_addr(s), size)
+    return <void *>span_addr(s)
 
 cdef inline Span *_large_span(const void *p) noexcept nogil:
     """The in-use large span starting at p, or NULL if p is no such thing."""
@@ -140,6 +146,8 @@ cdef void _fatal_bad_pointer(const void *p, int op) noexcept nogil:
 
 cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     """Free large block p, whose in-use span _large_span(p) found as s."""
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
+        _sampler_drop(p)        # a sampled block (small ones have pages of their own too)
     if g_debug:
         memset(p, kPoisonFree, s.npages << kPageShift)
     pageheap_delete_large(&g_heap, s)
@@ -161,6 +169,8 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
     if s == NULL:
         return NULL
     p = <void *>span_addr(s)
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
+        _sample_large(p, total)
     # Fresh or released pages read as zeros already.
     if s.needzero:
         memset(p, 0, total)
@@ -236,7 +246,7 @@ cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil:
     if size <= kMaxSmallSize and alignment <= kPageSize:
         cl = sizemap_aligned_class(&g_sizemap, size, alignment)
         if cl != 0:
-            return _malloc_class(cl)
+            return _malloc_class(cl, size)
     return _malloc_large(size, alignment >> kPageShift if alignment > kPageSize else 1)
 
 cdef bint tc_owns(const void *ptr) noexcept nogil:

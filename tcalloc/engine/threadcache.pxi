@@ -58,6 +58,7 @@ ctypedef struct ThreadCache:
     ThreadCache *prev
     ThreadCacheRegistry *reg      # NULL in the engine's empty cache (tc_tls.h)
     void *free_key                # copy of the registry's: one load less per free
+    int64_t sample_left           # bytes to the next heap sample (engine/sampler.pxi)
     int num_classes
     int flush_requested
     uint64_t fetches

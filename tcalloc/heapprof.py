@@ -1,0 +1,401 @@
+"""Sampled heap profiles with Python stacks: which code holds the memory.
+
+With sampling on (``tcalloc.set_sample_rate(2 << 20)`` or
+``TCALLOC_SAMPLE_RATE=2M``), tcalloc keeps, for about one allocation per
+`rate` bytes, the stack that made it. Each sample stands for an unbiased
+estimate of the allocations it was chosen from (``count`` allocations and
+``bytes`` bytes), so summing samples estimates what each site allocated.
+
+    heap_profile()          the sampled blocks live now
+    peak_heap_profile()     those live when the sampled heap was largest
+                            (since start or tcalloc.reset_peaks())
+    allocation_profile()    a context manager: everything sampled inside the
+                            block, freed or not, with lifetimes
+
+A Profile has ``samples``, ``top(n)`` (a table), ``collapsed()`` (flame-graph
+stacks), ``pprof()`` (gzipped profile.proto, for ``go tool pprof``) and
+``flamegraph(path)`` (a self-contained SVG); ``write(path)`` picks one of
+these by the file's extension.
+"""
+import ctypes
+import gzip
+import html
+import os
+import time
+import zlib
+
+from tcalloc import _engine
+
+DEFAULT_SAMPLE_RATE = 2 << 20       # 2 MiB, as TCMalloc's default
+
+_strings = {}       # interned name address -> str (the engine never frees them)
+_symbols = {}       # native return address -> Frame
+
+
+class Frame(tuple):
+    """(file, function, line): a Python frame, or a native one (line 0, the
+    object file as `file`)."""
+    __slots__ = ()
+
+    def __new__(cls, file, function, line):
+        return tuple.__new__(cls, (file, function, line))
+
+    file = property(lambda self: self[0])
+    function = property(lambda self: self[1])
+    line = property(lambda self: self[2])
+
+    def __repr__(self):
+        return "Frame(%r, %r, %d)" % self
+
+    def __str__(self):
+        if self[2]:
+            return "%s (%s:%d)" % (self[1], self[0], self[2])
+        return "%s (%s)" % (self[1], os.path.basename(self[0]))
+
+
+class Sample:
+    """One sampled block. `bytes` and `count` are the estimates it stands for
+    (size / p and 1 / p, p = 1 - exp(-size/rate)); `size` is the block's own
+    requested size. `stack` is innermost first: the native frames of the C
+    code that called the allocator (if it was not the interpreter), then the
+    Python frames. `lifetime` (seconds) is None while the block is live."""
+    __slots__ = ("size", "count", "bytes", "stack", "python_stack", "native_stack",
+                 "alloc_time", "lifetime")
+
+    def __init__(self, size, count, stack, python_stack, native_stack, alloc_time, lifetime):
+        self.size = size
+        self.count = count
+        self.bytes = size * count
+        self.stack = stack
+        self.python_stack = python_stack
+        self.native_stack = native_stack
+        self.alloc_time = alloc_time
+        self.lifetime = lifetime
+
+    def __repr__(self):
+        return "<Sample size=%d bytes~%.0f at %s>" % (
+            self.size, self.bytes, self.stack[0] if self.stack else "?")
+
+
+def _where(addr):
+    """The object file holding a function's address (realpath)."""
+    return os.path.realpath(_engine._sampler_symbol(addr)[0])
+
+
+_package_dir = os.path.dirname(os.path.realpath(_engine.__file__))
+_python_file = _where(ctypes.cast(ctypes.pythonapi.Py_IncRef, ctypes.c_void_p).value)
+
+
+def _native(addr):
+    f = _symbols.get(addr)
+    if f is None:
+        fname, sym, off = _engine._sampler_symbol(addr)
+        f = _symbols[addr] = Frame(fname, "%s+0x%x" % (sym, off) if sym else "0x%x" % off, 0)
+    return f
+
+
+_paths = {}
+
+
+def _realpath(path):
+    r = _paths.get(path)
+    if r is None:
+        r = _paths[path] = os.path.realpath(path)
+    return r
+
+
+def _string(ptr):
+    s = _strings.get(ptr)
+    if s is None:
+        s = _strings[ptr] = _engine._sampler_string(ptr)
+    return s
+
+
+def _sample(rec, now_ns):
+    size, weight, alloc_ns, free_ns, native, frames = rec
+    py = [Frame(_string(f), _string(n), line) for f, n, line in frames]
+    nat = [_native(a) for a in native]
+    # The C code between the interpreter and the allocator: what called
+    # malloc, leaving out tcalloc's own modules (the engine, buffers) and
+    # everything from the interpreter down (the Python frames say that better).
+    caller = []
+    for f in nat:
+        path = _realpath(f.file)
+        if path == _python_file and py:
+            break
+        if os.path.dirname(path) != _package_dir:
+            caller.append(f)
+    lifetime = (free_ns - alloc_ns) / 1e9 if free_ns else None
+    return Sample(size, weight, caller + py, py, nat, (alloc_ns - now_ns) / 1e9 + time.time(),
+                  lifetime)
+
+
+def _samples(recs):
+    now = time.monotonic_ns()
+    return [_sample(r, now) for r in recs]
+
+
+class Profile:
+    """Sampled blocks and the ways to read them. `kind` is "heap", "peak" or
+    "allocations"; `rate` the sampling rate they were taken at (0: sampling
+    was off, and the profile is empty)."""
+
+    def __init__(self, kind, samples, rate):
+        self.kind = kind
+        self.samples = samples
+        self.rate = rate
+        self.time = time.time()
+        self.duration = 0.0
+
+    @property
+    def total_bytes(self):
+        """Estimated bytes of all the samples' allocations."""
+        return sum(s.bytes for s in self.samples)
+
+    def by_site(self):
+        """[(site Frame, estimated bytes, estimated count)], most bytes first;
+        a site is the innermost frame of a sample's stack."""
+        sites = {}
+        for s in self.samples:
+            key = s.stack[0] if s.stack else Frame("?", "?", 0)
+            b, c = sites.get(key, (0.0, 0.0))
+            sites[key] = (b + s.bytes, c + s.count)
+        return sorted(((k, b, c) for k, (b, c) in sites.items()), key=lambda t: -t[1])
+
+    def top(self, n=10):
+        """A readable table of the n sites holding the most (estimated) bytes."""
+        from tcalloc.buffer import _human
+        total = self.total_bytes
+        rows = ["%s profile: %d samples, ~%s estimated, sampling every %s" % (
+            self.kind, len(self.samples), _human(int(total)), _human(self.rate) if self.rate else "(off)")]
+        rows.append("%12s %6s %6s %10s  %s" % ("bytes", "%", "cum%", "count", "site"))
+        cum = 0.0
+        for site, b, c in self.by_site()[:n]:
+            cum += b
+            rows.append("%12s %5.1f%% %5.1f%% %10.0f  %s" % (
+                _human(int(b)), 100 * b / total, 100 * cum / total, c, site))
+        return "\n".join(rows) + "\n"
+
+    def collapsed(self):
+        """Flame-graph input: one line per stack, outermost frame first,
+        frames joined by ';', then the estimated bytes."""
+        stacks = {}
+        for s in self.samples:
+            key = ";".join(str(f).replace(";", ":") for f in reversed(s.stack)) or "?"
+            stacks[key] = stacks.get(key, 0.0) + s.bytes
+        return "".join("%s %d\n" % (k, round(v)) for k, v in sorted(stacks.items()))
+
+    def pprof(self):
+        """The profile as pprof's profile.proto, gzip-compressed (as Go's
+        heap profiles are): `go tool pprof file` reads it."""
+        return gzip.compress(_pprof_encode(self), mtime=0)
+
+    def flamegraph(self, path, title=None):
+        """Write a self-contained SVG flame graph of the estimated bytes."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(_flame_svg(self.collapsed(), title or "tcalloc %s profile" % self.kind))
+
+    def write(self, path):
+        """Write the profile in the format path's extension names: .svg a
+        flame graph, .txt the top table, .collapsed/.folded the collapsed
+        stacks, anything else pprof (gzipped protobuf)."""
+        ext = os.path.splitext(path)[1].lower()
+        if ext in (".svg", ".html"):
+            self.flamegraph(path)
+            return
+        if ext in (".txt", ".collapsed", ".folded"):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.top(50) if ext == ".txt" else self.collapsed())
+            return
+        with open(path, "wb") as f:
+            f.write(self.pprof())
+
+    def __repr__(self):
+        return "<tcalloc %s profile: %d samples>" % (self.kind, len(self.samples))
+
+
+def heap_profile():
+    """The sampled blocks live now."""
+    return Profile("heap", _samples(_engine._sampler_live()), _engine.get_sample_rate())
+
+
+def peak_heap_profile():
+    """The sampled blocks that were live when their estimated bytes were at
+    their highest since start or tcalloc.reset_peaks(): a snapshot taken at
+    the sampled allocation that raised it, so within about one sample of the
+    peak of live bytes. (Not the committed heap's peak: freed memory stays
+    committed until released, so the heap's next growth, however small,
+    would name whatever is live then.)"""
+    return Profile("peak", _samples(_engine._sampler_peak()), _engine.get_sample_rate())
+
+
+class allocation_profile:
+    """Everything sampled inside the ``with`` block, freed or not::
+
+        with tcalloc.allocation_profile() as prof:
+            work()
+        print(prof.top())
+
+    If sampling is off it is turned on at `rate` (default 2 MiB) for the
+    block, and off again after; blocks may nest."""
+
+    def __init__(self, rate=None):
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+            raise ValueError("rate must be a positive int number of bytes or None, got %r" % (rate,))
+        self._rate = rate
+        self._start = None
+        self._restore = None
+        self._t0 = 0.0
+        self.profile = Profile("allocations", [], 0)
+
+    def __enter__(self):
+        if self._start is not None:
+            raise RuntimeError("this allocation_profile is already open")
+        cur = _engine.get_sample_rate()
+        if cur == 0 or (self._rate is not None and self._rate != cur):
+            self._restore = cur
+            _engine.set_sample_rate(self._rate or DEFAULT_SAMPLE_RATE)
+        self.profile.rate = _engine.get_sample_rate()
+        self._t0 = time.monotonic()
+        self._start = _engine._sampler_log_open()
+        return self.profile
+
+    def __exit__(self, *exc):
+        recs = _engine._sampler_log_close(self._start)
+        self._start = None
+        if self._restore is not None:
+            _engine.set_sample_rate(self._restore)
+            self._restore = None
+        self.profile.samples = _samples(recs)
+        self.profile.duration = time.monotonic() - self._t0
+        return False
+
+
+# ---- pprof's profile.proto ------------------------------------------------------
+# A minimal protobuf writer: profile.proto needs only varints and
+# length-delimited fields, and the `protobuf` package would need a generated
+# module and a dependency for what is forty lines here. Field numbers are
+# profile.proto's (github.com/google/pprof/proto/profile.proto).
+
+def _varint(n):
+    out = bytearray()
+    n &= (1 << 64) - 1          # int64 values are two's complement on the wire
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field_int(num, n):
+    return _varint(num << 3) + _varint(n)
+
+
+def _field_bytes(num, data):
+    return _varint((num << 3) | 2) + _varint(len(data)) + data
+
+
+def _packed(num, values):
+    return _field_bytes(num, b"".join(_varint(v) for v in values)) if values else b""
+
+
+def _pprof_encode(prof):
+    strings = {"": 0}
+
+    def sid(s):
+        if s not in strings:
+            strings[s] = len(strings)
+        return strings[s]
+
+    funcs = {}
+    locs = {}
+    out = []
+    if prof.kind == "allocations":
+        types = [("alloc_objects", "count"), ("alloc_space", "bytes"),
+                 ("inuse_objects", "count"), ("inuse_space", "bytes")]
+    else:
+        types = [("inuse_objects", "count"), ("inuse_space", "bytes")]
+    for t, unit in types:
+        out.append(_field_bytes(1, _field_int(1, sid(t)) + _field_int(2, sid(unit))))
+    for s in prof.samples:
+        ids = []
+        for f in s.stack:
+            loc = locs.get(f)
+            if loc is None:
+                fid = funcs.get((f.function, f.file))
+                if fid is None:
+                    fid = funcs[(f.function, f.file)] = len(funcs) + 1
+                loc = locs[f] = (len(locs) + 1, fid)
+            ids.append(loc[0])
+        count, nbytes = round(s.count), round(s.bytes)
+        vals = [count, nbytes]
+        if prof.kind == "allocations":
+            vals += [count, nbytes] if s.lifetime is None else [0, 0]
+        msg = _packed(1, ids) + _packed(2, vals)
+        msg += _field_bytes(3, _field_int(1, sid("bytes")) + _field_int(3, s.size))
+        if s.lifetime is not None:
+            msg += _field_bytes(3, _field_int(1, sid("lifetime")) + _field_int(3, int(s.lifetime * 1e9))
+                                + _field_int(4, sid("nanoseconds")))
+        out.append(_field_bytes(2, msg))
+    for f, (lid, fid) in locs.items():
+        out.append(_field_bytes(4, _field_int(1, lid) + _field_bytes(4, _field_int(1, fid) + _field_int(2, f.line))))
+    for (name, file), fid in funcs.items():
+        out.append(_field_bytes(5, _field_int(1, fid) + _field_int(2, sid(name))
+                                + _field_int(3, sid(name)) + _field_int(4, sid(file))))
+    tail = _field_int(9, int(prof.time * 1e9))
+    if prof.duration:
+        tail += _field_int(10, int(prof.duration * 1e9))
+    tail += _field_bytes(11, _field_int(1, sid("space")) + _field_int(2, sid("bytes")))
+    tail += _field_int(12, prof.rate)
+    strs = b"".join(_field_bytes(6, s.encode("utf-8")) for s in strings)   # in id order
+    return b"".join(out) + strs + tail
+
+
+# ---- flame graph -------------------------------------------------------------------
+
+def _flame_svg(collapsed, title, width=1200, row=16):
+    """An SVG flame graph (outermost frame at the bottom) of collapsed stacks,
+    with a tooltip per frame; no script, no external resource."""
+    root = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        total += int(n)
+        node = root
+        for name in stack.split(";"):
+            child = node.setdefault(name, [0, {}])
+            child[0] += int(n)
+            node = child[1]
+    depth = [0]
+
+    def measure(node, d):
+        depth[0] = max(depth[0], d)
+        for _, kids in node.values():
+            measure(kids, d + 1)
+    measure(root, 1)
+    height = (depth[0] + 2) * row + 10
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+             'font-family="monospace" font-size="11">' % (width, height),
+             '<text x="%d" y="14" text-anchor="middle" font-size="13">%s (%s bytes)</text>'
+             % (width // 2, html.escape(title), "{:,}".format(total))]
+
+    def draw(node, x, d):
+        for name, (n, kids) in sorted(node.items()):
+            w = (width - 20) * n / total if total else 0
+            y = height - (d + 1) * row
+            if w >= 0.5:
+                hue = 20 + zlib.crc32(name.encode()) % 40      # stable colours per frame
+                label = html.escape(name)
+                parts.append('<g><title>%s: %s bytes (%.1f%%)</title><rect x="%.1f" y="%d" '
+                             'width="%.1f" height="%d" fill="hsl(%d,80%%,60%%)" stroke="white"/>'
+                             % (label, "{:,}".format(n), 100.0 * n / total, x, y, w, row - 1, hue))
+                chars = int(w / 7)
+                if chars >= 3:
+                    text = name if len(name) <= chars else name[:chars - 2] + ".."
+                    parts.append('<text x="%.1f" y="%d">%s</text>' % (x + 2, y + row - 4, html.escape(text)))
+                parts.append("</g>")
+                draw(kids, x, d + 1)
+            x += w
+    draw(root, 10.0, 0)
+    parts.append("</svg>\n")
+    return "\n".join(parts)

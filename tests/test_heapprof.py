@@ -1,0 +1,306 @@
+"""Sampled heap profiles: the engine's sampling (which blocks, their stacks,
+their frees), the profiles built on it and their formats, the setting and
+python -m tcalloc run --heap-profile."""
+import ctypes
+import gzip
+import os
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import tcalloc
+from tcalloc import _config, _engine
+
+RATE = 8 << 10     # small, so a few MiB give hundreds of samples (each costs a page)
+
+
+@pytest.fixture(autouse=True)
+def sampling_off_after():
+    yield
+    tcalloc.set_sample_rate(0)
+
+
+def _line(tag):
+    """The line of this file holding the comment `# site:<tag>`."""
+    with open(__file__) as f:
+        for i, text in enumerate(f, 1):
+            if text.rstrip().endswith("# site:" + tag):
+                return i
+    raise AssertionError(tag)
+
+
+def _site(s):
+    """The function of this file a sample's innermost Python frame is in (a
+    comprehension's frame counts as its function's)."""
+    f = s.python_stack[0] if s.python_stack else None
+    return f.function.split(".<locals>")[0] if f and f.file == __file__ else None
+
+
+def _bytes_at(prof, func):
+    """Estimated bytes of the samples made in func."""
+    return sum(s.bytes for s in prof.samples if _site(s) == func)
+
+
+def _identity_holds():
+    st = tcalloc.stats()
+    return st["bytes_in_use"] + st["page_heap_free_bytes"] + st["page_heap_released_bytes"] + \
+        st["central_free_bytes"] + st["transfer_cache_free_bytes"] + \
+        st["thread_cache_free_bytes"] + st["span_overhead_bytes"] == st["heap_bytes"]
+
+
+def test_rate_setting_is_validated():
+    for bad in ("1M", 1.5, True, None):
+        with pytest.raises(TypeError, match="sample rate must be an int"):
+            tcalloc.set_sample_rate(bad)
+    for bad in (-1, 2 ** 62):
+        with pytest.raises(ValueError, match="between 0"):
+            tcalloc.set_sample_rate(bad)
+    with pytest.raises(TypeError, match="seed"):
+        tcalloc.set_sample_rate(4096, seed="x")
+    tcalloc.set_sample_rate(123456, seed=1)
+    assert tcalloc.get_sample_rate() == 123456
+    assert _config.read({"TCALLOC_SAMPLE_RATE": "2M"}) == {"TCALLOC_SAMPLE_RATE": 2 << 20}
+    with pytest.raises(ValueError, match="TCALLOC_SAMPLE_RATE"):
+        _config.read({"TCALLOC_SAMPLE_RATE": "lots"})
+
+
+def test_off_by_default_and_on_from_the_environment():
+    code = ("import tcalloc; bufs = [tcalloc.alloc(1000) for _ in range(5000)]; "
+            "print(tcalloc.get_sample_rate(), len(tcalloc.heap_profile().samples))")
+    env = dict(os.environ)
+    env.pop("TCALLOC_SAMPLE_RATE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["0", "0"]
+    env["TCALLOC_SAMPLE_RATE"] = "64k"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "65536" and 40 < int(out[1]) < 130     # 5 MB / 64 KiB: ~76 expected
+
+
+def _small_site(n):
+    return [tcalloc.alloc(100) for _ in range(n)]  # site:small
+
+
+def _medium_site(n):
+    return [tcalloc.alloc(4000) for _ in range(n)]  # site:medium
+
+
+def _large_site(n):
+    return [tcalloc.alloc(300 << 10) for _ in range(n)]  # site:large
+
+
+def test_estimates_per_site_with_a_fixed_seed():
+    tcalloc.set_sample_rate(RATE, seed=20261202)
+    small, medium, large = _small_site(20000), _medium_site(500), _large_site(8)
+    prof = tcalloc.heap_profile()
+    # 2 MB at each of the first two sites: ~240 samples each, so the
+    # estimate's standard deviation is ~6.5 %; 25 % is almost 4 of them.
+    assert _bytes_at(prof, "_small_site") == pytest.approx(20000 * 100, rel=0.25)
+    assert _bytes_at(prof, "_medium_site") == pytest.approx(500 * 4000, rel=0.25)
+    # 300 KiB at 8 KiB: every block is sampled (p = 1 - exp(-37.5)).
+    assert _bytes_at(prof, "_large_site") == pytest.approx(8 * (300 << 10), rel=1e-6)
+    site = [s for s in prof.samples if _site(s) == "_small_site"]
+    assert site and all(s.size == 100 for s in site)
+    top = site[0].python_stack
+    assert (top[0].file, top[0].line) == (__file__, _line("small"))
+    assert [f.function for f in top[:3]] == ["_small_site.<locals>.<listcomp>", "_small_site",
+                                             "test_estimates_per_site_with_a_fixed_seed"]
+    assert _identity_holds()
+    del small, medium, large
+
+
+def test_freed_blocks_leave_the_heap_profile():
+    tcalloc.set_sample_rate(RATE, seed=7)
+    bufs = _small_site(20000)
+    assert _bytes_at(tcalloc.heap_profile(), "_small_site") > 0
+    for b in bufs:
+        b.release()
+    del bufs
+    assert _bytes_at(tcalloc.heap_profile(), "_small_site") == 0
+    assert _identity_holds()
+
+
+def test_sampling_off_takes_no_new_samples():
+    tcalloc.set_sample_rate(0)
+    bufs = _small_site(20000)
+    assert _bytes_at(tcalloc.heap_profile(), "_small_site") == 0
+    del bufs
+
+
+def _capsule_worker(capi, n, out):
+    out.extend(capi.malloc(256) for _ in range(n))  # site:capsule
+
+
+def test_threads_calling_the_capsule_without_the_gil(capi):
+    """ctypes releases the GIL around each call: the Python frames are read
+    from the thread's own state without it, and the native ones name ctypes."""
+    tcalloc.set_sample_rate(RATE, seed=3)
+    outs = [[] for _ in range(3)]
+    threads = [threading.Thread(target=_capsule_worker, args=(capi, 8000, o)) for o in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    prof = tcalloc.heap_profile()
+    site = [s for s in prof.samples if _site(s) == "_capsule_worker"]
+    assert sum(s.bytes for s in site) == pytest.approx(3 * 8000 * 256, rel=0.25)
+    assert all(s.python_stack[0].line == _line("capsule") for s in site)
+    assert any("ctypes" in f.file or "ffi" in f.file for f in site[0].stack if f.line == 0)
+    for o in outs:
+        for p in o:
+            capi.free(p)
+    assert not [s for s in tcalloc.heap_profile().samples if _site(s) == "_capsule_worker"]
+
+
+def test_peak_profile_keeps_what_was_live_at_the_peak():
+    tcalloc.set_sample_rate(RATE, seed=11)
+    tcalloc.reset_peaks()
+    big = _large_site(64)            # 19 MiB: the new peak
+    del big
+    small = _small_site(2000)
+    peak = tcalloc.peak_heap_profile()
+    assert _bytes_at(peak, "_large_site") == pytest.approx(64 * (300 << 10), rel=1e-6)
+    assert _bytes_at(tcalloc.heap_profile(), "_large_site") == 0
+    tcalloc.reset_peaks()
+    assert _bytes_at(tcalloc.peak_heap_profile(), "_large_site") == 0
+    del small
+
+
+def test_allocation_profile_sees_freed_blocks_with_lifetimes():
+    assert tcalloc.get_sample_rate() == 0
+    with tcalloc.allocation_profile(rate=RATE) as prof:
+        assert tcalloc.get_sample_rate() == RATE
+        gone = _small_site(20000)
+        del gone
+        kept = _medium_site(500)
+    assert tcalloc.get_sample_rate() == 0         # restored
+    small = [s for s in prof.samples if _site(s) == "_small_site"]
+    medium = [s for s in prof.samples if _site(s) == "_medium_site"]
+    assert sum(s.bytes for s in small) == pytest.approx(2e6, rel=0.25)
+    assert small and all(s.lifetime is not None and s.lifetime >= 0 for s in small)
+    assert medium and all(s.lifetime is None for s in medium)
+    assert prof.duration > 0
+    assert "_small_site" in prof.top(5) and "_medium_site" in prof.top(5)
+    del kept
+
+
+def test_allocation_profile_checks_its_rate():
+    with pytest.raises(ValueError, match="rate"):
+        tcalloc.allocation_profile(rate=0)
+
+
+# ---- formats ------------------------------------------------------------------------
+
+def _decode(buf):
+    """A protobuf message as {field: [values]} (varints as ints, the rest bytes)."""
+    out, i = {}, 0
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return n
+    while i < len(buf):
+        key = varint()
+        if key & 7 == 0:
+            val = varint()
+        else:
+            assert key & 7 == 2, "unexpected wire type"
+            n = varint()
+            val, i = buf[i:i + n], i + n
+        out.setdefault(key >> 3, []).append(val)
+    return out
+
+
+def _packed(buf):
+    d, vals, i = buf, [], 0
+    while i < len(d):
+        n = shift = 0
+        while True:
+            b = d[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        vals.append(n)
+    return vals
+
+
+@pytest.fixture
+def profile():
+    tcalloc.set_sample_rate(RATE, seed=5)
+    keep = _small_site(5000), _large_site(2)
+    yield tcalloc.heap_profile()
+    del keep
+
+
+def test_pprof_decodes_as_profile_proto(profile):
+    msg = _decode(gzip.decompress(profile.pprof()))
+    strings = [s.decode() for s in msg[6]]
+    assert strings[0] == ""
+    types = [(strings[_decode(t)[1][0]], strings[_decode(t)[2][0]]) for t in msg[1]]
+    assert types == [("inuse_objects", "count"), ("inuse_space", "bytes")]
+    assert msg[12] == [RATE]
+    functions = {f[1][0]: (strings[f[2][0]], strings[f[4][0]]) for f in map(_decode, msg[5])}
+    locations = {}
+    for loc in map(_decode, msg[4]):
+        line = _decode(loc[4][0])
+        locations[loc[1][0]] = (functions[line[1][0]], line.get(2, [0])[0])
+    total = 0
+    leaf_sites = set()
+    for s in map(_decode, msg[2]):
+        ids, vals = _packed(s[1][0]), _packed(s[2][0])
+        total += vals[1]
+        leaf_sites.add(locations[ids[0]])
+    assert total == pytest.approx(profile.total_bytes, rel=1e-3)
+    assert (("_small_site.<locals>.<listcomp>", __file__), _line("small")) in leaf_sites
+    assert (("_large_site.<locals>.<listcomp>", __file__), _line("large")) in leaf_sites
+
+
+def test_collapsed_and_flamegraph(profile, tmp_path):
+    lines = profile.collapsed().splitlines()
+    assert lines and all(line.rsplit(" ", 1)[1].isdigit() for line in lines)
+    assert any(";_small_site.<locals>.<listcomp> (%s:%d) " % (__file__, _line("small")) in line
+               for line in lines)
+    path = tmp_path / "flame.svg"
+    profile.flamegraph(str(path))
+    root = ET.parse(path).getroot()        # well-formed XML
+    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
+    assert any(t.startswith("_small_site.<locals>.<listcomp> (") for t in titles)
+    profile.write(str(tmp_path / "p.txt"))
+    assert "_small_site" in (tmp_path / "p.txt").read_text()
+
+
+def test_run_heap_profile_writes_the_end_and_the_peak(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text("def build():\n    return [(i, str(i)) for i in range(200000)]\n"
+                    "def scratch():\n    return [{'k': i} for i in range(100000)]\n"
+                    "keep = build()\nx = scratch()\ndel x\n")
+    out = tmp_path / "heap.txt"
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", "--heap-profile", str(out),
+                        str(prog)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    end, peak = out.read_text(), (tmp_path / "heap.peak.txt").read_text()
+    assert "build.<locals>.<listcomp> (%s:2)" % prog in end
+    assert "scratch" not in end
+    assert "scratch.<locals>.<listcomp> (%s:4)" % prog in peak
+
+
+def test_debug_mode_threads_without_caches_are_sampled():
+    code = ("import tcalloc; assert tcalloc.debug_enabled(); "
+            "b = [tcalloc.alloc(1000) for _ in range(5000)]; "
+            "print(len(tcalloc.heap_profile().samples))")
+    env = dict(os.environ, TCALLOC_DEBUG="1", TCALLOC_SAMPLE_RATE="64k")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert 40 < int(out) < 130
