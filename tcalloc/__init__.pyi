@@ -15,6 +15,8 @@ from tcalloc._engine import size_class_of as size_class_of
 from tcalloc._engine import size_class_table as size_class_table
 from tcalloc._engine import stats as stats
 from tcalloc._engine import stats_text as stats_text
+from tcalloc._engine import set_sample_rate as set_sample_rate
+from tcalloc._engine import get_sample_rate as get_sample_rate
 from tcalloc._engine import install as install
 from tcalloc._engine import installed as installed
 from tcalloc._engine import uninstall as uninstall
@@ -22,6 +24,12 @@ from tcalloc.buffer import Buffer as Buffer
 from tcalloc.buffer import BufferPool as BufferPool
 from tcalloc.buffer import alloc as alloc
 from tcalloc.profile import profile as profile
+from tcalloc.heapprof import Frame as Frame
+from tcalloc.heapprof import Profile as Profile
+from tcalloc.heapprof import Sample as Sample
+from tcalloc.heapprof import allocation_profile as allocation_profile
+from tcalloc.heapprof import heap_profile as heap_profile
+from tcalloc.heapprof import peak_heap_profile as peak_heap_profile
 
 __version__: str
 

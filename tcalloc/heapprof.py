@@ -28,8 +28,8 @@ from tcalloc import _engine
 
 DEFAULT_SAMPLE_RATE = 2 << 20       # 2 MiB, as TCMalloc's default
 
-_strings = {}       # interned name address -> str (the engine never frees them)
-_symbols = {}       # native return address -> Frame
+_strings: "dict[int, str]" = {}       # interned name address -> str (the engine never frees them)
+_symbols: "dict[int, Frame]" = {}       # native return address -> Frame
 
 
 class Frame(tuple):
@@ -94,7 +94,7 @@ def _native(addr):
     return f
 
 
-_paths = {}
+_paths: "dict[str, str]" = {}
 
 
 def _realpath(path):

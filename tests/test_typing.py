@@ -90,6 +90,20 @@ USER_SCRIPT = """\
     assert_type(tcalloc.size_class_table(), List[Tuple[int, int, int, int, int]])
     assert_type(tcalloc.size_class_of(100), Tuple[int, int])
 
+    # heap profiles
+    tcalloc.set_sample_rate(1 << 20, seed=1)
+    assert_type(tcalloc.get_sample_rate(), int)
+    hp = tcalloc.heap_profile()
+    assert_type(hp, tcalloc.Profile)
+    assert_type(hp.samples[0].stack[0].line if hp.samples else 0, int)
+    assert_type(hp.top(3), str)
+    assert_type(hp.pprof(), bytes)
+    assert_type(tcalloc.peak_heap_profile().collapsed(), str)
+    with tcalloc.allocation_profile() as ap:
+        assert_type(ap, tcalloc.Profile)
+    assert_type(ap.samples[0].lifetime if ap.samples else None, Optional[float])
+    tcalloc.set_sample_rate(0)
+
     # buffers
     b = tcalloc.alloc(100, zero=True, alignment=64)
     assert_type(b, tcalloc.Buffer)
@@ -145,11 +159,7 @@ USER_SCRIPT = """\
         tcalloc.numpy.set_default()
         assert_type(tcalloc.numpy.is_default(), bool)
         tcalloc.numpy.restore_default()
-        import numpy
-        arr = numpy.ones(3)
-        assert_type(tcalloc.numpy.owns(arr), bool)
-        assert_type(tcalloc.numpy.handler_name(arr), Optional[str])
-        prev = tcalloc.numpy.set_handler(None)
+        prev = tcalloc.numpy.get_handler()
         tcalloc.numpy.set_handler(prev)
         tcalloc.numpy.set_handler(tcalloc.numpy.handler)
         tcalloc.numpy.set_handler(None)
