@@ -195,43 +195,37 @@ def test_allocation_profile_checks_its_rate():
 
 # ---- formats ------------------------------------------------------------------------
 
+def _varint(buf, i):
+    """The varint at buf[i]: (value, index after it)."""
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return n, i
+
+
 def _decode(buf):
     """A protobuf message as {field: [values]} (varints as ints, the rest bytes)."""
     out, i = {}, 0
-
-    def varint():
-        nonlocal i
-        n = shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return n
     while i < len(buf):
-        key = varint()
+        key, i = _varint(buf, i)
         if key & 7 == 0:
-            val = varint()
+            val, i = _varint(buf, i)
         else:
             assert key & 7 == 2, "unexpected wire type"
-            n = varint()
+            n, i = _varint(buf, i)
             val, i = buf[i:i + n], i + n
         out.setdefault(key >> 3, []).append(val)
     return out
 
 
 def _packed(buf):
-    d, vals, i = buf, [], 0
-    while i < len(d):
-        n = shift = 0
-        while True:
-            b = d[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+    vals, i = [], 0
+    while i < len(buf):
+        n, i = _varint(buf, i)
         vals.append(n)
     return vals
 
