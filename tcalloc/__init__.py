@@ -26,7 +26,7 @@ def get_pxd_dir():
     return _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 
 # Buffer objects, buffer pools and the interpreter hook.
-from tcalloc.buffer import Buffer, BufferPool, alloc
+from tcalloc.buffer import Buffer, BufferPool, alloc, TRACEMALLOC_DOMAIN
 from tcalloc._engine import install, uninstall, installed
 
 # Contention profiling of any code: lock counters and psutil figures.

@@ -23,6 +23,7 @@ from tcalloc._engine import uninstall as uninstall
 from tcalloc.buffer import Buffer as Buffer
 from tcalloc.buffer import BufferPool as BufferPool
 from tcalloc.buffer import alloc as alloc
+from tcalloc.buffer import TRACEMALLOC_DOMAIN as TRACEMALLOC_DOMAIN
 from tcalloc.profile import profile as profile
 from tcalloc.heapprof import Frame as Frame
 from tcalloc.heapprof import Profile as Profile

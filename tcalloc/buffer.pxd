@@ -1,10 +1,7 @@
 # Buffer and BufferPool, declared so other Cython modules can cimport them
 # and reach their fields without Python attribute look-ups.
 from tcalloc.capi cimport TcallocCAPI
-
-cdef extern from "tc_platform.h" nogil:
-    ctypedef struct tc_spinlock_t:
-        pass
+from tcalloc.common cimport tc_spinlock_t
 
 
 cdef class BufferPool

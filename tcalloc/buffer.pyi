@@ -5,6 +5,11 @@ from typing import Any, SupportsIndex, TypedDict, final
 
 from typing_extensions import Self
 
+from tcalloc._engine import LockStats
+
+# The tracemalloc domain Buffer and BufferPool memory is traced under.
+TRACEMALLOC_DOMAIN: int
+
 class Buffer:
     """A block of tcalloc memory exposed through the writable buffer protocol."""
 
@@ -66,4 +71,5 @@ class BufferPool:
     def num_allocations(self) -> int: ...
     def cached_bytes(self) -> int: ...
     def stats(self) -> PoolStats: ...
+    def lock_stats(self) -> LockStats: ...
     def release_unused(self) -> int: ...

@@ -11,10 +11,12 @@
 # cannot both free it.
 cimport cython
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uintptr_t, uint64_t
 from libc.string cimport memset, memcpy
 
 from tcalloc.capi cimport TcallocCAPI, TcallocCAPI_Import
+from tcalloc.common cimport (tc_spinlock_t, tc_spinlock_init, tc_spinlock_lock,
+                             tc_spinlock_unlock, tc_spinlock_reset, tc_load_u64)
 
 import operator as _operator
 import os as _os
@@ -26,6 +28,29 @@ import weakref as _weakref
 # os.fork() cannot catch one held; a fork from native code, or a
 # free-threaded build, can.)
 _live_pools = _weakref.WeakSet()
+
+
+# Lock counters of pools that are gone, so that the total over every pool
+# (_pool_lock_totals, which profile() reports as "buffer_pool") never goes
+# back. Written with the GIL held (__dealloc__).
+cdef uint64_t _closed_lock[4]
+
+
+def _pool_lock_totals():
+    """The lock counters summed over every BufferPool made in this process:
+    a dict like the entries of tcalloc.stats()['locks']."""
+    cdef BufferPool pool
+    cdef uint64_t t[4]
+    cdef int i
+    for i in range(4):
+        t[i] = _closed_lock[i]
+    for pool in list(_live_pools):
+        if pool._lock != NULL:
+            t[0] += tc_load_u64(&pool._lock.acquisitions)
+            t[1] += tc_load_u64(&pool._lock.contended)
+            t[2] += tc_load_u64(&pool._lock.spins)
+            t[3] += tc_load_u64(&pool._lock.wait_ns)
+    return {"acquisitions": t[0], "contended": t[1], "spins": t[2], "wait_ns": t[3]}
 
 
 def _reset_pool_locks_after_fork():
@@ -41,12 +66,6 @@ def _reset_pool_locks_after_fork():
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_reset_pool_locks_after_fork)
 
-cdef extern from "tc_platform.h" nogil:
-    void tc_spinlock_init(tc_spinlock_t *l)
-    void tc_spinlock_lock(tc_spinlock_t *l)
-    void tc_spinlock_unlock(tc_spinlock_t *l)
-    void tc_spinlock_reset(tc_spinlock_t *l)
-
 cdef extern from "Python.h":
     # Declared without an exception clause: overflow is handled by the caller.
     Py_ssize_t _long_as_ssize "PyLong_AsSsize_t" (object)
@@ -54,6 +73,9 @@ cdef extern from "Python.h":
     void PyErr_Clear()
     void *PyErr_Occurred()
     const Py_ssize_t PY_SSIZE_T_MAX
+    # A call and a flag test while tracemalloc is not tracing.
+    int PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size)
+    int PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr)
 
 cdef TcallocCAPI *_tc = TcallocCAPI_Import()
 cdef char *_FORMAT_B = b"B"
@@ -61,6 +83,24 @@ cdef char *_FORMAT_B = b"B"
 _DEFAULT_BUFFER_SIZE = 65536
 cdef Py_ssize_t _DEFAULT_CACHED_BYTES = 16 << 20   # idle bytes a pool keeps by default
 cdef Py_ssize_t _MAX_ALIGNMENT = 1 << 30
+
+# ---- tracemalloc ------------------------------------------------------------
+#
+# Buffer memory comes from tcalloc's C API, not from the interpreter's
+# allocator, so tracemalloc would not see it: it is reported to tracemalloc
+# under a domain of its own (as NumPy does for array data), with the
+# traceback of the code that allocated it. Traced: a Buffer's bytes (its
+# length) from alloc() to release; a pooled buffer's block (what the pool's
+# bytes_allocated() counts) from acquire() to release. Idle blocks a pool
+# keeps are the pool's, not any line's, and are not traced.
+TRACEMALLOC_DOMAIN = 0x7463616C          # "tcal"
+cdef unsigned int _TRACE_DOMAIN = TRACEMALLOC_DOMAIN
+
+cdef inline void _trace(void *p, size_t n) noexcept:
+    PyTraceMalloc_Track(_TRACE_DOMAIN, <uintptr_t>p, n)   # -2 (not tracing) or -1: nothing to do
+
+cdef inline void _untrace(void *p) noexcept:
+    PyTraceMalloc_Untrack(_TRACE_DOMAIN, <uintptr_t>p)
 
 
 # ---- argument checks ---------------------------------------------------------
@@ -259,6 +299,8 @@ A block of tcalloc memory exposed through the writable buffer protocol.
         cdef BufferPool pool = self._pool
         self._ptr = NULL
         self._size = 0
+        if p != NULL:
+            _untrace(p)
         if pool is not None:
             self._pool = None
             pool._put(p, self._block)
@@ -272,6 +314,7 @@ A block of tcalloc memory exposed through the writable buffer protocol.
         if p == NULL:
             return
         self._ptr = NULL
+        _untrace(p)
         if self._pool is not None:
             self._pool._put(p, self._block)
         else:
@@ -385,6 +428,7 @@ cdef int _fill(Buffer b, Py_ssize_t n, bint zero, size_t align) except -1:
     b._itemsize = 1
     b._align = align
     b._zero = zero
+    _trace(p, <size_t>n)
     return 0
 
 
@@ -403,16 +447,21 @@ cdef int _resize(Buffer b, Py_ssize_t n) except -1:
             if q == NULL:
                 raise _nomem(n, b._align)
             memcpy(q, b._ptr, <size_t>old)
+            _untrace(b._ptr)
             _tc.free(b._ptr)
             b._ptr = <char *>q
     else:
         q = _tc.realloc(b._ptr, <size_t>n)
         if q == NULL:
             raise _nomem(n, 0)
+        if q != b._ptr:
+            _untrace(b._ptr)
         b._ptr = <char *>q
     if b._zero and n > old:
         memset(b._ptr + old, 0, <size_t>(n - old))
     b._size = n
+    if b._pool is None:
+        _trace(b._ptr, <size_t>n)         # the new length (and address, if moved)
     return 0
 
 
@@ -523,6 +572,10 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
                 _tc.free(self._cache[i])
             _tc.free(self._cache)
         if self._lock != NULL:
+            _closed_lock[0] += self._lock.acquisitions
+            _closed_lock[1] += self._lock.contended
+            _closed_lock[2] += self._lock.spins
+            _closed_lock[3] += self._lock.wait_ns
             _tc.free(self._lock)
 
     @property
@@ -645,6 +698,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
         b._zero = self.zero
         b._pool = self
         b._block = block
+        _trace(p, <size_t>block)
         return b
 
     cdef void _put(self, void *p, Py_ssize_t block) noexcept:
@@ -683,9 +737,12 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
         tc_spinlock_unlock(self._lock)
         if q == NULL:
             raise _nomem(n, 0)
+        if q != b._ptr:
+            _untrace(b._ptr)
         b._ptr = <char *>q
         # The block is no longer buffer_size bytes: on release it is freed.
         b._block += delta
+        _trace(q, <size_t>b._block)
         return 0
 
     def bytes_allocated(self):
@@ -736,6 +793,17 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
                     total_bytes_allocated=total, num_allocations=nacq,
                     fresh_allocations=nfresh, cached_buffers=ncached,
                     cached_bytes=ncached * self.buffer_size)
+
+    def lock_stats(self):
+        """The counters of the pool's lock, as in ``tcalloc.stats()['locks']``:
+        acquisitions, contended acquisitions, spins and nanoseconds waited
+        (this call's own acquisition included)."""
+        cdef tc_spinlock_t lk
+        tc_spinlock_lock(self._lock)
+        lk = self._lock[0]
+        tc_spinlock_unlock(self._lock)
+        return dict(acquisitions=lk.acquisitions, contended=lk.contended,
+                    spins=lk.spins, wait_ns=lk.wait_ns)
 
     def release_unused(self):
         """Free the idle blocks, then ask tcalloc to return free pages to the

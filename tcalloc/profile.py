@@ -8,13 +8,22 @@
 Collected over the block:
 
 - tcalloc's lock counters (acquisitions, contended acquisitions, spins,
-  nanoseconds waited) as deltas, and the hottest locks with their wait as a
-  share of the elapsed wall time (N threads waiting at once can add up to
-  N x 100%);
+  nanoseconds waited) as deltas, for every lock tcalloc takes: the engine's
+  (``tcalloc.stats()['locks']``) and the BufferPools' (summed over all pools
+  as ``buffer_pool``; ``BufferPool.lock_stats()`` has one pool's), and the
+  hottest locks with their wait as a share of the elapsed wall time (N
+  threads waiting at once can add up to N x 100%);
+- a verdict on what serialised the threads, if anything: when two or more
+  threads were busy but the process used about one core while more were
+  free, whether tcalloc's locks were the cause (their wait is a large share
+  of the busy threads' time) or the GIL (the busy threads are Python threads
+  and tcalloc's locks cost them little), or something else;
 - deltas of tcalloc.stats()' integer figures, and their values at the end;
 - the process (psutil): user and system CPU, RSS and USS at start, end and
-  peak (sampled by a background thread every ``interval`` seconds, plus at
-  start and end), CPU per thread as the sampler saw it;
+  peak (RSS and the per-thread CPU sampled by a background thread every
+  ``interval`` seconds, 10 ms by default, plus at start and end; USS, which
+  costs about a millisecond to read, at most every 100 ms), CPU per thread
+  as the sampler saw it;
 - context switches, voluntary and involuntary, of all threads of the
   process from getrusage(RUSAGE_SELF). psutil's num_ctx_switches() reads
   /proc/PID/status, which on Linux counts the main thread only; it is
@@ -68,11 +77,89 @@ def _check_top(top: object) -> int:
     return int(top)
 
 
+DEFAULT_INTERVAL = 0.01
+# USS (psutil's memory_full_info reads /proc/PID/smaps_rollup) costs about
+# 1 ms; RSS and the thread list about 0.1 ms: USS is read at most this often.
+USS_EVERY = 0.1
+
+
 def _engine_stats() -> Dict[str, Any]:
     # Lazy: importing tcalloc loads the engine. Read as a plain dict: the
-    # deltas below go over its keys generically.
+    # deltas below go over its keys generically. The pools' locks are the
+    # buffer module's; they join the engine's here.
     import tcalloc
-    return cast(Dict[str, Any], tcalloc.stats())
+    from tcalloc.buffer import _pool_lock_totals
+    st = cast(Dict[str, Any], tcalloc.stats())
+    st["locks"]["buffer_pool"] = _pool_lock_totals()
+    return st
+
+
+def _usable_cpus() -> int:
+    try:
+        import os
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        import os
+        return os.cpu_count() or 1
+
+
+# What serialised the threads. A thread is busy when it used at least 10% of
+# the busiest thread's CPU (and at least 5 ms). With two or more busy
+# threads and two or more cores for them, the process ran them one at a
+# time when it used less than a quarter of the extra cores on top of one.
+_BUSY_SHARE = 0.10
+_BUSY_MIN_S = 0.005
+_SERIAL_EFFICIENCY = 0.25
+# tcalloc's locks are the cause when the busy threads spent this share of
+# their time waiting on them.
+_TCALLOC_WAIT_SHARE = 0.20
+
+
+def _verdict(threads: List[Dict[str, Any]], cpu_s: float, elapsed_s: float,
+             wait_ns: int, engine: bool, python_ids: "set[int]", sampler_id: Optional[int],
+             hottest: Optional[str]) -> Dict[str, Any]:
+    rows = [t for t in threads if t["id"] != sampler_id]
+    cpu = {t["id"]: t["cpu_user_s"] + t["cpu_system_s"] for t in rows}
+    top = max(cpu.values(), default=0.0)
+    busy = [i for i, c in cpu.items() if c >= max(_BUSY_MIN_S, _BUSY_SHARE * top)]
+    busy_py = [i for i in busy if i in python_ids]
+    avail = min(len(busy), _usable_cpus())
+    cores = cpu_s / elapsed_s if elapsed_s > 0 else 0.0
+    busy_s = sum(cpu[i] for i in busy)
+    # Waiting threads use no CPU: their wait against the time they had.
+    wait_share = (wait_ns / 1e9) / (wait_ns / 1e9 + busy_s) if busy_s or wait_ns else 0.0
+    v: Dict[str, Any] = dict(busy_threads=len(busy), busy_python_threads=len(busy_py),
+                             cores_used=round(cores, 3), cores_available=avail,
+                             tcalloc_wait_share=round(wait_share, 4))
+    if len(busy) < 2:
+        v["verdict"], v["text"] = "single", "one thread busy: nothing to serialise"
+    elif avail < 2:
+        v["verdict"] = "one_core"
+        v["text"] = "%d threads busy on one usable core: they could only take turns" % len(busy)
+    elif (cores - 1.0) / (avail - 1) >= _SERIAL_EFFICIENCY:
+        v["verdict"] = "parallel"
+        v["text"] = "%d threads busy ran in parallel: %.2f of %d cores used" % (
+            len(busy), cores, avail)
+    elif engine and wait_share >= _TCALLOC_WAIT_SHARE:
+        v["verdict"] = "tcalloc"
+        v["text"] = ("serialised by tcalloc's locks: %d threads busy used %.2f of %d cores and "
+                     "spent %.0f%% of their time waiting on tcalloc's locks%s"
+                     % (len(busy), cores, avail, 100 * wait_share,
+                        " (hottest: %s)" % hottest if hottest else ""))
+    elif len(busy_py) >= 2:
+        v["verdict"] = "gil"
+        v["text"] = ("serialised by the GIL, not by tcalloc: %d Python threads busy took turns "
+                     "on %.2f of %d cores; tcalloc's locks cost them %.1f%% of their time"
+                     % (len(busy_py), cores, avail, 100 * wait_share)
+                     if engine else
+                     "serialised by the GIL: %d Python threads busy took turns on %.2f of %d cores"
+                     % (len(busy_py), cores, avail))
+    else:
+        v["verdict"] = "other"
+        v["text"] = ("serialised outside tcalloc and the GIL: %d threads busy (%d of them "
+                     "Python threads) used %.2f of %d cores (another lock, I/O, or a busy "
+                     "machine)" % (len(busy), len(busy_py), cores, avail))
+    return v
 
 
 def _lock_delta(before: Dict[str, Dict[str, int]],
@@ -105,7 +192,7 @@ def _comm(tid: int) -> str:
 
 
 class Profile:
-    """``Profile(interval=0.02, engine=True, top=5)``: a context manager
+    """``Profile(interval=0.01, engine=True, top=5)``: a context manager
     (or ``start()`` / ``stop()``) collecting the figures in the module
     docstring; ``as_dict()`` and ``report()`` give them once stopped.
 
@@ -119,7 +206,8 @@ class Profile:
     engine: bool
     top: int
 
-    def __init__(self, interval: float = 0.02, engine: bool = True, top: int = 5) -> None:
+    def __init__(self, interval: float = DEFAULT_INTERVAL, engine: bool = True,
+                 top: int = 5) -> None:
         self.interval = _check_interval(interval)
         self.engine = _check_flag(engine, "engine")
         self.top = _check_top(top)
@@ -147,7 +235,9 @@ class Profile:
         self._thr0 = {t.id: (t.user_time, t.system_time) for t in self._proc.threads()}
         self._thr_last = dict(self._thr0)
         self._names: Dict[int, str] = {}
+        self._python_ids = set(_thread_names())
         mem = self._proc.memory_full_info()
+        self._uss_at = time.monotonic()
         self._rss0, self._uss0 = mem.rss, mem.uss
         self._rss_peak, self._uss_peak = mem.rss, mem.uss
         self._series: List[Tuple[float, int]] = []
@@ -168,26 +258,35 @@ class Profile:
         """Samples taken so far (start, each sampler tick, end)."""
         return self._samples
 
-    def _record(self, rss: int, uss: int) -> None:
+    def _record(self, rss: int, uss: Optional[int]) -> None:
         with self._lock:
             self._samples += 1
             self._rss_peak = max(self._rss_peak, rss)
-            self._uss_peak = max(self._uss_peak, uss)
+            if uss is not None:
+                self._uss_peak = max(self._uss_peak, uss)
             self._series.append(((time.perf_counter_ns() - self._t0) / 1e9, rss))
 
-    def _sample_once(self) -> None:
-        mem = self._proc.memory_full_info()
+    def _sample_once(self, full: bool = False) -> None:
+        now = time.monotonic()
+        uss: Optional[int] = None
+        if full or now - self._uss_at >= USS_EVERY:
+            mem = self._proc.memory_full_info()
+            rss, uss = mem.rss, mem.uss
+            self._uss_at = now
+        else:
+            rss = self._proc.memory_info().rss
         try:
             threads = self._proc.threads()
         except Exception:
             threads = []
         names = _thread_names()
         with self._lock:
+            self._python_ids.update(names)
             for t in threads:
                 self._thr_last[t.id] = (t.user_time, t.system_time)
                 if t.id not in self._names:
                     self._names[t.id] = names.get(t.id) or _comm(t.id)
-        self._record(mem.rss, mem.uss)
+        self._record(rss, uss)
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -202,7 +301,7 @@ class Profile:
             raise RuntimeError("profile not running")
         self._stop.set()
         self._sampler.join()
-        self._sample_once()
+        self._sample_once(full=True)
         elapsed_ns = time.perf_counter_ns() - self._t0
         cpu1 = self._proc.cpu_times()
         ctx1 = self._proc.num_ctx_switches()
@@ -255,6 +354,10 @@ class Profile:
             d["stats_delta"] = {k: v - stats0.get(k, 0) for k, v in stats1.items()
                                 if isinstance(v, int) and isinstance(stats0.get(k, 0), int)}
             d["stats_end"] = {k: v for k, v in stats1.items() if isinstance(v, int)}
+        d["serialisation"] = _verdict(
+            threads, cpu, d["elapsed_s"], d.get("lock_wait_ns", 0), self.engine,
+            self._python_ids, self._sampler.native_id,
+            d["hottest_locks"][0]["name"] if d.get("hottest_locks") else None)
         return d
 
     def as_dict(self) -> Dict[str, Any]:
@@ -274,6 +377,7 @@ class Profile:
         out.append("rss  start %.1f MiB  peak %.1f MiB  end %.1f MiB   uss peak %.1f MiB   (%d samples)"
                    % (d["rss_start"] / _MIB, d["rss_peak"] / _MIB, d["rss_end"] / _MIB,
                       d["uss_peak"] / _MIB, d["samples"]))
+        out.append("threads: " + d["serialisation"]["text"])
         busy = [t for t in d["threads"] if t["cpu_user_s"] + t["cpu_system_s"] > 0]
         if busy:
             out.append("cpu per thread (seen by the sampler):")
@@ -302,7 +406,7 @@ class Profile:
         return "\n".join(out)
 
 
-def profile(interval: float = 0.02, engine: bool = True, top: int = 5) -> Profile:
-    """``with tcalloc.profile(interval=0.02, engine=True, top=5) as p: ...``;
+def profile(interval: float = DEFAULT_INTERVAL, engine: bool = True, top: int = 5) -> Profile:
+    """``with tcalloc.profile(interval=0.01, engine=True, top=5) as p: ...``;
     the arguments are checked here (see :class:`Profile`)."""
     return Profile(interval=interval, engine=engine, top=top)

@@ -359,3 +359,53 @@ def test_memoryerror_blames_a_hard_limit_only_when_it_is_the_cause(monkeypatch):
     assert msg.startswith("cannot allocate 2.0 EiB (2305843009213693952 bytes); tcalloc's "
                           "hard memory limit of 8.0 EiB is not reached ("), msg
     assert re.search(r"\((\d+ bytes|\d+\.\d (KiB|MiB|GiB)) committed\)$", msg), msg
+
+
+def test_tracemalloc_sees_buffers_and_pool_buffers_at_the_line_that_made_them():
+    import sys
+    import tracemalloc
+    dom = tcalloc.TRACEMALLOC_DOMAIN
+    only = [tracemalloc.DomainFilter(True, dom)]
+    pool = tcalloc.BufferPool(1 << 20, max_cached=4)
+    warm = pool.acquire()
+    warm.release()                                    # an idle block: the pool's, untraced
+    tracemalloc.start()
+    try:
+        line = sys._getframe().f_lineno + 1
+        bufs = [tcalloc.alloc(1 << 20) for _ in range(8)]
+        pooled = [pool.acquire(100) for _ in range(3)]   # blocks of 1 MiB each
+        snap = tracemalloc.take_snapshot().filter_traces(only)
+        by_line = {st.traceback[0].lineno: st.size for st in snap.statistics("lineno")}
+        assert by_line == {line: 8 << 20, line + 1: 3 << 20}
+        assert snap.statistics("filename")[0].traceback[0].filename == __file__
+        # Resizing retraces at the new size (and address, if the block moved).
+        bufs[0].resize(3 << 20)
+        pooled[0].resize(2 << 20)                      # past its block: grown
+        snap = tracemalloc.take_snapshot().filter_traces(only)
+        assert sum(t.size for t in snap.traces) == (10 << 20) + (4 << 20)
+        # Released, collected, back in the pool: no longer traced.
+        bufs[1].release()
+        del bufs[2]
+        for b in pooled:
+            b.release()
+        snap = tracemalloc.take_snapshot().filter_traces(only)
+        assert sum(t.size for t in snap.traces) == (3 << 20) + (5 << 20)
+        del bufs
+        assert len(tracemalloc.take_snapshot().filter_traces(only).traces) == 0
+    finally:
+        tracemalloc.stop()
+
+
+def test_buffers_made_before_tracemalloc_starts_are_freed_cleanly():
+    import tracemalloc
+    old = [tcalloc.alloc(4096) for _ in range(100)]
+    tracemalloc.start()
+    try:
+        del old                                        # untracking an untraced block is a no-op
+        new = tcalloc.alloc(4096)
+        snap = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.DomainFilter(True, tcalloc.TRACEMALLOC_DOMAIN)])
+        assert [t.size for t in snap.traces] == [4096]
+    finally:
+        tracemalloc.stop()
+    new.release()

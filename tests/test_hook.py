@@ -99,22 +99,83 @@ def test_domains_argument():
     assert r.returncode == 0, r.stderr
 
 
-def test_install_refused_under_tracemalloc_and_tracemalloc_on_top_works():
+def test_install_under_tracemalloc_keeps_tracing_and_survives_stop():
+    # tcalloc goes underneath tracemalloc: the objects come from tcalloc and
+    # tracemalloc still names the line that made them; tracemalloc.stop()
+    # puts back the allocator it saved, which is now tcalloc's.
+    r = run_py("""
+        import threading, tracemalloc, tcalloc
+        tracemalloc.start()
+        before = [str(i) * 3 for i in range(20000)]             # pymalloc, traced
+        tcalloc.install()
+        import tcalloc.hook; assert tcalloc.hook.active_domains() == ("raw", "mem", "obj")
+        s0 = tcalloc.stats()["small_bytes_in_use"]
+        import sys; line = sys._getframe().f_lineno + 1
+        mine = [str(i) * 7 for i in range(50000)]
+        assert tcalloc.stats()["small_bytes_in_use"] - s0 > 50000 * 40
+        top = tracemalloc.take_snapshot().statistics("lineno")[0]
+        assert top.traceback[0].lineno == line and top.size > 50000 * 40, top
+        # Threads allocate through the raw domain without the GIL meanwhile.
+        def work():
+            import zlib
+            for _ in range(50):
+                zlib.compress(bytes(200000))
+        ts = [threading.Thread(target=work) for _ in range(3)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        tracemalloc.stop()
+        assert tcalloc.installed()
+        s1 = tcalloc.stats()["small_bytes_in_use"]
+        more = [str(i) * 7 for i in range(50000)]
+        assert tcalloc.stats()["small_bytes_in_use"] - s1 > 50000 * 40
+        del before, mine                 # freed by pymalloc and tcalloc, untraced now
+        tracemalloc.start()
+        again = [bytes(100) for _ in range(10000)]
+        assert tracemalloc.get_traced_memory()[0] > 10000 * 100
+        tracemalloc.stop()
+        del again, more
+        tcalloc.uninstall()
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("how", [["-X", "tracemalloc=5"], ["env"], ["-X", "dev", "-X", "tracemalloc"]])
+def test_run_with_tracemalloc_traces_the_program_on_tcalloc(tmp_path, how):
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        import tracemalloc, tcalloc
+        assert tracemalloc.is_tracing()
+        assert tcalloc.installed()
+        s0 = tcalloc.stats()["small_bytes_in_use"]
+        data = [str(i) * 9 for i in range(40000)]
+        assert tcalloc.stats()["small_bytes_in_use"] - s0 > 40000 * 40
+        top = tracemalloc.take_snapshot().statistics("lineno")[0]
+        fr = top.traceback[0]
+        print(fr.filename.endswith("app.py"), fr.lineno, top.size > 40000 * 40)
+    """))
+    env = dict(ENV)
+    args = [sys.executable]
+    if how == ["env"]:
+        env["PYTHONTRACEMALLOC"] = "1"
+    else:
+        args += how
+    r = subprocess.run(args + ["-m", "tcalloc", "run", str(app)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "6", "True"], r.stdout
+
+
+def test_tracemalloc_started_after_install_wraps_tcalloc():
     r = run_py("""
         import tracemalloc, tcalloc
-        tracemalloc.start()
-        try:
-            tcalloc.install()
-        except RuntimeError as e:
-            assert "tracemalloc" in str(e)
-        else:
-            raise SystemExit("install under tracemalloc accepted")
-        tracemalloc.stop()
         tcalloc.install()
         tracemalloc.start()
         x = [str(i) for i in range(10000)]
-        snap = tracemalloc.take_snapshot()
+        assert tracemalloc.get_traced_memory()[0] > 10000 * 40
         tracemalloc.stop()
+        assert tcalloc.installed()
         del x
         print("ok")
     """)

@@ -129,6 +129,8 @@ def test_lock_counters_match_stats(tc):
     assert r["corrupt"] == 0
     assert d["locks"], "an xmalloc run on tcalloc takes tcalloc's locks"
     for name, v in d["locks"].items():
+        if name == "buffer_pool":        # not an engine lock: see the pool test below
+            continue
         for k in ("acquisitions", "contended", "spins", "wait_ns"):
             outer = s1[name][k] - s0.get(name, {}).get(k, 0)
             assert 0 <= v[k] <= outer, (name, k)
@@ -192,3 +194,67 @@ def test_argument_edges_accepted(tc):
     with _profile(tc, top=0) as p:
         tc.alloc(1 << 20).release()
     assert p.as_dict()["hottest_locks"] == []
+
+
+def _pool_threads(pool, n_threads, n_ops):
+    # Python threads sharing a pool: each acquire and each release takes the
+    # pool's lock; the Python work between them holds the GIL.
+    def work():
+        for i in range(n_ops):
+            with pool.acquire() as b:
+                memoryview(b)[0] = i & 0xFF
+                sum(range(200))
+    ts = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def test_pool_locks_are_in_the_report_and_the_gil_is_named(tc):
+    from tcalloc.buffer import _pool_lock_totals
+    pool = tc.BufferPool(4096)
+    gone = tc.BufferPool(4096)
+    before = _pool_lock_totals()
+    with _profile(tc) as p:
+        _pool_threads(pool, 4, 3000)
+        for _ in range(100):
+            gone.acquire().release()
+        del gone                     # a pool that dies inside the block still counts
+    after = _pool_lock_totals()
+    d = p.as_dict()
+    got = d["locks"]["buffer_pool"]
+    # acquire and release take the lock once each: 2 x (4 x 3000 + 100) at least.
+    assert got["acquisitions"] >= 2 * (4 * 3000 + 100)
+    for k in ("acquisitions", "contended", "spins", "wait_ns"):
+        assert 0 <= got[k] <= after[k] - before[k], k
+    assert pool.lock_stats()["acquisitions"] >= 2 * 4 * 3000
+    v = d["serialisation"]
+    # The GIL lets one Python thread run at a time: at most about one core.
+    assert v["busy_python_threads"] >= 2
+    assert v["cores_used"] < 1.25
+    if v["cores_available"] >= 2:
+        assert v["verdict"] == "gil", v
+        assert "GIL" in p.report()
+
+
+def test_native_threads_are_never_blamed_on_the_gil(tc):
+    from tcalloc.stress import _workloads as wl
+    with _profile(tc) as p:
+        r = wl.run("xmalloc", "tcalloc", threads=2, ops=200000)
+    assert r["corrupt"] == 0
+    v = p.as_dict()["serialisation"]
+    assert v["verdict"] != "gil", v
+    assert v["busy_python_threads"] <= 1         # only the caller, waiting in run()
+
+
+def test_a_short_block_is_sampled(tc):
+    with _profile(tc) as p:
+        t_end = time.monotonic() + 0.2
+        while time.monotonic() < t_end:
+            pass
+    d = p.as_dict()
+    # 10 ms by default: a 0.2 s block gets 20 ticks when the sampler runs
+    # on time; the GIL holder above lets it in at every switch interval.
+    assert p.interval == 0.01
+    assert d["samples"] >= 5

@@ -14,11 +14,6 @@ def _install():
     domains = os.environ.get("TCALLOC_RUN_DOMAINS", "")
     if not domains:
         return
-    import tracemalloc
-    if tracemalloc.is_tracing():
-        sys.stderr.write("tcalloc: tracemalloc is tracing in this child interpreter; "
-                         "it stays on its previous allocator\n")
-        return
     import tcalloc
     tcalloc.install(domains.split(","))
 

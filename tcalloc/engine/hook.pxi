@@ -22,11 +22,13 @@
 # only the wrapper knows to send them back to tcalloc. A later install() of
 # the same domain just sets "active" again.
 #
-# CPython's debug hooks (PYTHONMALLOC=debug, -X dev) stay on top: when they
-# wrap a domain, tcalloc goes underneath them (their inner allocator becomes
-# our "previous" one, and PyMem_SetupDebugHooks() puts them back above us),
-# so they still catch buffer overruns and calls without the GIL, on tcalloc's
-# blocks and on older ones alike.
+# CPython's debug hooks (PYTHONMALLOC=debug, -X dev) and tracemalloc stay on
+# top: when they wrap a domain, tcalloc goes underneath them (the allocator
+# they call becomes our "previous" one, and our entry points take its place
+# inside their struct), so the hooks still catch buffer overruns and calls
+# without the GIL, and tracemalloc still traces, on tcalloc's blocks and on
+# older ones alike. tracemalloc.stop() puts back the struct it saved, which
+# is now ours.
 #
 # Everything here is called with and without the GIL (the RAW domain is, and
 # every domain on free-threaded builds): the wrappers touch no Python object
@@ -45,7 +47,6 @@ cdef extern from "Python.h":
         void (*free)(void *ctx, void *ptr) noexcept nogil
     void PyMem_GetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator)
     void PyMem_SetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx *allocator)
-    void PyMem_SetupDebugHooks()
 
 # The context of CPython's debug hooks (Objects/obmalloc.c, the same layout
 # from 3.6 on): the domain's letter and the allocator the hooks wrap.
@@ -66,22 +67,28 @@ _HOOK_DOMAINS[2] = PYMEM_DOMAIN_OBJ
 _HOOK_NAMES = ("raw", "mem", "obj")
 
 # ---- the wrappers ------------------------------------------------------------
+#
+# Written once over a HookDomain, then given one entry point per domain that
+# names its HookDomain itself and ignores ctx. Ignoring ctx is what lets
+# install() swap our functions into an allocator struct another layer holds
+# (tracemalloc's saved allocator, the debug hooks' inner one) one pointer at a
+# time, while other threads call through it: any mix of old and new function
+# pointers with the struct's ctx, which never changes, is a valid allocator.
 
-cdef void *_h_malloc(void *ctx, size_t size) noexcept nogil:
-    cdef HookDomain *d = <HookDomain *>ctx
+cdef inline void *_h_malloc(HookDomain *d, size_t size) noexcept nogil:
     if TC_LIKELY(tc_load_int(&d.active)):
         return _malloc(size)             # malloc(0): unique non-NULL, as CPython requires
     return d.prev.malloc(d.prev.ctx, size)
 
-cdef void *_h_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
-    cdef HookDomain *d = <HookDomain *>ctx
+cdef inline void *_h_calloc(HookDomain *d, size_t nelem, size_t elsize) noexcept nogil:
     if tc_load_int(&d.active):
         return tc_calloc(nelem, elsize)
     return d.prev.calloc(d.prev.ctx, nelem, elsize)
 
-cdef void _h_free_other(void *ctx, void *p) noexcept nogil:
-    """Not a small tcalloc block: a large one, or the previous allocator's."""
-    cdef HookDomain *d = <HookDomain *>ctx
+cdef void _h_free_other(void *dom, void *p) noexcept nogil:
+    """Not a small tcalloc block: a large one, or the previous allocator's.
+    dom: the HookDomain (void * for the noinline declaration in _engine.pyx)."""
+    cdef HookDomain *d = <HookDomain *>dom
     cdef Span *s
     if p == NULL:
         return
@@ -91,21 +98,20 @@ cdef void _h_free_other(void *ctx, void *p) noexcept nogil:
     else:
         d.prev.free(d.prev.ctx, p)
 
-cdef void _h_free(void *ctx, void *p) noexcept nogil:
+cdef inline void _h_free(HookDomain *d, void *p) noexcept nogil:
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
     if TC_LIKELY(cl != 0):
         if TC_LIKELY(threadcache_try_push(<ThreadCache *>tc_tls_get(), cl, p)):
             return
         _free_small_slow(p, cl)
         return
-    _h_free_other(ctx, p)
+    _h_free_other(d, p)
 
-cdef void *_h_realloc(void *ctx, void *p, size_t size) noexcept nogil:
-    cdef HookDomain *d = <HookDomain *>ctx
+cdef void *_h_realloc(HookDomain *d, void *p, size_t size) noexcept nogil:
     cdef void *q
     cdef size_t old
     if p == NULL:
-        return _h_malloc(ctx, size)
+        return _h_malloc(d, size)
     if pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift) == 0 and _large_span(p) == NULL:
         return d.prev.realloc(d.prev.ctx, p, size)
     if tc_load_int(&d.active):
@@ -117,6 +123,39 @@ cdef void *_h_realloc(void *ctx, void *p, size_t size) noexcept nogil:
         memcpy(q, p, old if old < size else size)
         _free(p)
     return q
+
+# The entry points, domain by domain (index into g_hook: 0 raw, 1 mem, 2 obj).
+cdef void *_h_malloc_raw(void *ctx, size_t n) noexcept nogil: return _h_malloc(&g_hook[0], n)
+cdef void *_h_malloc_mem(void *ctx, size_t n) noexcept nogil: return _h_malloc(&g_hook[1], n)
+cdef void *_h_malloc_obj(void *ctx, size_t n) noexcept nogil: return _h_malloc(&g_hook[2], n)
+cdef void *_h_calloc_raw(void *ctx, size_t m, size_t n) noexcept nogil: return _h_calloc(&g_hook[0], m, n)
+cdef void *_h_calloc_mem(void *ctx, size_t m, size_t n) noexcept nogil: return _h_calloc(&g_hook[1], m, n)
+cdef void *_h_calloc_obj(void *ctx, size_t m, size_t n) noexcept nogil: return _h_calloc(&g_hook[2], m, n)
+cdef void *_h_realloc_raw(void *ctx, void *p, size_t n) noexcept nogil: return _h_realloc(&g_hook[0], p, n)
+cdef void *_h_realloc_mem(void *ctx, void *p, size_t n) noexcept nogil: return _h_realloc(&g_hook[1], p, n)
+cdef void *_h_realloc_obj(void *ctx, void *p, size_t n) noexcept nogil: return _h_realloc(&g_hook[2], p, n)
+cdef void _h_free_raw(void *ctx, void *p) noexcept nogil: _h_free(&g_hook[0], p)
+cdef void _h_free_mem(void *ctx, void *p) noexcept nogil: _h_free(&g_hook[1], p)
+cdef void _h_free_obj(void *ctx, void *p) noexcept nogil: _h_free(&g_hook[2], p)
+
+cdef void _hook_entry_points(int i, PyMemAllocatorEx *a) noexcept:
+    """Store domain i's entry points into a, one release store each, after g_hook[i] is filled
+    (a may be live: see above). ctx is left as it is."""
+    if i == 0:
+        tc_store_release_ptr(<void **>&a.malloc, <void *>_h_malloc_raw)
+        tc_store_release_ptr(<void **>&a.calloc, <void *>_h_calloc_raw)
+        tc_store_release_ptr(<void **>&a.realloc, <void *>_h_realloc_raw)
+        tc_store_release_ptr(<void **>&a.free, <void *>_h_free_raw)
+    elif i == 1:
+        tc_store_release_ptr(<void **>&a.malloc, <void *>_h_malloc_mem)
+        tc_store_release_ptr(<void **>&a.calloc, <void *>_h_calloc_mem)
+        tc_store_release_ptr(<void **>&a.realloc, <void *>_h_realloc_mem)
+        tc_store_release_ptr(<void **>&a.free, <void *>_h_free_mem)
+    else:
+        tc_store_release_ptr(<void **>&a.malloc, <void *>_h_malloc_obj)
+        tc_store_release_ptr(<void **>&a.calloc, <void *>_h_calloc_obj)
+        tc_store_release_ptr(<void **>&a.realloc, <void *>_h_realloc_obj)
+        tc_store_release_ptr(<void **>&a.free, <void *>_h_free_obj)
 
 # ---- the Python API -----------------------------------------------------------
 
@@ -154,51 +193,74 @@ def _debug_hooks_on():
     return bool(sys.flags.dev_mode)
 
 
+cdef PyMemAllocatorEx *_tracemalloc_slot(int i) except NULL:
+    """While tracemalloc traces, domain i's allocator is tracemalloc's hook,
+    whose ctx points at the allocator it saved at start() and calls (and puts
+    back at stop()). CPython keeps the three saved allocators together, in
+    the order mem, raw, obj (Modules/_tracemalloc.c up to 3.11, the runtime
+    state from 3.12): checked, so that anything else on top is refused rather
+    than written into."""
+    cdef PyMemAllocatorEx a[3]
+    cdef char *mem
+    PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &a[0])
+    PyMem_GetAllocator(PYMEM_DOMAIN_MEM, &a[1])
+    PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &a[2])
+    mem = <char *>a[1].ctx
+    if (mem == NULL or a[1].malloc != a[2].malloc
+            or <char *>a[0].ctx != mem + sizeof(PyMemAllocatorEx)
+            or <char *>a[2].ctx != mem + 2 * sizeof(PyMemAllocatorEx)):
+        raise RuntimeError("tcalloc.install(): tracemalloc is tracing, but the allocators in "
+                           "place are not the ones tracemalloc installed (another layer sits "
+                           "on top); install tcalloc before tracemalloc.start()")
+    return <PyMemAllocatorEx *>a[i].ctx
+
+
 def install(domains=("raw", "mem", "obj")):
     """Route the interpreter's allocations in ``domains`` through tcalloc.
 
     ``"raw"`` is PyMem_RawMalloc, ``"mem"`` PyMem_Malloc, ``"obj"``
     PyObject_Malloc (every object). Blocks allocated before the call stay with
     the allocator that made them. Idempotent. Call it early, with the GIL
-    held; other threads may keep allocating meanwhile. Under CPython's debug
-    hooks (``PYTHONMALLOC=debug``, ``-X dev``) tcalloc goes underneath them,
-    and they keep checking every block. Refused while tracemalloc is tracing:
-    tracemalloc.stop() would put back the allocator it saw at start() and
-    unhook tcalloc while tcalloc blocks are alive.
+    held; other threads may keep allocating meanwhile. tcalloc goes
+    underneath the layers CPython puts on top of the allocator: its debug
+    hooks (``PYTHONMALLOC=debug``, ``-X dev``) keep checking every block,
+    and tracemalloc, if it is tracing, keeps tracing every block (and
+    ``tracemalloc.stop()`` leaves tcalloc in place).
     """
     cdef list todo = _hook_parse(domains)
     cdef PyMemAllocatorEx mine, cur
+    cdef PyMemAllocatorEx *slot
     cdef _DebugAllocApi *dbg
     cdef int i
-    cdef bint under_debug = False
     import tracemalloc
-    if tracemalloc.is_tracing():
-        raise RuntimeError("tcalloc.install(): stop tracemalloc first (it may be started "
-                           "again afterwards; it then wraps tcalloc)")
+    tracing = tracemalloc.is_tracing()
     debug_hooks = _debug_hooks_on()
     for i in todo:
-        if not g_hook[i].wrapped:
-            PyMem_GetAllocator(_HOOK_DOMAINS[i], &cur)
-            dbg = <_DebugAllocApi *>cur.ctx
-            if debug_hooks and dbg != NULL and dbg.api_id == ord(_HOOK_NAMES[i][0]):
-                g_hook[i].prev = dbg.alloc       # what the debug hooks wrap
-                under_debug = True
-            else:
-                g_hook[i].prev = cur
-            mine.ctx = &g_hook[i]
-            mine.malloc = _h_malloc
-            mine.calloc = _h_calloc
-            mine.realloc = _h_realloc
-            mine.free = _h_free
+        if g_hook[i].wrapped:
             tc_store_int(&g_hook[i].active, 1)
-            g_hook[i].wrapped = 1
-            PyMem_SetAllocator(_HOOK_DOMAINS[i], &mine)
+            continue
+        # Find the struct that holds the base allocator (pymalloc or the C
+        # library's): inside tracemalloc's saved allocator, inside the debug
+        # hooks' context, or the domain's own.
+        slot = NULL
+        PyMem_GetAllocator(_HOOK_DOMAINS[i], &cur)
+        if tracing:
+            slot = _tracemalloc_slot(i)
+            cur = slot[0]
+        dbg = <_DebugAllocApi *>cur.ctx
+        if debug_hooks and dbg != NULL and dbg.api_id == ord(_HOOK_NAMES[i][0]):
+            slot = &dbg.alloc
+            cur = slot[0]
+        g_hook[i].prev = cur
+        tc_store_int(&g_hook[i].active, 1)
+        g_hook[i].wrapped = 1
+        if slot != NULL:
+            # A layer above calls through slot: swap our entry points in.
+            _hook_entry_points(i, slot)
         else:
-            tc_store_int(&g_hook[i].active, 1)
-    if under_debug:
-        # Back on top of every domain that no longer has them: their context
-        # (the same static struct) now wraps tcalloc's wrapper.
-        PyMem_SetupDebugHooks()
+            mine.ctx = cur.ctx
+            _hook_entry_points(i, &mine)
+            PyMem_SetAllocator(_HOOK_DOMAINS[i], &mine)
 
 
 def uninstall(domains=("raw", "mem", "obj")):

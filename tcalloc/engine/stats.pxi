@@ -122,7 +122,8 @@ def stats():
         _collect(&st, cs)
     classes = []
     locks = {"page_heap": _lock_dict(&g_heap.lock), "thread_caches": _lock_dict(&g_registry.lock),
-             "metadata": _lock_dict(&g_arena.lock)}
+             "metadata": _lock_dict(&g_arena.lock), "heap_sampler": _lock_dict(&g_sampler.lock),
+             "background": _lock_dict(&g_bg_lock)}
     for cl in range(1, g_sizemap.num_classes):
         size = g_sizemap.class_to_size[cl]
         classes.append({
