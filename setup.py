@@ -29,6 +29,7 @@ PRODUCT = {
     "tcalloc._engine": "tcalloc/_engine.pyx",
     "tcalloc.buffer": "tcalloc/buffer.pyx",
     "tcalloc._numpy_handler": "tcalloc/_numpy_handler.pyx",
+    "tcalloc._threadclock": "tcalloc/_threadclock.pyx",
     "tcalloc.stress._workloads": "stress/_workloads.pyx",
 }
 

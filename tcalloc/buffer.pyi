@@ -10,6 +10,9 @@ from tcalloc._engine import LockStats
 # The tracemalloc domain Buffer and BufferPool memory is traced under.
 TRACEMALLOC_DOMAIN: int
 
+# The lock counters summed over every BufferPool (tcalloc.profile() reads them).
+def _pool_lock_totals() -> LockStats: ...
+
 class Buffer:
     """A block of tcalloc memory exposed through the writable buffer protocol."""
 

@@ -20,18 +20,22 @@ Collected over the block:
   and tcalloc's locks cost them little), or something else;
 - deltas of tcalloc.stats()' integer figures, and their values at the end;
 - the process (psutil): user and system CPU, RSS and USS at start, end and
-  peak (RSS and the per-thread CPU sampled by a background thread every
-  ``interval`` seconds, 10 ms by default, plus at start and end; USS, which
-  costs about a millisecond to read, at most every 100 ms), CPU per thread
-  as the sampler saw it;
+  peak (RSS sampled by a background thread every ``interval`` seconds, 10 ms
+  by default, plus at start and end; USS, which costs about a millisecond to
+  read, at most every 100 ms);
+- CPU per thread, and the time each waited for a CPU while runnable, read
+  every ``interval`` by a native thread that needs no GIL
+  (``tcalloc._threadclock``): a thread that lived for a few ticks is counted
+  even when the Python sampler never got the GIL while it ran; the peak RSS
+  is read there too;
 - context switches, voluntary and involuntary, of all threads of the
   process from getrusage(RUSAGE_SELF). psutil's num_ctx_switches() reads
   /proc/PID/status, which on Linux counts the main thread only; it is
   reported too, as ``ctx_main_thread``.
 
-The sampler is a Python thread: its own (small) CPU time is part of the
-process figures, and threads that start and end between two samples do
-not appear in the per-thread list (their CPU is in the process totals).
+The samplers' own (small) CPU time is part of the process totals and left
+out of the verdict. A thread that starts and ends between two native ticks
+is only in the process totals.
 """
 
 import math
@@ -104,33 +108,61 @@ def _usable_cpus() -> int:
 
 
 # What serialised the threads. A thread is busy when it used at least 10% of
-# the busiest thread's CPU (and at least 5 ms). With two or more busy
-# threads and two or more cores for them, the process ran them one at a
-# time when it used less than a quarter of the extra cores on top of one.
+# the busiest thread's CPU (and at least 5 ms). Two or more busy threads,
+# with two or more cores for them, ran in parallel when the process used at
+# least a quarter of the extra cores on top of one; otherwise something held
+# them back, and the report says what, in this order:
+# - tcalloc's locks, when the busy threads spent 20% of their time waiting
+#   on them (tcalloc's own counters);
+# - the GIL, when two or more busy threads are Python threads and the
+#   profile's Python sampler, which needs the GIL to run, woke up later than
+#   the native clock, which needs only a CPU, by half the GIL's switch
+#   interval on average (a thread asking for a held GIL waits that interval
+#   before the holder is told to drop it);
+# - the machine, when the native clock itself woke up late by a tenth of the
+#   interval on average, or the busy threads spent 30% of their time
+#   runnable without a CPU (schedstat): other processes had the CPUs;
+# - something else (another lock, I/O).
 _BUSY_SHARE = 0.10
 _BUSY_MIN_S = 0.005
 _SERIAL_EFFICIENCY = 0.25
-# tcalloc's locks are the cause when the busy threads spent this share of
-# their time waiting on them.
 _TCALLOC_WAIT_SHARE = 0.20
+_GIL_LATE_SHARE = 0.5
+_MACHINE_LATE_SHARE = 0.10
+_MACHINE_RUNQ_SHARE = 0.30
 
 
 def _verdict(threads: List[Dict[str, Any]], cpu_s: float, elapsed_s: float,
-             wait_ns: int, engine: bool, python_ids: "set[int]", sampler_id: Optional[int],
-             hottest: Optional[str]) -> Dict[str, Any]:
-    rows = [t for t in threads if t["id"] != sampler_id]
-    cpu = {t["id"]: t["cpu_user_s"] + t["cpu_system_s"] for t in rows}
+             wait_ns: int, engine: bool, python_ids: "set[int]", hottest: Optional[str],
+             gil_late_s: Optional[float], cpu_late_s: Optional[float],
+             interval: float) -> Dict[str, Any]:
+    """What held the busy threads back, if anything (see above). `threads`
+    leaves the samplers out; `cpu_s` is the process's CPU without theirs;
+    `gil_late_s` and `cpu_late_s` the mean lateness of the Python sampler
+    beyond the native clock's, and of the native clock (None: unknown)."""
+    import sys
+    cpu = {t["id"]: t["cpu_s"] for t in threads}
     top = max(cpu.values(), default=0.0)
     busy = [i for i, c in cpu.items() if c >= max(_BUSY_MIN_S, _BUSY_SHARE * top)]
     busy_py = [i for i in busy if i in python_ids]
     avail = min(len(busy), _usable_cpus())
     cores = cpu_s / elapsed_s if elapsed_s > 0 else 0.0
     busy_s = sum(cpu[i] for i in busy)
-    # Waiting threads use no CPU: their wait against the time they had.
+    runq = [t["cpu_wait_s"] for t in threads if t["id"] in busy]
+    runq_s = sum(runq) if runq and None not in runq else None
+    # A thread waiting on a lock uses no CPU: its wait against the time it ran.
     wait_share = (wait_ns / 1e9) / (wait_ns / 1e9 + busy_s) if busy_s or wait_ns else 0.0
-    v: Dict[str, Any] = dict(busy_threads=len(busy), busy_python_threads=len(busy_py),
-                             cores_used=round(cores, 3), cores_available=avail,
-                             tcalloc_wait_share=round(wait_share, 4))
+    runq_share = runq_s / (runq_s + busy_s) if runq_s is not None and (runq_s or busy_s) else None
+    v: Dict[str, Any] = dict(
+        busy_threads=len(busy), busy_python_threads=len(busy_py), cores_used=round(cores, 3),
+        cores_available=avail, tcalloc_wait_share=round(wait_share, 4),
+        gil_wait_per_tick_s=None if gil_late_s is None else round(gil_late_s, 6),
+        cpu_wait_per_tick_s=None if cpu_late_s is None else round(cpu_late_s, 6),
+        cpu_wait_share=None if runq_share is None else round(runq_share, 4))
+    gil_bound = (len(busy_py) >= 2 and gil_late_s is not None
+                 and gil_late_s >= _GIL_LATE_SHARE * sys.getswitchinterval())
+    starved = ((cpu_late_s is not None and cpu_late_s >= _MACHINE_LATE_SHARE * interval)
+               or (runq_share is not None and runq_share >= _MACHINE_RUNQ_SHARE))
     if len(busy) < 2:
         v["verdict"], v["text"] = "single", "one thread busy: nothing to serialise"
     elif avail < 2:
@@ -146,19 +178,26 @@ def _verdict(threads: List[Dict[str, Any]], cpu_s: float, elapsed_s: float,
                      "spent %.0f%% of their time waiting on tcalloc's locks%s"
                      % (len(busy), cores, avail, 100 * wait_share,
                         " (hottest: %s)" % hottest if hottest else ""))
-    elif len(busy_py) >= 2:
+    elif gil_bound:
         v["verdict"] = "gil"
-        v["text"] = ("serialised by the GIL, not by tcalloc: %d Python threads busy took turns "
-                     "on %.2f of %d cores; tcalloc's locks cost them %.1f%% of their time"
-                     % (len(busy_py), cores, avail, 100 * wait_share)
-                     if engine else
-                     "serialised by the GIL: %d Python threads busy took turns on %.2f of %d cores"
-                     % (len(busy_py), cores, avail))
+        v["text"] = ("serialised by the GIL%s: %d Python threads busy used %.2f of %d cores, "
+                     "and a thread asking for the GIL waited %.1f ms for it%s"
+                     % (", not by tcalloc" if engine else "", len(busy_py), cores, avail,
+                        1e3 * (gil_late_s or 0.0),
+                        "; tcalloc's locks cost them %.1f%% of their time" % (100 * wait_share)
+                        if engine else ""))
+    elif starved:
+        v["verdict"] = "machine"
+        v["text"] = ("held back by a busy machine: %d threads busy used %.2f of %d cores; "
+                     "a thread that needed only a CPU waited %.1f ms for one%s"
+                     % (len(busy), cores, avail, 1e3 * (cpu_late_s or 0.0),
+                        " and the busy threads were runnable without a CPU %.0f%% of the "
+                        "time" % (100 * runq_share) if runq_share is not None else ""))
     else:
         v["verdict"] = "other"
         v["text"] = ("serialised outside tcalloc and the GIL: %d threads busy (%d of them "
-                     "Python threads) used %.2f of %d cores (another lock, I/O, or a busy "
-                     "machine)" % (len(busy), len(busy_py), cores, avail))
+                     "Python threads) used %.2f of %d cores: another lock, or I/O"
+                     % (len(busy), len(busy_py), cores, avail))
     return v
 
 
@@ -242,10 +281,18 @@ class Profile:
         self._rss_peak, self._uss_peak = mem.rss, mem.uss
         self._series: List[Tuple[float, int]] = []
         self._samples = 0
+        self._late, self._sleeps = 0.0, 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._t0 = time.perf_counter_ns()
         self._record(mem.rss, mem.uss)
+        self._clock = None
+        try:
+            from tcalloc._threadclock import ThreadClock
+            self._clock = ThreadClock(self.interval)
+            self._clock.start()
+        except (ImportError, OSError):     # not Linux: psutil's per-thread figures only
+            self._clock = None
         self._sampler = threading.Thread(target=self._sample_loop,
                                          name="tcalloc.profile sampler", daemon=True)
         self._running = True
@@ -284,12 +331,21 @@ class Profile:
             self._python_ids.update(names)
             for t in threads:
                 self._thr_last[t.id] = (t.user_time, t.system_time)
-                if t.id not in self._names:
-                    self._names[t.id] = names.get(t.id) or _comm(t.id)
+                if names.get(t.id):          # threading's name, once it has one
+                    self._names[t.id] = names[t.id]
+                elif t.id not in self._names:
+                    self._names[t.id] = _comm(t.id)
         self._record(rss, uss)
 
     def _sample_loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            t0 = time.perf_counter()
+            if self._stop.wait(self.interval):
+                return
+            # Woken late: waiting for a CPU, as the native clock is, plus
+            # waiting for the GIL, which only this thread needs.
+            self._late += max(0.0, time.perf_counter() - t0 - self.interval)
+            self._sleeps += 1
             try:
                 self._sample_once()
             except Exception:       # the process is going away; keep what we have
@@ -302,6 +358,8 @@ class Profile:
         self._stop.set()
         self._sampler.join()
         self._sample_once(full=True)
+        if self._clock is not None:
+            self._clock.stop()
         elapsed_ns = time.perf_counter_ns() - self._t0
         cpu1 = self._proc.cpu_times()
         ctx1 = self._proc.num_ctx_switches()
@@ -316,14 +374,30 @@ class Profile:
     def _build(self, elapsed_ns: int, cpu1: Any, ctx1: Any, ru1: Any, mem: Any,
                stats1: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         me = threading.get_native_id()
+        clock = self._clock
+        samplers = {self._sampler.native_id}
+        seen = {}
+        if clock is not None:
+            samplers.add(clock.clock_thread_id)
+            seen = {tid: (comm, cpu, wait) for tid, comm, _, cpu, wait in clock.threads()}
         threads = []
-        for tid, (u, s) in sorted(self._thr_last.items()):
-            u0, s0 = self._thr0.get(tid, (0.0, 0.0))
-            name = self._names.get(tid) or _comm(tid)
+        for tid in sorted(set(self._thr_last) | set(seen)):
+            name = self._names.get(tid) or (seen[tid][0] if tid in seen else "") or _comm(tid)
             if tid == me and not name:
                 name = "main"
-            threads.append(dict(id=tid, name=name, cpu_user_s=round(u - u0, 6),
-                                cpu_system_s=round(s - s0, 6)))
+            row: Dict[str, Any] = dict(id=tid, name=name, cpu_user_s=None, cpu_system_s=None)
+            if tid in self._thr_last:
+                (u, s), (u0, s0) = self._thr_last[tid], self._thr0.get(tid, (0.0, 0.0))
+                row.update(cpu_user_s=round(u - u0, 6), cpu_system_s=round(s - s0, 6))
+            if tid in seen:
+                row["cpu_s"] = round(seen[tid][1], 6)
+                row["cpu_wait_s"] = (round(seen[tid][2], 6)
+                                     if clock is not None and clock.has_wait else None)
+            else:
+                row["cpu_s"] = round(row["cpu_user_s"] + row["cpu_system_s"], 6)
+                row["cpu_wait_s"] = None
+            row["sampler"] = tid in samplers
+            threads.append(row)
         d = dict(
             elapsed_s=elapsed_ns / 1e9,
             cpu_user_s=cpu1.user - self._cpu0.user,
@@ -332,7 +406,8 @@ class Profile:
             ctx_involuntary=ru1.ru_nivcsw - self._ru0.ru_nivcsw,
             ctx_main_thread=dict(voluntary=ctx1.voluntary - self._ctx0.voluntary,
                                  involuntary=ctx1.involuntary - self._ctx0.involuntary),
-            rss_start=self._rss0, rss_end=mem.rss, rss_peak=max(self._rss_peak, mem.rss),
+            rss_start=self._rss0, rss_end=mem.rss,
+            rss_peak=max(self._rss_peak, mem.rss, clock.rss_peak if clock is not None else 0),
             uss_start=self._uss0, uss_end=mem.uss, uss_peak=max(self._uss_peak, mem.uss),
             samples=self._samples,
             rss_series=[[round(t, 4), r] for t, r in self._series],
@@ -354,10 +429,15 @@ class Profile:
             d["stats_delta"] = {k: v - stats0.get(k, 0) for k, v in stats1.items()
                                 if isinstance(v, int) and isinstance(stats0.get(k, 0), int)}
             d["stats_end"] = {k: v for k, v in stats1.items() if isinstance(v, int)}
+        py_late = self._late / self._sleeps if self._sleeps else None
+        cpu_late = self._clock.mean_lateness if self._clock is not None else None
         d["serialisation"] = _verdict(
-            threads, cpu, d["elapsed_s"], d.get("lock_wait_ns", 0), self.engine,
-            self._python_ids, self._sampler.native_id,
-            d["hottest_locks"][0]["name"] if d.get("hottest_locks") else None)
+            [t for t in threads if not t["sampler"]],
+            cpu - sum(t["cpu_s"] for t in threads if t["sampler"]),
+            d["elapsed_s"], d.get("lock_wait_ns", 0), self.engine, self._python_ids,
+            d["hottest_locks"][0]["name"] if d.get("hottest_locks") else None,
+            None if py_late is None or cpu_late is None else max(0.0, py_late - cpu_late),
+            cpu_late, self.interval)
         return d
 
     def as_dict(self) -> Dict[str, Any]:
@@ -378,12 +458,15 @@ class Profile:
                    % (d["rss_start"] / _MIB, d["rss_peak"] / _MIB, d["rss_end"] / _MIB,
                       d["uss_peak"] / _MIB, d["samples"]))
         out.append("threads: " + d["serialisation"]["text"])
-        busy = [t for t in d["threads"] if t["cpu_user_s"] + t["cpu_system_s"] > 0]
+        busy = [t for t in d["threads"] if t["cpu_s"] > 0]
         if busy:
-            out.append("cpu per thread (seen by the sampler):")
-            for t in sorted(busy, key=lambda t: -(t["cpu_user_s"] + t["cpu_system_s"]))[:8]:
-                out.append("  %-8d %-28s user %.3f s  system %.3f s"
-                           % (t["id"], t["name"][:28], t["cpu_user_s"], t["cpu_system_s"]))
+            out.append("cpu per thread:")
+            for t in sorted(busy, key=lambda t: -t["cpu_s"])[:8]:
+                out.append("  %-8d %-28s cpu %.3f s%s%s"
+                           % (t["id"], t["name"][:28], t["cpu_s"],
+                              "  waited for a cpu %.3f s" % t["cpu_wait_s"]
+                              if t["cpu_wait_s"] is not None else "",
+                              "  (profiler)" if t["sampler"] else ""))
         if d["engine"]:
             if d["hottest_locks"]:
                 out.append("hottest tcalloc locks (wait as a share of elapsed wall time):")

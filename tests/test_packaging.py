@@ -32,7 +32,7 @@ def test_wheel_holds_the_product_only(dists):
     names = zipfile.ZipFile(wheel).namelist()
     exts = sorted(n for n in names if n.endswith(".so"))
     mods = sorted(n.split(".")[0].replace("/", ".") for n in exts)
-    assert mods == ["tcalloc._engine", "tcalloc._numpy_handler",
+    assert mods == ["tcalloc._engine", "tcalloc._numpy_handler", "tcalloc._threadclock",
                     "tcalloc.buffer", "tcalloc.stress._workloads"], exts
     for n in names:
         base = os.path.basename(n)
@@ -80,7 +80,8 @@ def test_lab_runs_from_a_plain_install_elsewhere(dists, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["tcalloc/_engine.pyx", "tcalloc/buffer.pyx",
-                                    "tcalloc/_numpy_handler.pyx", "stress/_workloads.pyx",
+                                    "tcalloc/_numpy_handler.pyx", "tcalloc/_threadclock.pyx",
+                                    "stress/_workloads.pyx",
                                     "tests/native/tct_native.pyx", "tests/native/tct_components.pyx",
                                     "tests/native/tct_broken.pyx", "bench/_bench.pyx"])
 def test_checked_build_translates(source, tmp_path):

@@ -233,6 +233,7 @@ tcalloc\._engine\.(Stats|SizeClassStats|LockStats)
 tcalloc\.buffer\.PoolStats
 tcalloc\.buffer\.Buffer\.__(release_)?buffer__
 tcalloc\.buffer\.(Buffer|BufferPool)
+tcalloc\._threadclock\.ThreadClock
 """
 
 
