@@ -21,7 +21,8 @@
    little with the random samples.
 3. wall: wall-clock time of the tuple/dict workload and of pyflakes over the
    standard library, modes interleaved round by round: plain python,
-   ``-X tracemalloc``, memray (``python -m memray run``), and ``python -m
+   ``-X tracemalloc``, memray (``python -m memray run``, and with
+   ``--trace-python-allocators``, which sees every Python object), and ``python -m
    tcalloc run`` with sampling off, at 2 MiB, and with tracemalloc started by
    the program (tcalloc.install() refuses to start under a tracing
    tracemalloc, so ``-X tracemalloc`` cannot be combined with it). Each
@@ -70,8 +71,8 @@ def _probe():
         info = tc._engine._sampler_info()
         rec["tcalloc"] = {"installed": bool(tc.installed()), "rate": info["rate"],
                           "samples": info["taken"]}
-    tm = sys.modules.get("tracemalloc")
-    rec["tracemalloc"] = bool(tm and tm.is_tracing())
+    import tracemalloc      # -X tracemalloc starts tracing without importing the module
+    rec["tracemalloc"] = tracemalloc.is_tracing()
     sys.stderr.write(MARK + json.dumps(rec) + "\n")
 
 
@@ -313,10 +314,10 @@ def part_callgrind(a, tmp):
     return out
 
 
-WALL_MODES = ("plain", "tracemalloc", "memray", "tcalloc", "tcalloc+sampling",
+WALL_MODES = ("plain", "tracemalloc", "memray", "memray+pyalloc", "tcalloc", "tcalloc+sampling",
               "tcalloc+tracemalloc")
 # each mode's baseline for its ratio
-BASE = {"tracemalloc": "plain", "memray": "plain", "tcalloc": "plain",
+BASE = {"tracemalloc": "plain", "memray": "plain", "memray+pyalloc": "plain", "tcalloc": "plain",
         "tcalloc+sampling": "tcalloc", "tcalloc+tracemalloc": "tcalloc"}
 
 
@@ -327,9 +328,12 @@ def _wall_argv(mode, args, tmp, seq):
         return [py, *work, *args], {}
     if mode == "tracemalloc":
         return [py, "-X", "tracemalloc", *work, *args], {}
-    if mode == "memray":
+    if mode.startswith("memray"):
+        # memray's default sees malloc calls (pymalloc's arenas, not each
+        # object); --trace-python-allocators sees every Python allocation.
         out = os.path.join(tmp, "memray-%d.bin" % seq)
-        return [py, "-m", "memray", "run", "-q", "-f", "-o", out, *work, *args], {}
+        extra = ["--trace-python-allocators"] if mode == "memray+pyalloc" else []
+        return [py, "-m", "memray", "run", "-q", "-f", *extra, "-o", out, *work, *args], {}
     run = [py, "-m", "tcalloc", "run", *work]
     if mode == "tcalloc":
         return [*run, *args], {}
@@ -358,16 +362,18 @@ def part_wall(a, tmp):
     from bench.interpreter import stdlib_files
     have_memray = importlib.util.find_spec("memray") is not None
     have_pyflakes = importlib.util.find_spec("pyflakes") is not None
-    modes = [m for m in WALL_MODES if m != "memray" or have_memray]
+    modes = [m for m in a.modes if not m.startswith("memray") or have_memray]
     if not have_memray:
         log("  memray is not installed (pip install memray): its mode is skipped")
-    std, files = stdlib_files(a.quick)
+    std, files = stdlib_files(True)
+    files = files[:a.pyflakes_files]
     jobs = {"tuples": ["tuples", "200000" if a.quick else "1000000", "2" if a.quick else "5"]}
     if have_pyflakes:
         jobs["pyflakes"] = ["pyflakes", *files]
     else:
         log("  pyflakes is not installed (pip install pyflakes): its workload is skipped")
-    out = {"memray": have_memray, "pyflakes_files": len(files), "jobs": {}}
+    out = {"memray": have_memray, "pyflakes_files": len(files), "jobs": {},
+           "tuples": jobs["tuples"][1:]}
     seq = 0
     for job, args in jobs.items():
         samples = []
@@ -388,7 +394,7 @@ def part_wall(a, tmp):
                 elif probe["tcalloc"]:
                     s["samples"] = probe["tcalloc"]["samples"]
                 samples.append(s)
-                if mode == "memray":
+                if mode.startswith("memray"):
                     try:
                         os.unlink(os.path.join(tmp, "memray-%d.bin" % seq))
                     except OSError:
@@ -481,7 +487,7 @@ def report(data):
         out.append("wall clock, %d rounds, modes interleaved; ratio to the baseline in the same "
                    "round: median (min..max)" % data["rounds"])
         for job, samples in wall["jobs"].items():
-            label = ("tuples/dicts (1M each, 5 rounds)" if job == "tuples"
+            label = ("tuples/dicts (%s each, %s times)" % tuple(wall["tuples"]) if job == "tuples"
                      else "pyflakes, %d stdlib files" % wall["pyflakes_files"])
             ok = [s for s in samples if "error" not in s]
             rows = []
@@ -516,6 +522,10 @@ def parse_args(argv):
     p.add_argument("--seeds", default="1,2,3,4,5", help="accuracy seeds (default 1,2,3,4,5)")
     p.add_argument("--rounds", type=int, default=5, help="wall-clock rounds (default 5)")
     p.add_argument("--cg-repeat", type=int, default=2, help="callgrind runs per mode (default 2)")
+    p.add_argument("--modes", default=",".join(WALL_MODES),
+                   help="wall-clock modes (default all): " + ",".join(WALL_MODES))
+    p.add_argument("--pyflakes-files", type=int, default=120,
+                   help="stdlib files pyflakes checks in the wall part (default 120)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
@@ -527,6 +537,10 @@ def parse_args(argv):
     for part in a.parts:
         if part not in ("accuracy", "callgrind", "wall"):
             p.error("unknown part %r" % part)
+    a.modes = [x for x in a.modes.split(",") if x]
+    for m in a.modes:
+        if m not in WALL_MODES:
+            p.error("unknown mode %r" % m)
     for s in a.sites:
         if s not in SITES:
             p.error("unknown site %r" % s)
