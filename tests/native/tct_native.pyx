@@ -1185,3 +1185,59 @@ def invalid_free(str case):
             capi.free(others[i])
         capi.free(p)
     return "not detected: %s %#x" % (case, <uintptr_t>p)
+
+
+# =============================================================================
+# A C caller for the heap profile tests (tests/test_heapprof.py): a plain C
+# function, exported and never inlined, so a sample's native stack names it
+# (dladdr finds exported symbols only) and its return address sits in it.
+# =============================================================================
+
+cdef extern from *:
+    """
+    __attribute__((noinline, visibility("default")))
+    void *tn_hold_chain(void *(*m)(size_t), size_t n, size_t size, size_t *got) {
+        void **head = NULL, **p;
+        size_t i;
+        for (i = 0; i < n; i++) {
+            p = (void **)m(size);
+            if (p == NULL) break;
+            p[0] = head;
+            head = p;
+        }
+        *got = i;
+        return head;
+    }
+    """
+    void *tn_hold_chain(void *(*m)(size_t) noexcept nogil, size_t n, size_t size,
+                        size_t *got) noexcept nogil
+
+
+def free_chain(uintptr_t head):
+    """Free a chain from hold_chain; returns how many blocks it freed."""
+    cdef void **p = <void **>head
+    cdef void **nxt
+    cdef size_t count = 0
+    with nogil:
+        while p != NULL:
+            nxt = <void **>p[0]
+            capi.free(p)
+            p = nxt
+            count += 1
+    return count
+
+
+def hold_chain(size_t n, size_t size):
+    """n blocks of `size` bytes malloc'd from C (tn_hold_chain, through the
+    capsule, GIL released), each holding the previous one's address; returns
+    the head for free_chain."""
+    cdef void *head
+    cdef size_t got = 0
+    if size < sizeof(void *):
+        raise ValueError("size must hold a pointer")
+    with nogil:
+        head = tn_hold_chain(capi.malloc, n, size, &got)
+    if got != n:
+        free_chain(<uintptr_t>head)
+        raise MemoryError("tcalloc's malloc returned NULL after %d blocks" % got)
+    return <uintptr_t>head
