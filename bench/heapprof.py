@@ -24,8 +24,9 @@
    ``-X tracemalloc``, memray (``python -m memray run``, and with
    ``--trace-python-allocators``, which sees every Python object), and ``python -m
    tcalloc run`` with sampling off, at 2 MiB, and with tracemalloc started by
-   the program (tcalloc.install() refuses to start under a tracing
-   tracemalloc, so ``-X tracemalloc`` cannot be combined with it). Each
+   the program (measured when install() still refused to start under a
+   tracing tracemalloc; since then ``-X tracemalloc`` with ``tcalloc run``
+   works too and traces the same blocks). Each
    profiler's ratio is against its own baseline in the same round: sampling
    against tcalloc with sampling off; tracemalloc and memray against plain
    python (memray intercepts malloc and mmap, so under tcalloc's hook it
