@@ -1,6 +1,6 @@
 """Heap profiler benchmark: how close the estimates are, and what sampling costs.
 
-    python -m bench.heapprof                        # both parts (~15-25 min on 2 shared cores)
+    python -m bench.heapprof                        # every part (~35 min on 2 shared cores)
     python -m bench.heapprof --parts accuracy --seeds 1,2,3,4,5
     python -m bench.heapprof --parts callgrind,wall --rounds 5
     python -m bench.heapprof --quick                # smoke run; not a measurement
