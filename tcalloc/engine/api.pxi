@@ -24,11 +24,10 @@ def set_release_rate(bytes_per_second):
                         % type(bytes_per_second).__name__)
     if bytes_per_second < 0 or bytes_per_second >= 2 ** 63:
         raise ValueError("release rate must be between 0 and 2**63-1 bytes per second, got %d" % bytes_per_second)
-    global g_release_rate
     rate = bytes_per_second
     with nogil:
         tc_spinlock_lock(&g_bg_lock)
-        g_release_rate = rate
+        tc_store_u64(&g_release_rate, rate)
         tc_spinlock_unlock(&g_bg_lock)
         if rate:
             _bg_start()
@@ -67,7 +66,7 @@ def get_sample_rate():
 
 def get_release_rate():
     """The background release rate in bytes per second (0: off)."""
-    return g_release_rate
+    return tc_load_u64(&g_release_rate)
 
 def set_memory_limit(nbytes, hard=False):
     """Limit the committed heap (mapped minus released bytes) to nbytes (0 or

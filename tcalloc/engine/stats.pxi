@@ -56,7 +56,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     while tc != NULL:
         for cl in range(1, n):
             cs[cl].mallocs += freelist_mallocs(&tc.lists[cl])
-            cs[cl].frees += tc_load_u64(&tc.lists[cl].frees)
+            cs[cl].frees += freelist_frees_snapshot(&tc.lists[cl])
         st.thread_cache_free += threadcache_bytes(tc)
         st.tc_fetches += tc_load_u64(&tc.fetches)
         st.tc_overflows += tc_load_u64(&tc.overflows)
@@ -164,7 +164,7 @@ def stats():
         "large_frees": st.large_frees,
         "memory_limit": g_heap.limit_bytes,
         "memory_limit_hard": bool(g_heap.limit_hard),
-        "release_rate": g_release_rate,
+        "release_rate": tc_load_u64(&g_release_rate),
         "background_released_bytes": st.released_background,
         "released_total_bytes": st.released_total,
         "size_classes": classes,
