@@ -89,9 +89,16 @@ def set_memory_limit(nbytes, hard=False):
 
 def get_memory_limit():
     """(nbytes, hard): the current limit, or None when there is none."""
-    if g_heap.limit_bytes == 0:
+    cdef uint64_t n
+    cdef int hard
+    with nogil:
+        tc_spinlock_lock(&g_heap.lock)      # set_memory_limit writes it under this lock, without the GIL
+        n = g_heap.limit_bytes
+        hard = g_heap.limit_hard
+        tc_spinlock_unlock(&g_heap.lock)
+    if n == 0:
         return None
-    return (g_heap.limit_bytes, bool(g_heap.limit_hard))
+    return (n, bool(hard))
 
 def set_max_total_thread_cache_bytes(nbytes):
     """The budget shared by all thread caches (default 32 MiB)."""

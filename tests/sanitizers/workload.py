@@ -12,6 +12,7 @@ sanitizer's own reports go to stderr.
 import json
 import os
 import sys
+import threading
 import time
 
 import tcalloc
@@ -57,11 +58,25 @@ def workers_with_readers():
     limit = tcalloc.get_max_total_thread_cache_bytes()
     tcalloc.set_max_total_thread_cache_bytes(1 << 20)
     tcalloc.set_release_rate(64 << 20)
+    # A second Python thread reads stats() and the memory limit while this
+    # one sets the limit (a soft one: it releases memory, never fails).
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            tcalloc.stats()
+            tcalloc.get_memory_limit()
+            time.sleep(0.002)
+
+    th = threading.Thread(target=reader)
     w = tn.start_workers(4, nslots=128, seed=5, large_permille=50)
+    th.start()
     try:
         for rounds in range(n(40)):
             _wait_ops(w, 200)
             tcalloc.stats()
+            if rounds % 8 == 5:
+                tcalloc.set_memory_limit(0 if rounds % 16 == 5 else 256 << 20)
             if rounds % 4 == 0:
                 tcalloc.release_free_memory()
             if rounds % 8 == 3:
@@ -69,8 +84,11 @@ def workers_with_readers():
                 # clears the restart flag the slow paths poll.
                 tcalloc.set_release_rate(0 if rounds % 16 == 3 else 64 << 20)
     finally:
+        done.set()
+        th.join()
         r = w.stop()
         tcalloc.set_release_rate(0)
+        tcalloc.set_memory_limit(0)
         tcalloc.set_max_total_thread_cache_bytes(limit)
     r["rounds"] = rounds + 1
     return r
