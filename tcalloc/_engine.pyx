@@ -125,7 +125,9 @@ cdef int g_bg_restart = 0
 # bench/README.md for the per-size table. Per 64 B malloc: the size test,
 # the class lookup, the TLS load and the pop. Per free: the pagemap's two
 # loads, the TLS load and the push with its double-free key check. No lock,
-# no atomic, no test for a missing cache, no byte counting.
+# no atomic read-modify-write (the list lengths are relaxed atomic stores,
+# plain movs, for stats() on other threads), no test for a missing cache,
+# no byte counting.
 
 cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
