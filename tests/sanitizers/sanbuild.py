@@ -139,7 +139,11 @@ def build(*kinds):
         todo = [k for k in kinds if not os.path.exists(os.path.join(dirs[k], ".complete"))]
         if not todo:
             return dirs
-        csrc = _cythonize(directives, os.path.join(CACHE, "c-" + _fingerprint(None, directives)))
+        cdir = os.path.join(CACHE, "c-" + _fingerprint(None, directives))
+        csrc = _cythonize(directives, cdir)
+        for old in glob.glob(os.path.join(CACHE, "c-*")):
+            if old != cdir:
+                shutil.rmtree(old, ignore_errors=True)
         jobs = []
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for k in todo:
@@ -152,6 +156,10 @@ def build(*kinds):
                 j.result()
         for k in todo:
             open(os.path.join(dirs[k], ".complete"), "w").close()
+            # Trees of older sources are never used again.
+            for old in glob.glob(os.path.join(CACHE, k + "-*")):
+                if os.path.isdir(old) and old != dirs[k]:
+                    shutil.rmtree(old, ignore_errors=True)
         return dirs
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
