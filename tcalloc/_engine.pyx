@@ -105,9 +105,14 @@ cdef int g_debug = 0
 
 # background release (lock order: taken alone)
 cdef tc_spinlock_t g_bg_lock
-cdef uint64_t g_release_rate = 0     # bytes per second; 0: no thread
+cdef uint64_t g_release_rate = 0     # bytes per second; 0: no thread. Written under
+                                     # g_bg_lock, read by stats() without: relaxed stores/loads
 cdef int g_bg_running = 0
-cdef int g_bg_restart = 0            # set in a fork child whose parent had a releaser
+# Set in a fork child whose parent had a releaser, cleared by _bg_start under
+# g_bg_lock; the slow paths poll it without the lock (a relaxed load, so a
+# thread that misses the change just calls _bg_start, which rechecks under
+# the lock): tc_load_int/tc_store_int only.
+cdef int g_bg_restart = 0
 
 # =============================================================================
 # The hot path. Everything a small malloc or free does when its thread cache
@@ -120,7 +125,9 @@ cdef int g_bg_restart = 0            # set in a fork child whose parent had a re
 # bench/README.md for the per-size table. Per 64 B malloc: the size test,
 # the class lookup, the TLS load and the pop. Per free: the pagemap's two
 # loads, the TLS load and the push with its double-free key check. No lock,
-# no atomic, no test for a missing cache, no byte counting.
+# no atomic read-modify-write (the list lengths are relaxed atomic stores,
+# plain movs, for stats() on other threads), no test for a missing cache,
+# no byte counting.
 
 cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()

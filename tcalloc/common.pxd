@@ -36,6 +36,8 @@ cdef extern from "tc_platform.h" nogil:
     bint TC_UNLIKELY(bint x)
     uint64_t tc_load_u64(const uint64_t *p)
     void tc_store_u64(uint64_t *p, uint64_t v)
+    void tc_store_i64(int64_t *p, int64_t v)
+    void tc_store_u32(uint32_t *p, uint32_t v)
     void tc_inc_owned(uint64_t *p, uint64_t v)
     uint64_t tc_atomic_add_u64(uint64_t *p, uint64_t v)
     int64_t tc_load_i64(const int64_t *p)

@@ -24,11 +24,10 @@ def set_release_rate(bytes_per_second):
                         % type(bytes_per_second).__name__)
     if bytes_per_second < 0 or bytes_per_second >= 2 ** 63:
         raise ValueError("release rate must be between 0 and 2**63-1 bytes per second, got %d" % bytes_per_second)
-    global g_release_rate
     rate = bytes_per_second
     with nogil:
         tc_spinlock_lock(&g_bg_lock)
-        g_release_rate = rate
+        tc_store_u64(&g_release_rate, rate)
         tc_spinlock_unlock(&g_bg_lock)
         if rate:
             _bg_start()
@@ -67,7 +66,7 @@ def get_sample_rate():
 
 def get_release_rate():
     """The background release rate in bytes per second (0: off)."""
-    return g_release_rate
+    return tc_load_u64(&g_release_rate)
 
 def set_memory_limit(nbytes, hard=False):
     """Limit the committed heap (mapped minus released bytes) to nbytes (0 or
@@ -90,9 +89,16 @@ def set_memory_limit(nbytes, hard=False):
 
 def get_memory_limit():
     """(nbytes, hard): the current limit, or None when there is none."""
-    if g_heap.limit_bytes == 0:
+    cdef uint64_t n
+    cdef int hard
+    with nogil:
+        tc_spinlock_lock(&g_heap.lock)      # set_memory_limit writes it under this lock, without the GIL
+        n = g_heap.limit_bytes
+        hard = g_heap.limit_hard
+        tc_spinlock_unlock(&g_heap.lock)
+    if n == 0:
         return None
-    return (g_heap.limit_bytes, bool(g_heap.limit_hard))
+    return (n, bool(hard))
 
 def set_max_total_thread_cache_bytes(nbytes):
     """The budget shared by all thread caches (default 32 MiB)."""

@@ -27,10 +27,10 @@ cdef void *_bg_main(void *arg) noexcept nogil:
             credit -= <int64_t>done
 
 cdef void _bg_start() noexcept nogil:
-    global g_bg_running, g_bg_restart
+    global g_bg_running
     cdef pthread_t th
     tc_spinlock_lock(&g_bg_lock)
-    g_bg_restart = 0
+    tc_store_int(&g_bg_restart, 0)
     if g_release_rate > 0 and not g_bg_running:
         if pthread_create(&th, NULL, _bg_main, NULL) == 0:
             pthread_detach(th)

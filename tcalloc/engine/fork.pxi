@@ -32,7 +32,7 @@ cdef void _atfork_parent() noexcept nogil:
     threadcache_gate_reopen(&g_registry)
 
 cdef void _atfork_child() noexcept nogil:
-    global g_bg_running, g_bg_restart
+    global g_bg_running
     cdef int cl
     tc_spinlock_reset(&g_arena.lock)
     tc_spinlock_reset(&g_sampler.lock)
@@ -48,5 +48,5 @@ cdef void _atfork_child() noexcept nogil:
     # (creating threads inside fork() is not allowed).
     if g_bg_running:
         g_bg_running = 0
-        g_bg_restart = 1
+        tc_store_int(&g_bg_restart, 1)
 

@@ -28,7 +28,8 @@ ctypedef struct PageHeap:
     uint64_t free_bytes           # free, backed ("page_heap_free_bytes")
     uint64_t released_bytes       # free, released to the OS
     uint64_t small_span_bytes     # spans lent to central free lists
-    uint64_t large_bytes          # large allocations in use
+    uint64_t large_bytes          # large allocations in use; written under the lock with
+                                  # relaxed stores: the allocated-bytes meter reads it without
     uint64_t small_spans
     uint64_t large_spans
     uint64_t large_allocs
@@ -417,7 +418,7 @@ cdef Span *_alloc_locked(PageHeap *h, size_t n, size_t keep) noexcept nogil:
     return s
 
 cdef inline void _count_large(PageHeap *h, Span *s) noexcept nogil:
-    h.large_bytes += <uint64_t>s.npages << kPageShift
+    tc_store_u64(&h.large_bytes, h.large_bytes + (<uint64_t>s.npages << kPageShift))
     h.large_spans += 1
     h.large_allocs += 1
 
@@ -511,7 +512,7 @@ cdef void _delete(PageHeap *h, Span *s, bint untouched) noexcept nogil:
         h.small_span_bytes -= nbytes
         h.small_spans -= 1
     else:
-        h.large_bytes -= nbytes
+        tc_store_u64(&h.large_bytes, h.large_bytes - nbytes)
         h.large_spans -= 1
         h.large_frees += 1
     s.sizeclass = 0
@@ -565,8 +566,8 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
             else:
                 _merge_free(h, nxt)
     if ok:
-        h.large_bytes += (<uint64_t>s.npages << kPageShift)
-        h.large_bytes -= before << kPageShift
+        tc_store_u64(&h.large_bytes, h.large_bytes + (<uint64_t>s.npages << kPageShift)
+                     - (before << kPageShift))
         _note_peak(h)
     tc_spinlock_unlock(&h.lock)
     return ok

@@ -6,7 +6,7 @@ cdef ThreadCache *_cache_for_thread() noexcept nogil:
     if tc != NULL:
         tc_tls_set(tc, not g_debug)
         pthread_setspecific(g_key, tc)
-    if TC_UNLIKELY(g_bg_restart):
+    if TC_UNLIKELY(tc_load_int(&g_bg_restart)):
         _bg_start()
     return tc
 
@@ -74,7 +74,7 @@ cdef void _reclaim() noexcept nogil:
 cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s
     cdef size_t npages
-    if TC_UNLIKELY(g_bg_restart):
+    if TC_UNLIKELY(tc_load_int(&g_bg_restart)):
         _bg_start()
     if size > kMaxAllocBytes:
         tc_set_errno(ENOMEM)

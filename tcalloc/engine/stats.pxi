@@ -24,6 +24,8 @@ cdef struct EngineStats:
     uint64_t tc_overflows
     uint64_t tc_scavenges
     uint64_t tc_budget_bytes          # sum of the live caches' budgets
+    uint64_t limit_bytes              # the memory limit, read under the page-heap lock
+    int limit_hard
 
 cdef struct ClassStats:
     uint64_t mallocs
@@ -42,7 +44,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     cdef int cl
     cdef int n = g_sizemap.num_classes
     cdef ThreadCache *tc
-    cdef uint64_t m, f, size
+    cdef uint64_t m, f, size, node_bytes
     cdef ClassStats local[kMaxClasses]
     if cs == NULL:
         cs = local
@@ -56,7 +58,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     while tc != NULL:
         for cl in range(1, n):
             cs[cl].mallocs += freelist_mallocs(&tc.lists[cl])
-            cs[cl].frees += tc_load_u64(&tc.lists[cl].frees)
+            cs[cl].frees += freelist_frees_snapshot(&tc.lists[cl])
         st.thread_cache_free += threadcache_bytes(tc)
         st.tc_fetches += tc_load_u64(&tc.fetches)
         st.tc_overflows += tc_load_u64(&tc.overflows)
@@ -93,12 +95,15 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     st.large_allocs = g_heap.large_allocs
     st.large_frees = g_heap.large_frees
     st.spans_in_use = g_heap.small_spans + g_heap.large_spans
+    node_bytes = g_heap.pagemap.node_bytes     # pagemap writers hold the page-heap lock
+    st.limit_bytes = g_heap.limit_bytes
+    st.limit_hard = g_heap.limit_hard
     tc_spinlock_unlock(&g_heap.lock)
     # In use: every arena allocation except pagemap leaves, plus the leaf
     # entries of heap pages (a class byte and a span pointer each). A leaf is
     # mapped whole (2.25 MiB for 2 GiB of address space) but only the entries
     # of pages the heap owns are ever written, so only those are resident.
-    st.metadata = (tc_load_u64(&g_arena.used_bytes) - g_heap.pagemap.node_bytes
+    st.metadata = (tc_load_u64(&g_arena.used_bytes) - node_bytes
                    + (st.heap_bytes >> kPageShift) * (1 + sizeof(void *)))
     st.metadata_mapped = tc_load_u64(&g_arena.mapped_bytes)
     st.bytes_in_use = st.small_in_use + st.large_in_use
@@ -163,9 +168,9 @@ def stats():
         "large_bytes_in_use": st.large_in_use,
         "large_mallocs": st.large_allocs,
         "large_frees": st.large_frees,
-        "memory_limit": g_heap.limit_bytes,
-        "memory_limit_hard": bool(g_heap.limit_hard),
-        "release_rate": g_release_rate,
+        "memory_limit": st.limit_bytes,
+        "memory_limit_hard": bool(st.limit_hard),
+        "release_rate": tc_load_u64(&g_release_rate),
         "background_released_bytes": st.released_background,
         "released_total_bytes": st.released_total,
         "size_classes": classes,

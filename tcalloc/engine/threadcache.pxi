@@ -7,12 +7,12 @@
 #
 # Thread safety: a ThreadCache is owned by one thread and its lists are
 # touched by that thread only, with no lock. stats() on other threads reads
-# `size` and the malloc/free counters with relaxed loads while the owner
-# writes them with plain stores: aligned 8-byte accesses are single
-# instructions on every 64-bit target, so a reader sees an old or a new
-# value, never a torn one, and the fast path pays nothing for it (gperftools
-# reads its per-thread stats the same way). Other threads may lower
-# `max_size` or set `flush_requested` while holding the registry lock. The registry (list of
+# the lists' lengths and counters with relaxed loads; the owner writes them
+# with relaxed stores (plain movs on x86-64 and AArch64: the fast path pays
+# nothing), except FreeList.frees, the one benign race (see there). Other
+# threads may lower `max_size` or set `flush_requested` while holding the
+# registry lock (relaxed stores; the owner reads them with relaxed loads).
+# ThreadSanitizer checks all of it (tests/test_sanitizers.py). The registry (list of
 # caches, budgets, counters of exited threads) is under reg.lock, which is
 # taken before any transfer/central lock, never after.
 #
@@ -40,6 +40,14 @@ ctypedef struct FreeList:         # 64 bytes: one cache line per class
     # Counters, owner-written, read by stats(). Objects are conserved on a
     # list: length = fetched + frees - mallocs - released, so mallocs is
     # derived (freelist_mallocs) and the malloc fast path counts nothing.
+    # `length`, `fetched` and `released` are written with relaxed atomic
+    # stores (plain movs: free on the fast path) and read with relaxed loads.
+    # `frees` is the one benign data race: the free fast path increments it
+    # with a plain `addq` (a relaxed load-add-store would cost three
+    # instructions per free instead of one); its only reader on another
+    # thread is freelist_frees_snapshot (stats()), which sees the old or the
+    # new value of an aligned 8-byte word, never a torn one. That reader is
+    # suppressed for ThreadSanitizer (tests/sanitizers/tsan.supp).
     uint64_t frees                # pushes (free fast path)
     uint64_t fetched              # objects brought in from the transfer cache
     uint64_t released             # objects sent back to it
@@ -76,7 +84,8 @@ ctypedef struct ThreadCacheRegistry:
     const SizeMap *sizemap
     MetaArena *arena
     void *free_key                # marks free blocks (second word); random per process
-    int64_t unclaimed             # overall budget not handed to any thread
+    int64_t unclaimed             # overall budget not handed to any thread; written under
+                                  # the lock with relaxed stores: _grow_list reads it without
     uint64_t overall_max
     uint64_t per_thread_max
     uint64_t num_caches
@@ -139,10 +148,14 @@ cdef void threadcache_gate_reset(ThreadCacheRegistry *reg) noexcept nogil:
     reg.movers = 0
     reg.forks_pending = 0
 
+cdef inline uint64_t freelist_frees_snapshot(const FreeList *l) noexcept nogil:
+    """l.frees read from any thread (the benign race: see FreeList.frees)."""
+    return tc_load_u64(&l.frees)
+
 cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
     """Objects this list has handed out (exact for the owner; for another
     thread, exact once the owner is quiet)."""
-    return (tc_load_u64(&l.fetched) + tc_load_u64(&l.frees)
+    return (tc_load_u64(&l.fetched) + freelist_frees_snapshot(l)
             - tc_load_u64(&l.released) - tc_load_u32(&l.length))
 
 cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
@@ -167,7 +180,7 @@ cdef inline void *threadcache_try_pop(ThreadCache *tc, size_t cl) noexcept nogil
         return NULL
     length = l.length - 1
     l.head = (<void **>p)[0]
-    l.length = length
+    tc_store_u32(&l.length, length)
     if length < l.lowater:
         l.lowater = length
     if TCALLOC_FREE_KEY:
@@ -196,8 +209,8 @@ cdef inline bint threadcache_try_push(ThreadCache *tc, size_t cl, void *p) noexc
         (<void **>p)[1] = key
     (<void **>p)[0] = head
     l.head = p
-    l.length = length
-    l.frees += 1
+    tc_store_u32(&l.length, length)
+    l.frees += 1                  # plain: see FreeList.frees
     return 1
 
 cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
@@ -264,8 +277,8 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
     if n == 0:
         return
     threadcache_gate_enter(tc.reg)
-    l.length -= n
-    l.released += n
+    tc_store_u32(&l.length, l.length - n)
+    tc_inc_owned(&l.released, n)
     tc_atomic_sub_u64(&tc.reg.out_bytes, <uint64_t>n * l.size)
     if l.length < l.lowater:
         l.lowater = l.length
@@ -298,7 +311,7 @@ cdef void _increase_limit(ThreadCache *tc) noexcept nogil:
     cdef int tries
     tc_spinlock_lock(&reg.lock)
     if reg.unclaimed >= kStealAmount and tc.max_size + kStealAmount <= reg.overall_max:
-        reg.unclaimed -= kStealAmount
+        tc_store_i64(&reg.unclaimed, reg.unclaimed - kStealAmount)
         tc_store_u64(&tc.max_size, tc.max_size + kStealAmount)
         tc.budget_grows += 1
     elif tc.max_size + kStealAmount <= reg.per_thread_max:
@@ -335,7 +348,7 @@ cdef void _scavenge(ThreadCache *tc) noexcept nogil:
                 newmax = l.max_length - l.batch
             _set_max_length(tc, l, newmax)
         l.lowater = l.length
-    tc.scavenges += 1
+    tc_inc_owned(&tc.scavenges, 1)
 
 cdef inline void _tick(ThreadCache *tc) noexcept nogil:
     """One slow-path event (a fetch or an overflow). Every kScavengePeriod of
@@ -406,12 +419,12 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     l.head = (<void **>head)[0]
     if TCALLOC_FREE_KEY:
         (<void **>head)[1] = NULL
-    l.length = <uint32_t>got - 1
+    tc_store_u32(&l.length, <uint32_t>got - 1)
     l.lowater = 0                    # the list ran empty
-    l.fetched += <uint64_t>got       # the one returned counts as a malloc (see freelist_mallocs)
+    tc_inc_owned(&l.fetched, <uint64_t>got)   # the one returned counts as a malloc (see freelist_mallocs)
     threadcache_gate_exit(tc.reg)
     threadcache_note_out(tc.reg, <uint64_t>got * l.size)
-    tc.fetches += 1
+    tc_inc_owned(&tc.fetches, 1)
     _tick(tc)
     # Slow start: grow by one per fetch up to a batch, then by a batch.
     if l.max_length < l.batch:
@@ -442,8 +455,8 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = tc.free_key
     l.head = p
-    l.length += 1
-    l.frees += 1
+    tc_store_u32(&l.length, l.length + 1)
+    tc_inc_owned(&l.frees, 1)
     if TC_UNLIKELY(tc_load_int(&tc.flush_requested)):
         threadcache_flush(tc)
         return
@@ -452,7 +465,7 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
     if l.length > l.max_length:
         # Back to max_length, in whole batches (scavenging or the budget may
         # have cut the list to below its length).
-        tc.overflows += 1
+        tc_inc_owned(&tc.overflows, 1)
         _release(tc, l, cl, l.batch if l.length - l.max_length <= l.batch
                  else l.length - l.max_length)
         _tick(tc)
@@ -502,10 +515,10 @@ cdef ThreadCache *threadcache_create(ThreadCacheRegistry *reg) noexcept nogil:
     # minimum (the overall budget then runs a deficit, as in gperftools).
     if reg.unclaimed >= kStealAmount:
         tc.max_size = kStealAmount
-        reg.unclaimed -= kStealAmount
+        tc_store_i64(&reg.unclaimed, reg.unclaimed - kStealAmount)
     else:
         tc.max_size = kMinThreadCacheSize
-        reg.unclaimed -= kMinThreadCacheSize
+        tc_store_i64(&reg.unclaimed, reg.unclaimed - kMinThreadCacheSize)
     tc.prev = NULL
     tc.next = reg.caches
     if reg.caches != NULL:
@@ -527,7 +540,7 @@ cdef void threadcache_destroy(ThreadCache *tc) noexcept nogil:
     for cl in range(1, tc.num_classes):
         tc_atomic_add_u64(&reg.retired_mallocs[cl], freelist_mallocs(&tc.lists[cl]))
         tc_atomic_add_u64(&reg.retired_frees[cl], tc.lists[cl].frees)
-    reg.unclaimed += <int64_t>tc.max_size
+    tc_store_i64(&reg.unclaimed, reg.unclaimed + <int64_t>tc.max_size)
     if tc.prev != NULL:
         tc.prev.next = tc.next
     else:
@@ -593,7 +606,7 @@ cdef void threadcache_request_flush_all(ThreadCacheRegistry *reg) noexcept nogil
 
 cdef void threadcache_set_overall_max(ThreadCacheRegistry *reg, uint64_t nbytes) noexcept nogil:
     tc_spinlock_lock(&reg.lock)
-    reg.unclaimed += <int64_t>nbytes - <int64_t>reg.overall_max
+    tc_store_i64(&reg.unclaimed, reg.unclaimed + <int64_t>nbytes - <int64_t>reg.overall_max)
     reg.overall_max = nbytes
     tc_spinlock_unlock(&reg.lock)
 

@@ -51,6 +51,8 @@ cdef extern from *:
     static inline void *tn_static_ptr(void) { return (void *)(tn_static_buf + 16); }
     /* Keep the compiler from proving a stack buffer dead or the free a no-op. */
     static inline void *tn_launder(void *p) { __asm__ volatile("" : "+r"(p)); return p; }
+    /* A store the compiler cannot drop (the sanitizer control's overflow). */
+    static inline void tn_poke(void *p, size_t i) { ((volatile char *)p)[i] = 1; }
     /* errno through functions: Cython would treat an assignment to the
        cimported name as a new local variable. */
     static inline void tn_set_errno(int e) { errno = e; }
@@ -63,6 +65,7 @@ cdef extern from *:
     void *tn_xchg_ptr(void **p, void *v) nogil
     void *tn_static_ptr() nogil
     void *tn_launder(void *p) nogil
+    void tn_poke(void *p, size_t i) nogil
     void tn_set_errno(int e) nogil
     int tn_get_errno() nogil
 
@@ -443,12 +446,14 @@ cdef void *_exercise_thread(void *arg) noexcept nogil:
     (<int *>arg)[0] = _exercise(7)
     return NULL
 
-cdef int _child_body() noexcept nogil:
+cdef int _child_body(bint new_thread=True) noexcept nogil:
     """A forked child: exercise the heap on this thread, then on a new thread
     (a new thread cache: the registry lock), then here again."""
     cdef int errors = _exercise(1)
     cdef int terr = 0
     cdef pthread_t th
+    if not new_thread:
+        return errors + _exercise(3)
     if pthread_create(&th, NULL, _exercise_thread, &terr) != 0:
         return errors + 1000
     pthread_join(th, NULL)
@@ -485,10 +490,13 @@ cdef int _wait_child(pid_t pid, double timeout_s, int *status) noexcept nogil:
             return 0
         _sleep_ms(2)
 
-def fork_children(int nforks, double timeout_s=30.0, int gap_ms=5):
+def fork_children(int nforks, double timeout_s=30.0, int gap_ms=5, bint child_thread=True):
     """fork() `nforks` times from native code (whatever other threads are
     doing at that moment), each child running child_exercise() and exiting
-    with 0 if the heap worked, 3 if not. A child still running after
+    with 0 if the heap worked, 3 if not (`child_thread` False: the child
+    stays on its one thread, for ThreadSanitizer, whose gcc 12 runtime
+    aborts on a thread started in the child of a multi-threaded parent:
+    "dup thread with used id"). A child still running after
     `timeout_s` is deadlocked: it is killed and reported in 'hung'.
     Returns {'forks', 'ok', 'hung': [i...], 'failed': [(i, how)...]}."""
     cdef int i, status = 0, done
@@ -500,7 +508,7 @@ def fork_children(int nforks, double timeout_s=30.0, int gap_ms=5):
         with nogil:
             pid = fork()
             if pid == 0:
-                _exit(0 if _child_body() == 0 else 3)
+                _exit(0 if _child_body(child_thread) == 0 else 3)
         if pid < 0:
             failed.append((i, "fork() failed, errno %d" % tn_get_errno()))
             continue
@@ -1241,3 +1249,41 @@ def hold_chain(size_t n, size_t size):
         free_chain(<uintptr_t>head)
         raise MemoryError("tcalloc's malloc returned NULL after %d blocks" % got)
     return <uintptr_t>head
+
+
+# =============================================================================
+# Sanitizer controls (tests/test_sanitizers.py): a deliberate bug of each
+# kind, so the sanitizer leg shows its sanitizer is live in this module. In a
+# normal build both are harmless: the race only miscounts, the overflow
+# writes into the C library's malloc slack.
+# =============================================================================
+
+cdef long g_race_counter = 0     # deliberately unsynchronised
+
+cdef void *_race_main(void *arg) noexcept nogil:
+    global g_race_counter
+    cdef int i
+    for i in range(1000):
+        g_race_counter = <long>tn_launder(<void *>(g_race_counter + 1))
+    return NULL
+
+def sanitizer_control(str kind):
+    """'race': two threads increment a plain global (a data race for
+    ThreadSanitizer); 'overflow': a one-byte write past a 24-byte block of
+    the C library's malloc (a heap overflow for AddressSanitizer)."""
+    cdef pthread_t th[2]
+    cdef int i
+    cdef void *p
+    if kind == "race":
+        with nogil:
+            for i in range(2):
+                pthread_create(&th[i], NULL, _race_main, NULL)
+            for i in range(2):
+                pthread_join(th[i], NULL)
+        return g_race_counter
+    if kind == "overflow":
+        p = clib.malloc(24)
+        tn_poke(p, 24)
+        clib.free(p)
+        return 0
+    raise ValueError("kind must be 'race' or 'overflow'")
