@@ -323,6 +323,96 @@ def test_pprof_decodes_as_profile_proto(profile):
     assert (("_large_site.<locals>.<listcomp>", __file__), _line("large")) in leaf_sites
 
 
+def _read_pprof(data):
+    """A pprof file as (sample types, {stack: summed values}, default type,
+    {function name: system name}); a stack is a tuple of (function, file,
+    line), innermost first."""
+    msg = _decode(gzip.decompress(data))
+    strings = [s.decode() for s in msg[6]]
+    types = [strings[_decode(t)[1][0]] for t in msg[1]]
+    functions = {}
+    system = {}
+    for f in map(_decode, msg[5]):
+        name = strings[f[2][0]]
+        functions[f[1][0]] = (name, strings[f[4][0]])
+        system[name] = strings[f[3][0]] if 3 in f else None
+    locations = {}
+    for loc in map(_decode, msg[4]):
+        line = _decode(loc[4][0])
+        locations[loc[1][0]] = functions[line[1][0]] + (line.get(2, [0])[0],)
+    stacks = {}
+    for s in map(_decode, msg[2]):
+        key = tuple(locations[i] for i in _packed(s[1][0]))
+        vals = _packed(s[2][0])
+        old = stacks.get(key, [0] * len(vals))
+        stacks[key] = [a + b for a, b in zip(old, vals)]
+    default = strings[msg[14][0]] if 14 in msg else types[-1]   # pprof's default: the last
+    return types, stacks, default, system
+
+
+def _exact_per_stack(prof, live_only=False):
+    """{stack: (estimated count, estimated bytes)} summed over prof's samples."""
+    out = {}
+    for s in prof.samples:
+        if live_only and s.lifetime is not None:
+            continue
+        key = tuple((f.function, f.file, f.line) for f in s.stack)
+        c, b = out.get(key, (0.0, 0.0))
+        out[key] = (c + s.count, b + s.bytes)
+    return out
+
+
+def _rate_sized(n):
+    return [tcalloc.alloc(RATE) for _ in range(n)]  # site:rate
+
+
+def test_pprof_values_per_stack_are_the_samples_sums():
+    """A block of `rate` bytes is sampled with p = 1 - 1/e and stands for
+    1.58 blocks: pprof's integer counts per stack must still add up to the
+    samples' estimate, not to 2 per sample."""
+    tcalloc.set_sample_rate(RATE, seed=17)
+    keep = _rate_sized(300), _small_site(3000)
+    prof = tcalloc.heap_profile()
+    types, stacks, _, _ = _read_pprof(prof.pprof())
+    assert types == ["inuse_objects", "inuse_space"]
+    exact = _exact_per_stack(prof)
+    assert set(stacks) == set(exact)
+    for key, (c, b) in exact.items():
+        assert stacks[key] == [round(c), round(b)], key
+    rate_site = [k for k in exact if k[0][2] == _line("rate")]
+    assert rate_site and exact[rate_site[0]][0] > 100
+    del keep
+
+
+def test_pprof_allocation_profile_defaults_to_everything_allocated():
+    """pprof shows the default sample type first: for an allocation profile
+    that is alloc_space, what top() shows, freed or not."""
+    with tcalloc.allocation_profile(rate=RATE) as prof:
+        gone = _small_site(5000)
+        del gone
+        kept = _medium_site(200)
+    types, stacks, default, _ = _read_pprof(prof.pprof())
+    assert types == ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]
+    assert default == "alloc_space"
+    exact, live = _exact_per_stack(prof), _exact_per_stack(prof, live_only=True)
+    for key, (c, b) in exact.items():
+        lc, lb = live.get(key, (0.0, 0.0))
+        assert stacks[key] == [round(c), round(b), round(lc), round(lb)], key
+    del kept
+
+
+def test_pprof_python_names_are_not_system_names(profile):
+    """pprof demangles a function whose name equals its system (linker) name,
+    and strips <...> from what looks like C++: <module>, <lambda> and
+    <listcomp> would lose their names. Python frames carry no system name;
+    native ones carry their symbol."""
+    _, stacks, _, system = _read_pprof(profile.pprof())
+    py_names = {f[0] for key in stacks for f in key if f[2]}
+    assert "<module>" in py_names or any("<" in n for n in py_names)
+    for n in py_names:
+        assert system[n] is None, n
+
+
 def test_collapsed_and_flamegraph(profile, tmp_path):
     lines = profile.collapsed().splitlines()
     assert lines and all(line.rsplit(" ", 1)[1].isdigit() for line in lines)
