@@ -14,9 +14,11 @@ import pytest
 
 import tcalloc
 
-PPROF = shutil.which("pprof")
+# The standalone pprof, or the copy Go ships as `go tool pprof`.
+PPROF = [shutil.which("pprof")] if shutil.which("pprof") else \
+    [shutil.which("go"), "tool", "pprof"] if shutil.which("go") else None
 pytestmark = pytest.mark.skipif(
-    PPROF is None, reason="Google's pprof is not on PATH (docs/heap-profiling.md, "
+    PPROF is None, reason="neither pprof nor go is on PATH (docs/heap-profiling.md, "
     "'Reading the pprof files': apt-get install golang-go golang-github-google-pprof-dev, then go build)")
 
 RATE = 8 << 10
@@ -42,7 +44,7 @@ def _line(tag):
 
 
 def _pprof(*args):
-    r = subprocess.run([PPROF, *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*PPROF, *args], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     # A profile whose locations are all symbolized gets no warning.
     assert "not available" not in r.stderr, r.stderr
