@@ -310,43 +310,67 @@ def _pprof_encode(prof):
     funcs = {}
     locs = {}
     out = []
-    if prof.kind == "allocations":
+    alloc = prof.kind == "allocations"
+    if alloc:
         types = [("alloc_objects", "count"), ("alloc_space", "bytes"),
                  ("inuse_objects", "count"), ("inuse_space", "bytes")]
     else:
         types = [("inuse_objects", "count"), ("inuse_space", "bytes")]
     for t, unit in types:
         out.append(_field_bytes(1, _field_int(1, sid(t)) + _field_int(2, sid(unit))))
+    # Values are integers and a sample's estimates are not (a block of
+    # `rate` bytes stands for 1.58 blocks): rounding each sample would bias
+    # every stack's sum (to 2 per sample there). Each sample gets what its
+    # stack's rounded running sum grew by, so a stack's values add up to its
+    # rounded estimate.
+    exact = {}
+    given = {}
     for s in prof.samples:
         ids = []
         for f in s.stack:
             loc = locs.get(f)
             if loc is None:
-                fid = funcs.get((f.function, f.file))
+                fid = funcs.get((f.function, f.file, f.line == 0))
                 if fid is None:
-                    fid = funcs[(f.function, f.file)] = len(funcs) + 1
+                    fid = funcs[(f.function, f.file, f.line == 0)] = len(funcs) + 1
                 loc = locs[f] = (len(locs) + 1, fid)
             ids.append(loc[0])
-        count, nbytes = round(s.count), round(s.bytes)
-        vals = [count, nbytes]
-        if prof.kind == "allocations":
-            vals += [count, nbytes] if s.lifetime is None else [0, 0]
-        msg = _packed(1, ids) + _packed(2, vals)
+        key = tuple(ids)
+        vals = [s.count, s.bytes]
+        if alloc:
+            vals += [s.count, s.bytes] if s.lifetime is None else [0.0, 0.0]
+        sums = exact[key] = [a + b for a, b in zip(exact.get(key, [0.0] * len(vals)), vals)]
+        done = given.get(key, [0] * len(vals))
+        ints = [round(x) - d for x, d in zip(sums, done)]
+        given[key] = [d + i for d, i in zip(done, ints)]
+        msg = _packed(1, ids) + _packed(2, ints)
         msg += _field_bytes(3, _field_int(1, sid("bytes")) + _field_int(3, s.size))
         if s.lifetime is not None:
             msg += _field_bytes(3, _field_int(1, sid("lifetime")) + _field_int(3, int(s.lifetime * 1e9))
                                 + _field_int(4, sid("nanoseconds")))
         out.append(_field_bytes(2, msg))
+    # One mapping saying every location is symbolized already: without it
+    # pprof warns that the main binary is unknown and tries to symbolize.
+    out.append(_field_bytes(3, _field_int(1, 1) + _field_int(5, sid(_python_file))
+                            + _field_int(7, 1) + _field_int(8, 1) + _field_int(9, 1)))
     for f, (lid, fid) in locs.items():
-        out.append(_field_bytes(4, _field_int(1, lid) + _field_bytes(4, _field_int(1, fid) + _field_int(2, f.line))))
-    for (name, file), fid in funcs.items():
-        out.append(_field_bytes(5, _field_int(1, fid) + _field_int(2, sid(name))
-                                + _field_int(3, sid(name)) + _field_int(4, sid(file))))
+        out.append(_field_bytes(4, _field_int(1, lid) + _field_int(2, 1)
+                                + _field_bytes(4, _field_int(1, fid) + _field_int(2, f.line))))
+    for (name, file, native), fid in funcs.items():
+        # A native frame's name is its symbol (system_name, which pprof may
+        # demangle). A Python frame has none: pprof demangles names equal to
+        # their system name and strips <...> from them, emptying <module>.
+        system = _field_int(3, sid(name)) if native else b""
+        out.append(_field_bytes(5, _field_int(1, fid) + _field_int(2, sid(name)) + system
+                                + _field_int(4, sid(file))))
     tail = _field_int(9, int(prof.time * 1e9))
     if prof.duration:
         tail += _field_int(10, int(prof.duration * 1e9))
     tail += _field_bytes(11, _field_int(1, sid("space")) + _field_int(2, sid("bytes")))
     tail += _field_int(12, prof.rate)
+    # pprof shows the last type unless told: an allocation profile's
+    # figures are what was allocated, freed or not (as top() shows).
+    tail += _field_int(14, sid(types[-1][0] if not alloc else "alloc_space"))
     strs = b"".join(_field_bytes(6, s.encode("utf-8")) for s in strings)   # in id order
     return b"".join(out) + strs + tail
 
