@@ -95,3 +95,33 @@ def test_untouched_large_block_is_not_counted_as_backed_memory():
         print("ok")
     """)
     assert out.strip().endswith("ok")
+
+
+def test_untouched_calloc_block_is_not_counted_as_backed_memory():
+    # The same for a calloc'd block: calloc skipped the memset (fresh
+    # pages), so the block is as untouched as a malloc'd one. Filed as
+    # backed free memory, the next calloc of those pages memset them all:
+    # RSS grew by the block's size for memory the program never wrote.
+    out = _run("""
+        import psutil, tcalloc
+        MIB = 1 << 20
+        proc = psutil.Process()
+        tcalloc.release_free_memory()
+        rss0 = proc.memory_info().rss
+        z = tcalloc.alloc(64 * MIB, zero=True)
+        del z
+        s = tcalloc.stats()
+        assert s["page_heap_free_bytes"] < 8 * MIB, ("untouched calloc block filed as backed",
+                                                    s["page_heap_free_bytes"])
+        assert s["page_heap_released_bytes"] >= 64 * MIB, s["page_heap_released_bytes"]
+        z = tcalloc.alloc(64 * MIB, zero=True)
+        assert proc.memory_info().rss - rss0 < 8 * MIB, "the second calloc touched the pages"
+        assert bytes(memoryview(z)[::4096]) == bytes(16384)
+        memoryview(z)[::4096] = b"x" * 16384           # written now: backed when freed
+        del z
+        assert tcalloc.stats()["page_heap_free_bytes"] >= 64 * MIB
+        z = tcalloc.alloc(64 * MIB, zero=True)          # dirty pages: calloc must zero them
+        assert bytes(memoryview(z)[::4096]) == bytes(16384)
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")

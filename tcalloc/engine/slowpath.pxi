@@ -171,10 +171,12 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
     p = <void *>span_addr(s)
     if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
         _sample_large(p, total)
-    # Fresh or released pages read as zeros already.
+    # Fresh or released pages read as zeros already. needzero stays as it
+    # was: 0 tells the free that the pages may still be untouched (it asks
+    # mincore), so a calloc'd block never written goes back as released
+    # memory, not as backed memory the next calloc would memset.
     if s.needzero:
         memset(p, 0, total)
-    s.needzero = 1
     return p
 
 cdef inline size_t _block_size(void *ptr, uint32_t *cl, Span **large, int op) noexcept nogil:
