@@ -34,9 +34,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-for _p in (os.path.join(ROOT, "tests", "native"), ROOT):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+# The test-only native modules; tcalloc itself is the installed one (an
+# instrumented build on PYTHONPATH for native coverage, docs/reliability.md).
+sys.path.insert(0, os.path.join(ROOT, "tests", "native"))
 
 import tcalloc                 # noqa: E402
 import tct_fuzz as tf          # noqa: E402
