@@ -3,8 +3,8 @@
     python tests/fuzz/fuzz_capi.py [libFuzzer flags] [CORPUS_DIR ...]
     python tests/fuzz/fuzz_capi.py crash-file          # replay one input
 
-A fuzz input is a sequence of operations (format below) on up to 64 live
-blocks: malloc, calloc, realloc, aligned_alloc, free, usable_size, and calls
+A fuzz input is a sequence of operations (format below) on up to 32 live
+blocks (one per slot): malloc, calloc, realloc, aligned_alloc, free, usable_size, and calls
 that must fail. Sizes come from the size-class table (every class size -1,
 =, +1), the span sizes, the small/large edge, the page-heap list edge, large
 spans of 1..2048 pages +-1, 0, and sizes past what tcalloc serves; alignments
@@ -17,7 +17,9 @@ the alignment asked for (16 bytes by default, 8 for requests under 16);
 no overlap with another live block; calloc memory zero; realloc keeps the
 prefix; a call that must fail returns NULL with errno ENOMEM (sizes) or
 EINVAL (alignment) and leaves its block untouched; a call that must succeed
-does. After each input every block is freed, bytes_in_use is back to its
+does, except under a hard memory limit an input may set a little above the
+committed heap: then NULL + ENOMEM is allowed and the committed heap must
+stay under the limit. After each input every block is freed, bytes_in_use is back to its
 value before the input and the stats identity of the README holds.
 
 The C API is reached through the test-only module tests/native/tct_fuzz.pyx,
@@ -50,7 +52,7 @@ import tcalloc                 # noqa: E402
 import tct_fuzz as tf          # noqa: E402
 
 PAGE = 8192
-MAX_LIVE = 64
+MAX_LIVE = 32
 LIVE_BYTES_CAP = 96 << 20      # the model skips allocations past this (memory of the run)
 MAX_ALLOC = 1 << 46            # tcalloc refuses larger requests at once (ENOMEM)
 SIZE_MAX = (1 << 64) - 1
