@@ -9,8 +9,8 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(code, timeout=120):
-    env = dict(os.environ)
+def _run(code, timeout=120, **extra_env):
+    env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TCALLOC_RELEASE_RATE", None)
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
@@ -124,4 +124,30 @@ def test_untouched_calloc_block_is_not_counted_as_backed_memory():
         assert bytes(memoryview(z)[::4096]) == bytes(16384)
         print("ok")
     """)
+    assert out.strip().endswith("ok")
+
+
+def test_debug_mode_free_of_an_untouched_large_block_commits_nothing():
+    # Debug mode poisons freed memory so stale reads show. Poisoning every
+    # page of a large block made its free write pages the program never
+    # touched: a 1 GiB block never written, freed, grew RSS by 1 GiB (and
+    # a 16 GiB one ran a fuzz input out of memory). Only pages that are
+    # resident get the poison; the written one does.
+    out = _run("""
+        import psutil, tcalloc
+        assert tcalloc.debug_enabled()
+        MIB = 1 << 20
+        proc = psutil.Process()
+        b = tcalloc.alloc(1024 * MIB)
+        memoryview(b)[:8] = b"written!"
+        m = memoryview(b)
+        m.release()
+        rss0 = proc.memory_info().rss
+        addr = b.address
+        del b
+        assert proc.memory_info().rss - rss0 < 64 * MIB, "free wrote the untouched pages"
+        import ctypes
+        assert ctypes.string_at(addr, 16) == bytes([0xDB]) * 16, "the written page is not poisoned"
+        print("ok")
+    """, TCALLOC_DEBUG="1")
     assert out.strip().endswith("ok")

@@ -149,7 +149,9 @@ cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
         _sampler_drop(p)        # a sampled block (small ones have pages of their own too)
     if g_debug:
-        memset(p, kPoisonFree, s.npages << kPageShift)
+        # Only resident pages can hold stale data: poisoning the others
+        # would commit every page of a block the program never touched.
+        tc_os_fill_resident(p, s.npages << kPageShift, kPoisonFree)
     pageheap_delete_large(&g_heap, s)
 
 
