@@ -2,7 +2,8 @@
 
 Each target runs in a child process under atheris (coverage-guided, libFuzzer
 engine) for FUZZ_SECONDS (default 20 s; TC_FUZZ_SECONDS to change),
-starting from its checked-in seed corpus (tests/fuzz/corpus/<target>/). A
+starting from its checked-in seed corpus (tests/fuzz/corpus/<target>/), and
+the C-API target once more in debug mode (TCALLOC_DEBUG=1). A
 crash, a Python exception or a model finding fails the test with the
 target's report and the input that caused it, as hex; replay it with
 ``python tests/fuzz/fuzz_<target>.py FILE``. The longer run is documented in
@@ -28,7 +29,7 @@ SECONDS = int(os.environ.get("TC_FUZZ_SECONDS", "20"))
 TARGETS = ("capi", "pyapi")
 
 
-def _fuzz(target, tmp_path, seconds, fault=None, runs=None):
+def _fuzz(target, tmp_path, seconds, fault=None, runs=None, debug=False):
     work = tmp_path / "corpus"
     work.mkdir()
     art = tmp_path / "artifacts"
@@ -38,6 +39,8 @@ def _fuzz(target, tmp_path, seconds, fault=None, runs=None):
     env.pop("TCALLOC_MEMORY_LIMIT", None)
     if fault:
         env["TC_FUZZ_FAULT"] = fault
+    if debug:
+        env["TCALLOC_DEBUG"] = "1"
     cmd = [sys.executable, os.path.join(FUZZ, f"fuzz_{target}.py"),
            f"-max_total_time={seconds}", "-rss_limit_mb=4096", "-timeout=60",
            "-print_final_stats=1", f"-artifact_prefix={art}{os.sep}", "-seed=1",
@@ -67,9 +70,12 @@ def _executed(p):
     return 0
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_fuzz_target_finds_nothing(target, tmp_path):
-    p, found = _fuzz(target, tmp_path, SECONDS)
+@pytest.mark.parametrize("target, debug", [("capi", False), ("pyapi", False), ("capi", True)],
+                         ids=["capi", "pyapi", "capi-debug-mode"])
+def test_fuzz_target_finds_nothing(target, debug, tmp_path):
+    # capi-debug-mode: the same target with TCALLOC_DEBUG=1 (checked frees,
+    # poisoning), whose paths differ from the normal ones.
+    p, found = _fuzz(target, tmp_path, SECONDS, debug=debug)
     assert p.returncode == 0 and not found, _report(p, found)
     # It ran: the seed corpus and then mutated inputs, not just a start-up.
     assert _executed(p) > len(os.listdir(os.path.join(FUZZ, "corpus", target))), p.stdout[-3000:]
