@@ -61,6 +61,7 @@ cdef extern from "tc_platform.h" nogil:
     int tc_os_unmap(void *p, size_t size)
     int tc_os_release(void *p, size_t size)
     bint tc_os_any_resident(void *p, size_t size)
+    void tc_os_fill_resident(void *p, size_t size, int byte)
     void tc_fatal_ptr(const char *what, const void *ptr)
 
     bint tc_is_pow2(size_t x)

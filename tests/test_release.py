@@ -9,8 +9,8 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(code, timeout=120):
-    env = dict(os.environ)
+def _run(code, timeout=120, **extra_env):
+    env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TCALLOC_RELEASE_RATE", None)
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
@@ -94,4 +94,60 @@ def test_untouched_large_block_is_not_counted_as_backed_memory():
         assert tcalloc.release_free_memory() >= 64 * MIB
         print("ok")
     """)
+    assert out.strip().endswith("ok")
+
+
+def test_untouched_calloc_block_is_not_counted_as_backed_memory():
+    # The same for a calloc'd block: calloc skipped the memset (fresh
+    # pages), so the block is as untouched as a malloc'd one. Filed as
+    # backed free memory, the next calloc of those pages memset them all:
+    # RSS grew by the block's size for memory the program never wrote.
+    out = _run("""
+        import psutil, tcalloc
+        MIB = 1 << 20
+        proc = psutil.Process()
+        tcalloc.release_free_memory()
+        rss0 = proc.memory_info().rss
+        z = tcalloc.alloc(64 * MIB, zero=True)
+        del z
+        s = tcalloc.stats()
+        assert s["page_heap_free_bytes"] < 8 * MIB, ("untouched calloc block filed as backed",
+                                                    s["page_heap_free_bytes"])
+        assert s["page_heap_released_bytes"] >= 64 * MIB, s["page_heap_released_bytes"]
+        z = tcalloc.alloc(64 * MIB, zero=True)
+        assert proc.memory_info().rss - rss0 < 8 * MIB, "the second calloc touched the pages"
+        assert bytes(memoryview(z)[::4096]) == bytes(16384)
+        memoryview(z)[::4096] = b"x" * 16384           # written now: backed when freed
+        del z
+        assert tcalloc.stats()["page_heap_free_bytes"] >= 64 * MIB
+        z = tcalloc.alloc(64 * MIB, zero=True)          # dirty pages: calloc must zero them
+        assert bytes(memoryview(z)[::4096]) == bytes(16384)
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+def test_debug_mode_free_of_an_untouched_large_block_commits_nothing():
+    # Debug mode poisons freed memory so stale reads show. Poisoning every
+    # page of a large block made its free write pages the program never
+    # touched: a 1 GiB block never written, freed, grew RSS by 1 GiB (and
+    # a 16 GiB one ran a fuzz input out of memory). Only pages that are
+    # resident get the poison; the written one does.
+    out = _run("""
+        import psutil, tcalloc
+        assert tcalloc.debug_enabled()
+        MIB = 1 << 20
+        proc = psutil.Process()
+        b = tcalloc.alloc(1024 * MIB)
+        memoryview(b)[:8] = b"written!"
+        m = memoryview(b)
+        m.release()
+        rss0 = proc.memory_info().rss
+        addr = b.address
+        del b
+        assert proc.memory_info().rss - rss0 < 64 * MIB, "free wrote the untouched pages"
+        import ctypes
+        assert ctypes.string_at(addr, 16) == bytes([0xDB]) * 16, "the written page is not poisoned"
+        print("ok")
+    """, TCALLOC_DEBUG="1")
     assert out.strip().endswith("ok")

@@ -149,7 +149,9 @@ cdef void _free_large_span(void *p, Span *s) noexcept nogil:
     if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
         _sampler_drop(p)        # a sampled block (small ones have pages of their own too)
     if g_debug:
-        memset(p, kPoisonFree, s.npages << kPageShift)
+        # Only resident pages can hold stale data: poisoning the others
+        # would commit every page of a block the program never touched.
+        tc_os_fill_resident(p, s.npages << kPageShift, kPoisonFree)
     pageheap_delete_large(&g_heap, s)
 
 
@@ -171,10 +173,12 @@ cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
     p = <void *>span_addr(s)
     if TC_UNLIKELY(tc_load_u64(&g_sampler.rate) != 0):
         _sample_large(p, total)
-    # Fresh or released pages read as zeros already.
+    # Fresh or released pages read as zeros already. needzero stays as it
+    # was: 0 tells the free that the pages may still be untouched (it asks
+    # mincore), so a calloc'd block never written goes back as released
+    # memory, not as backed memory the next calloc would memset.
     if s.needzero:
         memset(p, 0, total)
-    s.needzero = 1
     return p
 
 cdef inline size_t _block_size(void *ptr, uint32_t *cl, Span **large, int op) noexcept nogil:

@@ -205,6 +205,28 @@ static inline int tc_os_any_resident(void *p, size_t size) {
     return 0;
 }
 
+/* memset the resident OS pages of [p, p+size) (p page aligned) to byte and
+ * leave the others alone: debug mode's poison for a freed large block, which
+ * must not commit pages the program never touched. On a mincore error the
+ * whole chunk is filled. */
+static inline void tc_os_fill_resident(void *p, size_t size, int byte) {
+    unsigned char vec[4096];
+    size_t os_page = (size_t)sysconf(_SC_PAGESIZE), chunk = sizeof(vec) * os_page, off, len, i, n;
+    for (off = 0; off < size; off += chunk) {
+        len = size - off < chunk ? size - off : chunk;
+        if (mincore((char *)p + off, len, vec) != 0) {
+            memset((char *)p + off, byte, len);
+            continue;
+        }
+        for (i = 0; i < (len + os_page - 1) / os_page; i++) {
+            if (vec[i] & 1) {
+                n = len - i * os_page < os_page ? len - i * os_page : os_page;
+                memset((char *)p + off + i * os_page, byte, n);
+            }
+        }
+    }
+}
+
 /* ---- fatal errors ------------------------------------------------------- */
 /* Heap corruption: say what and where on stderr without allocating, then abort. */
 static void __attribute__((noreturn, noinline, cold)) tc_fatal_ptr(const char *what, const void *ptr) {
