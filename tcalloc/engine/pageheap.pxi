@@ -498,9 +498,15 @@ cdef void pageheap_delete_large(PageHeap *h, Span *s) noexcept nogil:
     pages (needzero still 0) and was never touched is filed as returned, not
     as backed free memory: the stats then match RSS, and a calloc of those
     pages skips the memset. mincore() runs before the lock, and only for
-    such spans."""
-    _delete(h, s, s.needzero == 0 and not tc_os_any_resident(
-        <void *>span_addr(s), s.npages << kPageShift))
+    such spans. mincore() also says "not resident" of pages swapped out, which
+    may hold data: such a span is released for real (MADV_DONTNEED: one call,
+    nearly free on pages never touched) before it is filed as zero pages."""
+    cdef void *p = <void *>span_addr(s)
+    cdef size_t n = s.npages << kPageShift
+    cdef bint untouched = s.needzero == 0 and not tc_os_any_resident(p, n)
+    if untouched and tc_os_release(p, n) != 0:
+        untouched = 0                # keep treating the pages as backed
+    _delete(h, s, untouched)
 
 cdef void _delete(PageHeap *h, Span *s, bint untouched) noexcept nogil:
     cdef size_t i
