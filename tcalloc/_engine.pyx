@@ -103,11 +103,15 @@ cdef TcallocCAPI g_capi
 cdef TcallocExtAPI g_ext
 cdef int g_debug = 0
 
-# background release (lock order: taken alone)
+# background release (engine/background.pxi; lock order: taken alone)
+cdef enum:
+    kDefaultReleaseRate = 8 << 20    # bytes per second (docs/architecture.md says why)
+    kBgStartHeap = 64 << 20          # heap size at which the releaser thread starts
 cdef tc_spinlock_t g_bg_lock
-cdef uint64_t g_release_rate = 0     # bytes per second; 0: no thread
+cdef uint64_t g_release_rate = kDefaultReleaseRate   # bytes per second; 0: release off
 cdef int g_bg_running = 0
-cdef int g_bg_restart = 0            # set in a fork child whose parent had a releaser
+cdef int g_bg_wanted = 0             # a rate is set but no releaser runs: start one at the
+                                     # next slow path once the heap reaches kBgStartHeap
 
 # =============================================================================
 # The hot path. Everything a small malloc or free does when its thread cache
@@ -214,6 +218,7 @@ cdef int _init() except -1:
         raise ImportError("tcalloc: pthread_atfork failed")
     tc_spinlock_init(&g_bg_lock)
     tc_spinlock_init(&g_sampler.lock)
+    _release_defaults()
     g_debug = 1 if TCALLOC_DEBUG else 0      # the build's switch; TCALLOC_DEBUG=1 below
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc
