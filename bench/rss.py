@@ -11,7 +11,8 @@
    ``requires_memory`` tests (several GiB each) are skipped in both modes.
 2. mixed: the stress lab's mixed workload at 1 B..256 MiB on tcalloc and on
    glibc, each in a child (``python -m tcalloc stress --isolate``), the same
-   operation count per thread and seed; peak RSS from the lab's own record.
+   operation count per thread and seed; peak RSS from the lab's own record
+   (psutil, every 50 ms, in the child); three lab runs, the median ratio.
 3. burst: four threads allocate ~400 MiB of buffers (256 B..4 MiB, every page
    written), keep one in eight (~50 MiB) and free the rest; RSS right after,
    2 s later, and after ``release_free_memory()``, with the default release
@@ -113,27 +114,30 @@ def part_numpy(args):
 
 
 def part_mixed(args):
-    res = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+    """The lab's mixed workload, tcalloc and glibc in one lab run, repeated:
+    peak RSS moves with the threads' interleaving, so each run's ratio is
+    kept and the median is the figure."""
+    runs = []
     cmd = [sys.executable, "-m", "tcalloc", "stress", "--workloads", "mixed", "--min-size", "1",
            "--max-size", "256M", "--backends", "tcalloc,system", "--isolate",
-           "--threads", str(args.mixed_threads), "--ops", str(args.mixed_ops),
-           "--seed", "1", "--json", res]
-    rc, peak, secs, text = watch(cmd, _env(), args.interval)
-    with open(res) as f:
-        data = json.load(f)
-    os.unlink(res)
-    runs = data["runs"] if isinstance(data, dict) and "runs" in data else data
-    by = {r["backend"]: r for r in runs}
-    t, g = by.get("tcalloc", {}), by.get("system", {})
-    out = dict(command=_cmdline(cmd[:-2], []), rc=rc,
-               tcalloc_peak_rss=t.get("rss_peak"), glibc_peak_rss=g.get("rss_peak"),
-               tcalloc_ok=t.get("ok"), glibc_ok=g.get("ok"))
-    out["ratio"] = (out["tcalloc_peak_rss"] / out["glibc_peak_rss"]
-                    if out["tcalloc_peak_rss"] and out["glibc_peak_rss"] else None)
-    print("  mixed  tcalloc %7.1f MiB  glibc %7.1f MiB  ratio %.2f"
-          % ((out["tcalloc_peak_rss"] or 0) / MIB, (out["glibc_peak_rss"] or 0) / MIB,
-             out["ratio"] or 0), flush=True)
-    return out
+           "--threads", str(args.mixed_threads), "--ops", str(args.mixed_ops), "--seed", "1"]
+    for i in range(args.mixed_repeat):
+        res = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+        rc, peak, secs, text = watch(cmd + ["--json", res], _env(), args.interval)
+        with open(res) as f:
+            data = json.load(f)
+        os.unlink(res)
+        by = {r["backend"]: r for r in data["runs"]}
+        t, g = by["tcalloc"], by["system"]
+        r = dict(tcalloc_peak_rss=t["rss_peak"], glibc_peak_rss=g["rss_peak"],
+                 ok=bool(t["ok"] and g["ok"]), rc=rc)
+        r["ratio"] = r["tcalloc_peak_rss"] / r["glibc_peak_rss"]
+        runs.append(r)
+        print("  mixed  run %d: tcalloc %7.1f MiB  glibc %7.1f MiB  ratio %.2f%s"
+              % (i + 1, r["tcalloc_peak_rss"] / MIB, r["glibc_peak_rss"] / MIB, r["ratio"],
+                 "" if r["ok"] else "  (a run failed: %s)" % rc), flush=True)
+    ratios = sorted(r["ratio"] for r in runs)
+    return dict(command=_cmdline(cmd, []), runs=runs, ratio=ratios[len(ratios) // 2])
 
 
 BURST = textwrap.dedent("""
@@ -200,6 +204,7 @@ def main(argv=None):
     ap.add_argument("--interval", type=float, default=0.01, help="RSS poll interval, s")
     ap.add_argument("--mixed-ops", type=int, default=150, help="mixed: operations per thread")
     ap.add_argument("--mixed-threads", type=int, default=2, help="mixed: worker threads")
+    ap.add_argument("--mixed-repeat", type=int, default=3, help="mixed: lab runs (median ratio)")
     ap.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     a = ap.parse_args(argv)
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
@@ -219,7 +224,8 @@ def main(argv=None):
             print("  %s" % row["command"])
     if "mixed" in res:
         r = res["mixed"]
-        print("mixed 1 B..256 MiB: peak RSS tcalloc / glibc = %.2f\n  %s" % (r["ratio"] or 0, r["command"]))
+        print("mixed 1 B..256 MiB: peak RSS tcalloc / glibc = %.2f (median of %d runs)\n  %s"
+              % (r["ratio"], len(r["runs"]), r["command"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
