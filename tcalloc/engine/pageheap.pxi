@@ -14,7 +14,7 @@ from libc.string cimport memset
 
 cdef enum:
     kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
-    kFreeCapFloor = 16 << 20       # the free-memory cap is never below this
+    kFreeCapFloor = 64 << 20       # the free-memory cap is never below this
 
 ctypedef struct PageHeap:
     Pagemap pagemap               # first: free() indexes its root at offset 0
@@ -316,7 +316,7 @@ cdef size_t _release_locked(PageHeap *h, size_t nbytes) noexcept nogil:
     return done
 
 cdef inline uint64_t _free_cap(PageHeap *h) noexcept nogil:
-    """The most free, backed memory a free leaves: max(16 MiB, 1/8 of the
+    """The most free, backed memory a free leaves: max(64 MiB, 1/8 of the
     pages in use). Above it, spans freed by a burst would keep its peak
     resident until an explicit release (300 MiB of RSS for 45 MiB live)."""
     cdef uint64_t cap = (h.small_span_bytes + h.large_bytes) >> 3
@@ -325,7 +325,10 @@ cdef inline uint64_t _free_cap(PageHeap *h) noexcept nogil:
 cdef inline void _trim_free(PageHeap *h) noexcept nogil:
     """After a free: over the cap, release the largest free spans down to
     half of it (as google/tcmalloc releases when over its limit), so each
-    madvise returns at least 8 MiB and frees cannot madvise one by one."""
+    madvise returns at least 32 MiB and frees cannot madvise one by one.
+    The 64 MiB floor: at 16 MiB, a workload freeing and reusing tens of
+    MiB of large blocks released and re-faulted them (the lab's mixed
+    workload at half speed)."""
     cdef uint64_t cap
     if h.cap_free:
         cap = _free_cap(h)
