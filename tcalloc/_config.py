@@ -7,7 +7,7 @@ nobody asked for.
 
     TCALLOC_MEMORY_LIMIT          size    limit on the committed heap (0: none)
     TCALLOC_MEMORY_LIMIT_HARD     bool    the limit fails allocations (else soft)
-    TCALLOC_RELEASE_RATE          size    bytes/s the background thread returns (0: off)
+    TCALLOC_RELEASE_RATE          size    bytes/s returned to the OS by itself (default 8M; 0: off)
     TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES
                                   size    budget shared by all thread caches
     TCALLOC_DEBUG                 bool    debug mode (every small block checked)

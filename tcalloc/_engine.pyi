@@ -60,6 +60,7 @@ class Stats(TypedDict):
     memory_limit_hard: bool
     release_rate: int
     background_released_bytes: int
+    released_on_free_bytes: int
     released_total_bytes: int
     size_classes: list[SizeClassStats]
     locks: dict[str, LockStats]

@@ -103,16 +103,21 @@ cdef TcallocCAPI g_capi
 cdef TcallocExtAPI g_ext
 cdef int g_debug = 0
 
-# background release (lock order: taken alone)
+# background release (engine/background.pxi; lock order: taken alone)
+cdef enum:
+    kDefaultReleaseRate = 8 << 20    # bytes per second (docs/architecture.md says why)
+    kBgStartHeap = 64 << 20          # heap size at which the releaser thread starts
 cdef tc_spinlock_t g_bg_lock
-cdef uint64_t g_release_rate = 0     # bytes per second; 0: no thread. Written under
-                                     # g_bg_lock, read by stats() without: relaxed stores/loads
+cdef uint64_t g_release_rate = kDefaultReleaseRate   # bytes per second; 0: release off.
+                                     # Written under g_bg_lock, read by stats() without:
+                                     # relaxed stores/loads
 cdef int g_bg_running = 0
-# Set in a fork child whose parent had a releaser, cleared by _bg_start under
+# A rate is set but no releaser runs (at start-up, after fork): start one at
+# the next slow path once the heap reaches kBgStartHeap. Written under
 # g_bg_lock; the slow paths poll it without the lock (a relaxed load, so a
 # thread that misses the change just calls _bg_start, which rechecks under
 # the lock): tc_load_int/tc_store_int only.
-cdef int g_bg_restart = 0
+cdef int g_bg_wanted = 0
 
 # =============================================================================
 # The hot path. Everything a small malloc or free does when its thread cache
@@ -221,6 +226,7 @@ cdef int _init() except -1:
         raise ImportError("tcalloc: pthread_atfork failed")
     tc_spinlock_init(&g_bg_lock)
     tc_spinlock_init(&g_sampler.lock)
+    _release_defaults()
     g_debug = 1 if TCALLOC_DEBUG else 0      # the build's switch; TCALLOC_DEBUG=1 below
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc

@@ -172,13 +172,17 @@ def test_bad_sizes_are_refused_naming_the_value(text):
         _config.parse_size(text, "X")
 
 
+DEFAULT_RATE = 8 << 20      # the documented default release rate (README, Settings)
+
+
 @pytest.mark.parametrize("env,expect", [
-    ({"TCALLOC_MEMORY_LIMIT": "2G"}, "(2147483648, False) 0 False"),
-    ({"TCALLOC_MEMORY_LIMIT": "2G", "TCALLOC_MEMORY_LIMIT_HARD": "yes"}, "(2147483648, True) 0 False"),
-    ({"TCALLOC_MEMORY_LIMIT": "2G", "TCALLOC_MEMORY_LIMIT_HARD": "off"}, "(2147483648, False) 0 False"),
+    ({"TCALLOC_MEMORY_LIMIT": "2G"}, "(2147483648, False) %d False" % DEFAULT_RATE),
+    ({"TCALLOC_MEMORY_LIMIT": "2G", "TCALLOC_MEMORY_LIMIT_HARD": "yes"}, "(2147483648, True) %d False" % DEFAULT_RATE),
+    ({"TCALLOC_MEMORY_LIMIT": "2G", "TCALLOC_MEMORY_LIMIT_HARD": "off"}, "(2147483648, False) %d False" % DEFAULT_RATE),
     ({"TCALLOC_RELEASE_RATE": "64MB"}, "None 67108864 False"),
-    ({"TCALLOC_DEBUG": "True"}, "None 0 True"),
-    ({"TCALLOC_DEBUG": "0", "TCALLOC_MEMORY_LIMIT": ""}, "None 0 False"),
+    ({"TCALLOC_RELEASE_RATE": "0"}, "None 0 False"),          # an explicit 0 is a setting: off
+    ({"TCALLOC_DEBUG": "True"}, "None %d True" % DEFAULT_RATE),
+    ({"TCALLOC_DEBUG": "0", "TCALLOC_MEMORY_LIMIT": ""}, "None %d False" % DEFAULT_RATE),
 ])
 def test_environment_settings_are_read_as_written(env, expect, tmp_path):
     r = py("import tcalloc; print(tcalloc.get_memory_limit(), tcalloc.get_release_rate(), "

@@ -34,6 +34,10 @@ def run_py(code, *, timeout=120):
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     for k in ("TCALLOC_DEBUG", "TCALLOC_MEMORY_LIMIT", "TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_RELEASE_RATE"):
         e.pop(k, None)
+    # Release off: freed memory stays backed until a limit releases it, so
+    # each scenario sees the limit's work alone (test_release.py tests the
+    # release on free and in the background).
+    e["TCALLOC_RELEASE_RATE"] = "0"
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], env=e,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, "child failed (rc %s):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)

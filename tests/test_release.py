@@ -1,18 +1,23 @@
-"""Memory goes back to the OS: an explicit release after freeing 512 MiB,
-and the background releaser at a set rate. Each runs in a fresh interpreter
-so RSS and the release rate are its own."""
+"""Memory goes back to the OS: by itself by default (the free-memory cap on
+every free, the background releaser at the default rate), not at all with an
+explicit rate of 0 (until release_free_memory()), and at a set rate. Each
+runs in a fresh interpreter so RSS, threads and the release rate are its own."""
 import os
 import subprocess
 import sys
 import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAP_FLOOR = 64 << 20    # the free cap's documented floor: max(64 MiB, in use / 8)
 
 
-def _run(code, timeout=120, **extra_env):
+def _run(code, timeout=120, rate=None, **extra_env):
     env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TCALLOC_RELEASE_RATE", None)
+    env.pop("TCALLOC_MEMORY_LIMIT", None)
+    if rate is not None:
+        env["TCALLOC_RELEASE_RATE"] = rate
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -20,6 +25,7 @@ def _run(code, timeout=120, **extra_env):
 
 
 def test_512_mib_freed_and_released_drops_rss():
+    # Release off, so the explicit call has it all to do.
     out = _run("""
         import psutil, tcalloc
         import tct_components as comp
@@ -39,7 +45,7 @@ def test_512_mib_freed_and_released_drops_rss():
         assert peak - end >= 0.9 * 512 * MIB, ("RSS did not drop", base, peak, end)
         assert released >= 0.9 * 512 * MIB, released
         assert s["page_heap_free_bytes"] == 0
-    """)
+    """, rate="0")
     assert out.strip()
 
 
@@ -48,11 +54,13 @@ def test_background_release_at_a_set_rate():
         import time, tcalloc
         import tct_components as comp
         MIB = 1 << 20
-        blocks = comp.BlockSet(64 * MIB, 1 * MIB, 2 * MIB, seed=3)
+        # 14 MiB: under the free cap's 64 MiB floor, so what goes back is
+        # the releaser thread's work alone.
+        blocks = comp.BlockSet(14 * MIB, 1 * MIB, 2 * MIB, seed=3)
         blocks.free_all()
         free0 = tcalloc.stats()["page_heap_free_bytes"]
-        assert free0 >= 60 * MIB, free0
-        assert tcalloc.get_release_rate() == 0
+        assert free0 >= 12 * MIB, free0
+        assert tcalloc.get_release_rate() == 0              # TCALLOC_RELEASE_RATE=0
         tcalloc.set_release_rate(256 * MIB)
         assert tcalloc.get_release_rate() == 256 * MIB
         deadline = time.monotonic() + 60        # generous: "eventually"
@@ -62,7 +70,7 @@ def test_background_release_at_a_set_rate():
         assert s["page_heap_free_bytes"] <= free0 // 10, (free0, s["page_heap_free_bytes"])
         assert s["background_released_bytes"] > 0
         tcalloc.set_release_rate(0)
-    """)
+    """, rate="0")
 
 
 def test_untouched_large_block_is_not_counted_as_backed_memory():
@@ -92,6 +100,108 @@ def test_untouched_large_block_is_not_counted_as_backed_memory():
         s = tcalloc.stats()
         assert s["page_heap_free_bytes"] >= 64 * MIB, s["page_heap_free_bytes"]
         assert tcalloc.release_free_memory() >= 64 * MIB
+        print("ok")
+    """, rate="0")
+    assert out.strip().endswith("ok")
+
+
+# A burst: 4 threads write ~256 MiB of 1..4 MiB buffers, keep one in eight
+# and free the rest. Prints the figures the tests below judge, as JSON.
+BURST = """
+    import json, threading, time, psutil, tcalloc
+    MIB = 1 << 20
+    proc = psutil.Process()
+    threads0 = proc.num_threads()
+    def work(i, keep):
+        bufs = [tcalloc.alloc((1 + (i + k) % 4) * MIB) for k in range(26)]
+        for b in bufs:
+            memoryview(b)[::4096] = b"x" * (len(b) // 4096)
+        keep.extend(bufs[::8])
+    keep = []
+    ths = [threading.Thread(target=work, args=(i, keep)) for i in range(4)]
+    for t in ths: t.start()
+    for t in ths: t.join()
+    s = tcalloc.stats()
+    in_spans = s["heap_bytes"] - s["page_heap_free_bytes"] - s["page_heap_released_bytes"]
+    r = dict(rate=tcalloc.get_release_rate(), free=s["page_heap_free_bytes"], in_spans=in_spans,
+             live=sum(len(b) for b in keep), heap=s["heap_bytes"], rss=proc.memory_info().rss,
+             released=s["released_total_bytes"], threads_added=proc.num_threads() - threads0)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and tcalloc.stats()["page_heap_free_bytes"]:
+        time.sleep(0.05)
+    s = tcalloc.stats()
+    r.update(free_later=s["page_heap_free_bytes"], background=s["background_released_bytes"],
+             threads_later=proc.num_threads() - threads0)
+    print(json.dumps(r))
+"""
+
+
+def _burst(rate, wait):
+    import json
+    return json.loads(_run(BURST.replace("WAIT", repr(wait)), rate=rate).strip().splitlines()[-1])
+
+
+def test_default_release_keeps_free_backed_memory_under_the_cap_without_a_call():
+    r = _burst(None, 30.0)
+    mib = 1 << 20
+    assert r["rate"] > 0, r                                    # release is on by default
+    freed = r["heap"] - r["live"]
+    assert freed >= 150 * mib, r                               # the burst did free most of it
+    # On every free, backed free memory is kept at most max(64 MiB, in use / 8).
+    assert r["free"] <= max(CAP_FLOOR, r["in_spans"] // 8), r
+    assert r["released"] >= freed - max(CAP_FLOOR, r["in_spans"] // 8) - 8 * mib, r
+    # The heap passed 64 MiB, so the releaser runs and returns the rest in time.
+    assert r["threads_later"] == 1, r
+    assert r["free_later"] == 0 and r["background"] > 0, r
+
+
+def test_an_explicit_rate_of_0_turns_release_off():
+    r = _burst("0", 0.5)
+    mib = 1 << 20
+    assert r["rate"] == 0, r
+    # Freed memory stays backed (no release on free, no releaser thread).
+    assert r["free"] >= r["heap"] - r["live"] - 16 * mib, r      # all but cached blocks
+    assert r["released"] == 0 and r["background"] == 0, r
+    assert r["threads_later"] == 0, r
+    assert r["free_later"] == r["free"], r
+
+
+def test_set_release_rate_0_at_run_time_turns_the_cap_off_and_a_rate_back_on():
+    out = _run("""
+        import tcalloc
+        MIB = 1 << 20
+        tcalloc.set_release_rate(0)
+        bufs = [tcalloc.alloc(4 * MIB) for _ in range(40)]
+        for b in bufs:
+            memoryview(b)[::4096] = b"x" * (len(b) // 4096)
+        del bufs
+        free = tcalloc.stats()["page_heap_free_bytes"]
+        assert free >= 150 * MIB, free                      # kept: release is off
+        tcalloc.set_release_rate(1)                         # on again: the cap applies at once
+        s = tcalloc.stats()
+        cap = max(64 * MIB, (s["heap_bytes"] - s["page_heap_free_bytes"] - s["page_heap_released_bytes"]) // 8)
+        assert s["page_heap_free_bytes"] <= cap, (s["page_heap_free_bytes"], cap)
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+def test_the_releaser_thread_does_not_start_for_a_small_heap():
+    out = _run("""
+        import threading, time, psutil, tcalloc
+        MIB = 1 << 20
+        proc = psutil.Process()
+        n0 = proc.num_threads()
+        for _ in range(3):
+            bufs = [tcalloc.alloc(MIB) for _ in range(24)]   # a 24 MiB heap, well below 64 MiB
+            for b in bufs:
+                memoryview(b)[::4096] = b"x" * 256
+            del bufs
+        t = threading.Thread(target=lambda: tcalloc.alloc(1000)); t.start(); t.join()
+        time.sleep(0.3)
+        assert tcalloc.get_release_rate() > 0
+        assert proc.num_threads() == n0, (n0, proc.num_threads())
+        assert tcalloc.stats()["heap_bytes"] < 64 * MIB
         print("ok")
     """)
     assert out.strip().endswith("ok")

@@ -16,8 +16,13 @@ def release_free_memory():
     return done
 
 def set_release_rate(bytes_per_second):
-    """Release free page-heap memory in the background at this many bytes per
-    second (0 stops it). The releaser thread starts only when a rate is set."""
+    """Return free memory to the OS by itself at this many bytes per second
+    (default 8 MiB/s; 0: only release_free_memory() and a memory limit
+    release). While the rate is not 0, a free also releases the largest free
+    spans whenever free, backed page-heap memory passes max(64 MiB, 1/8 of
+    the memory in use), and a background thread releases the rest at the
+    rate. Setting a rate starts the thread at once; the default starts it
+    once the heap reaches 64 MiB."""
     cdef uint64_t rate
     if isinstance(bytes_per_second, bool) or not isinstance(bytes_per_second, int):
         raise TypeError("release rate must be an int (bytes per second), not %s"
@@ -26,11 +31,18 @@ def set_release_rate(bytes_per_second):
         raise ValueError("release rate must be between 0 and 2**63-1 bytes per second, got %d" % bytes_per_second)
     rate = bytes_per_second
     with nogil:
-        tc_spinlock_lock(&g_bg_lock)
-        tc_store_u64(&g_release_rate, rate)
-        tc_spinlock_unlock(&g_bg_lock)
+        _set_release_rate(rate)
         if rate:
             _bg_start()
+
+cdef void _set_release_rate(uint64_t rate) noexcept nogil:
+    """The rate, the free cap that goes with it, and whether a releaser is
+    wanted (started lazily by _bg_poll). Takes g_bg_lock, then the page heap's."""
+    tc_spinlock_lock(&g_bg_lock)
+    tc_store_u64(&g_release_rate, rate)
+    tc_store_int(&g_bg_wanted, 1 if rate and not g_bg_running else 0)
+    tc_spinlock_unlock(&g_bg_lock)
+    pageheap_set_cap(&g_heap, 1 if rate else 0)
 
 def reset_peaks():
     """Start the peaks in stats() (peak_heap_bytes, peak_allocated_bytes)
@@ -65,7 +77,8 @@ def get_sample_rate():
     return g_sampler.rate
 
 def get_release_rate():
-    """The background release rate in bytes per second (0: off)."""
+    """The release rate in bytes per second (0: memory is released only on
+    request and under a memory limit)."""
     return tc_load_u64(&g_release_rate)
 
 def set_memory_limit(nbytes, hard=False):
@@ -139,7 +152,7 @@ cdef int _apply_environment() except -1:
     """Settings from TCALLOC_* variables, read once at import and validated
     by tcalloc._config (a bad value stops the import with a ValueError that
     names the variable and the value)."""
-    global g_release_rate, g_debug
+    global g_debug
     from tcalloc import _config
     env = _config.applied = _config.read()
     if env.get("TCALLOC_DEBUG"):
@@ -153,7 +166,8 @@ cdef int _apply_environment() except -1:
                            1 if env.get("TCALLOC_MEMORY_LIMIT_HARD") else 0)
     if env.get("TCALLOC_SAMPLE_RATE"):
         set_sample_rate(env["TCALLOC_SAMPLE_RATE"])
-    if env.get("TCALLOC_RELEASE_RATE"):
-        g_release_rate = env["TCALLOC_RELEASE_RATE"]
-        _bg_start()
+    if env.get("TCALLOC_RELEASE_RATE") is not None:
+        # 0 is a setting (release off), not an absent one. The thread still
+        # starts lazily, at a heap of kBgStartHeap.
+        _set_release_rate(env["TCALLOC_RELEASE_RATE"])
     return 0

@@ -44,9 +44,10 @@ cdef void _atfork_child() noexcept nogil:
     tc_spinlock_reset(&g_bg_lock)
     threadcache_gate_reset(&g_registry)
     threadcache_reclaim_others(&g_registry, <ThreadCache *>tc_tls_owner())
-    # The releaser thread did not survive the fork; start a new one lazily
-    # (creating threads inside fork() is not allowed).
+    # The releaser thread did not survive the fork; a new one starts lazily,
+    # at the child's first slow path with a heap of kBgStartHeap (creating
+    # threads inside fork() is not allowed).
     if g_bg_running:
         g_bg_running = 0
-        tc_store_int(&g_bg_restart, 1)
+        tc_store_int(&g_bg_wanted, 1)
 

@@ -6,8 +6,7 @@ cdef ThreadCache *_cache_for_thread() noexcept nogil:
     if tc != NULL:
         tc_tls_set(tc, not g_debug)
         pthread_setspecific(g_key, tc)
-    if TC_UNLIKELY(tc_load_int(&g_bg_restart)):
-        _bg_start()
+    _bg_poll()
     return tc
 
 cdef void _thread_exit(void *arg) noexcept nogil:
@@ -44,6 +43,7 @@ cdef void *_malloc_small_slow(uint32_t cl, size_t size) noexcept nogil:
         return sampler_tick_slow(NULL, p, size)
     if tc == NULL and not tc_tls_exiting():
         tc = _cache_for_thread()
+    _bg_poll()
     if tc != NULL:
         p = threadcache_pop(tc, cl)
     else:
@@ -74,8 +74,7 @@ cdef void _reclaim() noexcept nogil:
 cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s
     cdef size_t npages
-    if TC_UNLIKELY(tc_load_int(&g_bg_restart)):
-        _bg_start()
+    _bg_poll()
     if size > kMaxAllocBytes:
         tc_set_errno(ENOMEM)
         return NULL

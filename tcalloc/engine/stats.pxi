@@ -13,6 +13,7 @@ cdef struct EngineStats:
     uint64_t metadata
     uint64_t metadata_mapped
     uint64_t released_background
+    uint64_t released_on_free
     uint64_t released_total
     uint64_t large_in_use
     uint64_t large_allocs
@@ -90,6 +91,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     st.page_heap_free = g_heap.free_bytes
     st.released = g_heap.released_bytes
     st.released_background = g_heap.released_background
+    st.released_on_free = g_heap.released_on_free
     st.released_total = g_heap.released_total
     st.large_in_use = g_heap.large_bytes
     st.large_allocs = g_heap.large_allocs
@@ -172,6 +174,7 @@ def stats():
         "memory_limit_hard": bool(st.limit_hard),
         "release_rate": tc_load_u64(&g_release_rate),
         "background_released_bytes": st.released_background,
+        "released_on_free_bytes": st.released_on_free,
         "released_total_bytes": st.released_total,
         "size_classes": classes,
         "locks": locks,

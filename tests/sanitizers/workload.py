@@ -105,7 +105,7 @@ def _wait_ops(w, k):
 
 def fork_while_allocating():
     # fork() from native code while threads allocate. Under ASan the child
-    # also allocates on a new thread and restarts the releaser (g_bg_restart);
+    # also allocates on a new thread and restarts the releaser (g_bg_wanted);
     # gcc 12's TSan aborts on any thread started in the child of a
     # multi-threaded parent ("dup thread with used id"), so there the child
     # stays on its one thread and the releaser is off.
