@@ -115,10 +115,12 @@ def _usable_cpus() -> int:
 # - tcalloc's locks, when the busy threads spent 20% of their time waiting
 #   on them (tcalloc's own counters);
 # - the GIL, when two or more busy threads are Python threads and the
-#   profile's Python sampler, which needs the GIL to run, woke up later than
-#   the native clock, which needs only a CPU, by half the GIL's switch
-#   interval on average (a thread asking for a held GIL waits that interval
-#   before the holder is told to drop it);
+#   profile's Python sampler spent a quarter of the block or more asleep
+#   waiting for the GIL: its time less its timer's sleeps, its CPU and its
+#   time runnable without a CPU (the native clock's schedstat figures for
+#   it). The sampler wants the GIL only briefly per tick, so that wait is
+#   near zero unless other threads keep the GIL busy, and then it is most of
+#   the sampler's time;
 # - the machine, when the native clock itself woke up late by a tenth of the
 #   interval on average, or the busy threads spent 30% of their time
 #   runnable without a CPU (schedstat): other processes had the CPUs;
@@ -127,20 +129,20 @@ _BUSY_SHARE = 0.10
 _BUSY_MIN_S = 0.005
 _SERIAL_EFFICIENCY = 0.25
 _TCALLOC_WAIT_SHARE = 0.20
-_GIL_LATE_SHARE = 0.5
+_GIL_WAIT_SHARE = 0.25
 _MACHINE_LATE_SHARE = 0.10
 _MACHINE_RUNQ_SHARE = 0.30
 
 
 def _verdict(threads: List[Dict[str, Any]], cpu_s: float, elapsed_s: float,
              wait_ns: int, engine: bool, python_ids: "set[int]", hottest: Optional[str],
-             gil_late_s: Optional[float], cpu_late_s: Optional[float],
-             interval: float) -> Dict[str, Any]:
+             gil_late_s: Optional[float], gil_wait_s: Optional[float],
+             cpu_late_s: Optional[float], interval: float) -> Dict[str, Any]:
     """What held the busy threads back, if anything (see above). `threads`
     leaves the samplers out; `cpu_s` is the process's CPU without theirs;
     `gil_late_s` and `cpu_late_s` the mean lateness of the Python sampler
-    beyond the native clock's, and of the native clock (None: unknown)."""
-    import sys
+    beyond the native clock's, and of the native clock; `gil_wait_s` the
+    Python sampler's time asleep waiting for the GIL (None: unknown)."""
     cpu = {t["id"]: t["cpu_s"] for t in threads}
     top = max(cpu.values(), default=0.0)
     busy = [i for i, c in cpu.items() if c >= max(_BUSY_MIN_S, _BUSY_SHARE * top)]
@@ -159,8 +161,9 @@ def _verdict(threads: List[Dict[str, Any]], cpu_s: float, elapsed_s: float,
         gil_wait_per_tick_s=None if gil_late_s is None else round(gil_late_s, 6),
         cpu_wait_per_tick_s=None if cpu_late_s is None else round(cpu_late_s, 6),
         cpu_wait_share=None if runq_share is None else round(runq_share, 4))
-    gil_bound = (len(busy_py) >= 2 and gil_late_s is not None
-                 and gil_late_s >= _GIL_LATE_SHARE * sys.getswitchinterval())
+    gil_share = (gil_wait_s / elapsed_s if gil_wait_s is not None and elapsed_s > 0 else None)
+    v["gil_wait_share"] = None if gil_share is None else round(gil_share, 4)
+    gil_bound = len(busy_py) >= 2 and gil_share is not None and gil_share >= _GIL_WAIT_SHARE
     starved = ((cpu_late_s is not None and cpu_late_s >= _MACHINE_LATE_SHARE * interval)
                or (runq_share is not None and runq_share >= _MACHINE_RUNQ_SHARE))
     if len(busy) < 2:
@@ -181,9 +184,9 @@ def _verdict(threads: List[Dict[str, Any]], cpu_s: float, elapsed_s: float,
     elif gil_bound:
         v["verdict"] = "gil"
         v["text"] = ("serialised by the GIL%s: %d Python threads busy used %.2f of %d cores, "
-                     "and a thread asking for the GIL waited %.1f ms for it%s"
+                     "and a thread asking for the GIL spent %.0f%% of the time waiting for it%s"
                      % (", not by tcalloc" if engine else "", len(busy_py), cores, avail,
-                        1e3 * (gil_late_s or 0.0),
+                        100 * (gil_share or 0.0),
                         "; tcalloc's locks cost them %.1f%% of their time" % (100 * wait_share)
                         if engine else ""))
     elif starved:
@@ -281,7 +284,8 @@ class Profile:
         self._rss_peak, self._uss_peak = mem.rss, mem.uss
         self._series: List[Tuple[float, int]] = []
         self._samples = 0
-        self._late, self._sleeps = 0.0, 0
+        self._late, self._sleeps, self._timer_s = 0.0, 0, 0.0
+        self._loop_t0 = self._loop_t1 = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._t0 = time.perf_counter_ns()
@@ -338,10 +342,14 @@ class Profile:
         self._record(rss, uss)
 
     def _sample_loop(self) -> None:
+        self._loop_t0 = time.perf_counter()
         while True:
             t0 = time.perf_counter()
             if self._stop.wait(self.interval):
+                self._timer_s += time.perf_counter() - t0
+                self._loop_t1 = time.perf_counter()
                 return
+            self._timer_s += self.interval
             # Woken late: waiting for a CPU, as the native clock is, plus
             # waiting for the GIL, which only this thread needs.
             self._late += max(0.0, time.perf_counter() - t0 - self.interval)
@@ -431,13 +439,24 @@ class Profile:
             d["stats_end"] = {k: v for k, v in stats1.items() if isinstance(v, int)}
         py_late = self._late / self._sleeps if self._sleeps else None
         cpu_late = self._clock.mean_lateness if self._clock is not None else None
+        # The Python sampler's life: asleep on its timer, running, runnable
+        # without a CPU, or asleep waiting for the GIL (for each tick and for
+        # every call inside a sample that gives the GIL up): the rest.
+        gil_wait = None
+        me_row = [t for t in threads if t["id"] == self._sampler.native_id]
+        if clock is not None and me_row and self._loop_t1 > self._loop_t0:
+            runq = me_row[0]["cpu_wait_s"]
+            if runq is None:
+                runq = self._sleeps * (cpu_late or 0.0)
+            gil_wait = max(0.0, (self._loop_t1 - self._loop_t0) - self._timer_s
+                           - me_row[0]["cpu_s"] - runq)
         d["serialisation"] = _verdict(
             [t for t in threads if not t["sampler"]],
             cpu - sum(t["cpu_s"] for t in threads if t["sampler"]),
             d["elapsed_s"], d.get("lock_wait_ns", 0), self.engine, self._python_ids,
             d["hottest_locks"][0]["name"] if d.get("hottest_locks") else None,
             None if py_late is None or cpu_late is None else max(0.0, py_late - cpu_late),
-            cpu_late, self.interval)
+            gil_wait, cpu_late, self.interval)
         return d
 
     def as_dict(self) -> Dict[str, Any]:

@@ -230,18 +230,18 @@ def test_pool_locks_are_in_the_report_and_the_gil_is_named(tc):
     gone = tc.BufferPool(4096)
     before = _pool_lock_totals()
     with _profile(tc) as p:
-        _pool_threads(p, pool, 4, 3000)
+        _pool_threads(p, pool, 4, 10000)
         for _ in range(100):
             gone.acquire().release()
         del gone                     # a pool that dies inside the block still counts
     after = _pool_lock_totals()
     d = p.as_dict()
     got = d["locks"]["buffer_pool"]
-    # acquire and release take the lock once each: 2 x (4 x 3000 + 100) at least.
-    assert got["acquisitions"] >= 2 * (4 * 3000 + 100)
+    # acquire and release take the lock once each: 2 x (4 x 10000 + 100) at least.
+    assert got["acquisitions"] >= 2 * (4 * 10000 + 100)
     for k in ("acquisitions", "contended", "spins", "wait_ns"):
         assert 0 <= got[k] <= after[k] - before[k], k
-    assert pool.lock_stats()["acquisitions"] >= 2 * 4 * 3000
+    assert pool.lock_stats()["acquisitions"] >= 2 * 4 * 10000
     v = d["serialisation"]
     # The GIL lets one Python thread run at a time: about one core at most.
     assert v["busy_python_threads"] >= 4, v          # the workers (and maybe the main thread)

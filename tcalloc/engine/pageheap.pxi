@@ -173,7 +173,7 @@ cdef void _link_free(PageHeap *h, Span *s) noexcept nogil:
     if ret:
         h.released_bytes += nbytes
     else:
-        h.free_bytes += nbytes
+        tc_store_u64(&h.free_bytes, h.free_bytes + nbytes)   # read by the releaser without the lock
     if s.npages <= kMaxPages:
         s.in_tree = 0
         span_list_push(_list_head(h, s.npages, ret), s)
@@ -190,7 +190,7 @@ cdef void _unlink_free(PageHeap *h, Span *s) noexcept nogil:
     if ret:
         h.released_bytes -= nbytes
     else:
-        h.free_bytes -= nbytes
+        tc_store_u64(&h.free_bytes, h.free_bytes - nbytes)
     if s.in_tree:
         if ret:
             h.large_returned = _tree_remove(h.large_returned, s)
@@ -390,7 +390,7 @@ cdef int _grow(PageHeap *h, size_t n) noexcept nogil:
         return 0
     s.location = SPAN_ON_RETURNED
     s.needzero = 0
-    h.system_bytes += nbytes
+    tc_store_u64(&h.system_bytes, h.system_bytes + nbytes)   # read by _bg_poll without the lock
     h.grows += 1
     if h.last_grow == 0 or aligned < h.last_grow:
         h.last_grow = aligned
