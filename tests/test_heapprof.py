@@ -31,13 +31,17 @@ def sampling_off_after():
     tcalloc.set_sample_rate(0)
 
 
-def _line(tag):
-    """The line of this file holding the comment `# site:<tag>`."""
-    with open(__file__) as f:
+def site_line(path, tag):
+    """The line of the file at path holding the comment `# site:<tag>`."""
+    with open(path) as f:
         for i, text in enumerate(f, 1):
             if text.rstrip().endswith("# site:" + tag):
                 return i
     raise AssertionError(tag)
+
+
+def _line(tag):
+    return site_line(__file__, tag)
 
 
 def _site(s):

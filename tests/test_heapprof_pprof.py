@@ -22,25 +22,13 @@ pytestmark = pytest.mark.skipif(
     "'Reading the pprof files': apt-get install golang-go golang-github-google-pprof-dev, then go build)")
 
 RATE = 8 << 10
-needs_python_frames = pytest.mark.skipif(
-    sys.implementation.name != "cpython" or not (3, 9) <= sys.version_info[:2] <= (3, 11),
-    reason="samples keep Python frames only on CPython 3.9-3.11 (tcalloc/engine/sampler.pxi); "
-    "on %s.%s they keep native stacks only" % sys.version_info[:2])
-
-
-@pytest.fixture(autouse=True)
-def sampling_off_after():
-    yield
-    tcalloc.set_sample_rate(0)
+# Shared with the heap profile tests: the CPython versions whose samples keep
+# Python frames, sampling off after each test, and the `# site:` lines.
+from test_heapprof import needs_python_frames, sampling_off_after, site_line  # noqa: E402,F401
 
 
 def _line(tag):
-    """The line of this file holding the comment `# site:<tag>`."""
-    with open(__file__) as f:
-        for i, text in enumerate(f, 1):
-            if text.rstrip().endswith("# site:" + tag):
-                return i
-    raise AssertionError(tag)
+    return site_line(__file__, tag)
 
 
 def _pprof(*args):

@@ -47,9 +47,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 # The test-only native modules; tcalloc itself is the installed one (an
 # instrumented build on PYTHONPATH for native coverage, docs/reliability.md).
 sys.path.insert(0, os.path.join(ROOT, "tests", "native"))
+sys.path.insert(0, HERE)
 
 import tcalloc                 # noqa: E402
 import tct_fuzz as tf          # noqa: E402
+from fuzzinput import Finding, Reader   # noqa: E402,F401  (this directory)
 
 PAGE = 8192
 MAX_LIVE = 32
@@ -82,27 +84,6 @@ HUGE_ALIGNS = [1 << 44, 1 << 50, 1 << 63]           # powers of two past what tc
 COUNTS = [0, 1, 2, 3, 7, 16, 100, 4096, 1 << 32, 1 << 33, 1 << 63, SIZE_MAX]
 
 
-class Finding(AssertionError):
-    """A result the model says tcalloc must not give."""
-
-
-class Reader:
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-
-    def u8(self):
-        if self.pos >= len(self.data):
-            raise EOFError
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
-    def u16(self):
-        return self.u8() | (self.u8() << 8)
-
-    def pick(self, seq):
-        return seq[self.u16() % len(seq)]
 
 
 def read_size(r):

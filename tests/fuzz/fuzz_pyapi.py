@@ -37,9 +37,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 # The test-only native modules; tcalloc itself is the installed one (an
 # instrumented build on PYTHONPATH for native coverage, docs/reliability.md).
 sys.path.insert(0, os.path.join(ROOT, "tests", "native"))
+sys.path.insert(0, HERE)
 
 import tcalloc                 # noqa: E402
 import tct_fuzz as tf          # noqa: E402
+from fuzzinput import Finding, Reader   # noqa: E402,F401  (this directory)
 
 OK_ERRORS = (ValueError, TypeError, MemoryError, BufferError)
 MAX_BUFS = 24
@@ -76,27 +78,6 @@ BAD_POOL = [dict(buffer_size=0), dict(buffer_size=-1), dict(buffer_size=True),
             dict(max_cached=(1 << 24) + 1), dict(max_cached=1.5)]
 
 
-class Finding(AssertionError):
-    """A result the model says tcalloc must not give."""
-
-
-class Reader:
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-
-    def u8(self):
-        if self.pos >= len(self.data):
-            raise EOFError
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
-    def u16(self):
-        return self.u8() | (self.u8() << 8)
-
-    def pick(self, seq):
-        return seq[self.u16() % len(seq)]
 
 
 class PoolModel:
