@@ -463,8 +463,18 @@ def test_run_heap_profile_writes_the_end_and_the_peak(tmp_path):
     assert r.returncode == 0, r.stderr
     end, peak = out.read_text(), (tmp_path / "heap.peak.txt").read_text()
     assert "build.<locals>.<listcomp> (%s:2)" % prog in end
-    assert "scratch" not in end
-    assert "scratch.<locals>.<listcomp> (%s:4)" % prog in peak
+    site = "scratch.<locals>.<listcomp> (%s:4)" % prog
+    assert site in peak
+
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+    def site_bytes(text):             # the table's rows: "18.3 MiB  42.3% ... site"
+        rows = [line.split() for line in text.splitlines() if line.rstrip().endswith(site)]
+        return sum(float(r[0]) * units[r[1]] for r in rows)
+    assert site_bytes(peak) > 1 << 20
+    # Freed before the end, but for the few dicts CPython keeps on its own
+    # free list (never given back to the allocator): a sample may be one.
+    assert site_bytes(end) * 20 <= site_bytes(peak), (end, peak)
 
 
 def test_debug_mode_threads_without_caches_are_sampled():
