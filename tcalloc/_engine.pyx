@@ -226,7 +226,7 @@ cdef int _init() except -1:
         raise ImportError("tcalloc: pthread_atfork failed")
     tc_spinlock_init(&g_bg_lock)
     tc_spinlock_init(&g_sampler.lock)
-    _release_defaults()
+    _set_release_rate(kDefaultReleaseRate)  # its releaser and free cap; the environment may change them
     g_debug = 1 if TCALLOC_DEBUG else 0      # the build's switch; TCALLOC_DEBUG=1 below
     g_capi.abi_version = 1
     g_capi.malloc = _capi_malloc

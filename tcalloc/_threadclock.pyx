@@ -85,6 +85,8 @@ ctypedef struct Clock:
     int self_tid             # the clock's own thread, left out of the table
     long interval_ns
     int schedstat            # 1: schedstat figures; 0: stat's clock ticks, no wait
+    uint64_t ns_per_tick     # stat's clock tick, in ns (sysconf, read once)
+    uint64_t page_size
     uint64_t ticks
     uint64_t rss_peak        # bytes
     uint64_t dropped         # threads not recorded: the table was full
@@ -137,7 +139,7 @@ cdef bint _thread_schedstat(const char *s, uint64_t *cpu, uint64_t *wait) noexce
     return True
 
 
-cdef bint _thread_cpu(const char *stat, uint64_t *out) noexcept nogil:
+cdef bint _thread_cpu(const char *stat, uint64_t ns_per_tick, uint64_t *out) noexcept nogil:
     """utime + stime (fields 14 and 15 of /proc/.../stat), after the last ')'
     (the name in field 2 may hold spaces and parentheses)."""
     cdef const char *p = NULL
@@ -161,7 +163,7 @@ cdef bint _thread_cpu(const char *stat, uint64_t *out) noexcept nogil:
     ut = strtoull(p, &end, 10)
     if end == p:
         return False
-    out[0] = (ut + strtoull(end, NULL, 10)) * (1000000000 // <uint64_t>sysconf(_SC_CLK_TCK))
+    out[0] = (ut + strtoull(end, NULL, 10)) * ns_per_tick
     return True
 
 
@@ -194,7 +196,7 @@ cdef void _tick(Clock *c, bint first) noexcept nogil:
                 continue             # gone since readdir
         else:
             snprintf(path, sizeof(path), b"/proc/self/task/%d/stat", tid)
-            if _read_file(path, buf, sizeof(buf)) <= 0 or not _thread_cpu(buf, &cpu):
+            if _read_file(path, buf, sizeof(buf)) <= 0 or not _thread_cpu(buf, c.ns_per_tick, &cpu):
                 continue
 
         added = False
@@ -220,7 +222,7 @@ cdef void _tick(Clock *c, bint first) noexcept nogil:
     closedir(d)
     if _read_file(b"/proc/self/statm", buf, sizeof(buf)) > 0:
         strtoull(buf, &endp, 10)                     # size, then resident pages
-        rss = strtoull(endp, NULL, 10) * <uint64_t>sysconf(_SC_PAGESIZE)
+        rss = strtoull(endp, NULL, 10) * c.page_size
         if rss > c.rss_peak:
             c.rss_peak = rss
     c.ticks += 1
@@ -288,6 +290,8 @@ cdef class ThreadClock:
         self._c.interval_ns = <long>(interval_s * 1e9)
         self._c.self_tid = -1
         self._c.schedstat = _read_file(b"/proc/self/schedstat", buf, sizeof(buf)) > 0
+        self._c.ns_per_tick = 1000000000 // <uint64_t>sysconf(_SC_CLK_TCK)
+        self._c.page_size = <uint64_t>sysconf(_SC_PAGESIZE)
         pthread_mutex_init(&self._c.lock, NULL)
 
     def __init__(self, double interval_s, int max_threads=16384):

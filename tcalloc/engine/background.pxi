@@ -55,9 +55,3 @@ cdef inline void _bg_poll() noexcept nogil:
     Two plain loads while it is not wanted; no lock."""
     if TC_UNLIKELY(tc_load_int(&g_bg_wanted)) and tc_load_u64(&g_heap.system_bytes) >= kBgStartHeap:
         _bg_start()
-
-cdef void _release_defaults() noexcept nogil:
-    """At start-up: the default rate wants a releaser and the free cap.
-    _apply_environment may then change both."""
-    tc_store_int(&g_bg_wanted, 1 if g_release_rate > 0 else 0)
-    pageheap_set_cap(&g_heap, 1 if g_release_rate > 0 else 0)

@@ -138,24 +138,23 @@ cdef void _h_free_raw(void *ctx, void *p) noexcept nogil: _h_free(&g_hook[0], p)
 cdef void _h_free_mem(void *ctx, void *p) noexcept nogil: _h_free(&g_hook[1], p)
 cdef void _h_free_obj(void *ctx, void *p) noexcept nogil: _h_free(&g_hook[2], p)
 
+# Domain i's entry points, filled once at import (ctx unused).
+cdef PyMemAllocatorEx _HOOK_ENTRY[3]
+_HOOK_ENTRY[0].malloc, _HOOK_ENTRY[0].calloc = _h_malloc_raw, _h_calloc_raw
+_HOOK_ENTRY[0].realloc, _HOOK_ENTRY[0].free = _h_realloc_raw, _h_free_raw
+_HOOK_ENTRY[1].malloc, _HOOK_ENTRY[1].calloc = _h_malloc_mem, _h_calloc_mem
+_HOOK_ENTRY[1].realloc, _HOOK_ENTRY[1].free = _h_realloc_mem, _h_free_mem
+_HOOK_ENTRY[2].malloc, _HOOK_ENTRY[2].calloc = _h_malloc_obj, _h_calloc_obj
+_HOOK_ENTRY[2].realloc, _HOOK_ENTRY[2].free = _h_realloc_obj, _h_free_obj
+
 cdef void _hook_entry_points(int i, PyMemAllocatorEx *a) noexcept:
     """Store domain i's entry points into a, one release store each, after g_hook[i] is filled
     (a may be live: see above). ctx is left as it is."""
-    if i == 0:
-        tc_store_release_ptr(<void **>&a.malloc, <void *>_h_malloc_raw)
-        tc_store_release_ptr(<void **>&a.calloc, <void *>_h_calloc_raw)
-        tc_store_release_ptr(<void **>&a.realloc, <void *>_h_realloc_raw)
-        tc_store_release_ptr(<void **>&a.free, <void *>_h_free_raw)
-    elif i == 1:
-        tc_store_release_ptr(<void **>&a.malloc, <void *>_h_malloc_mem)
-        tc_store_release_ptr(<void **>&a.calloc, <void *>_h_calloc_mem)
-        tc_store_release_ptr(<void **>&a.realloc, <void *>_h_realloc_mem)
-        tc_store_release_ptr(<void **>&a.free, <void *>_h_free_mem)
-    else:
-        tc_store_release_ptr(<void **>&a.malloc, <void *>_h_malloc_obj)
-        tc_store_release_ptr(<void **>&a.calloc, <void *>_h_calloc_obj)
-        tc_store_release_ptr(<void **>&a.realloc, <void *>_h_realloc_obj)
-        tc_store_release_ptr(<void **>&a.free, <void *>_h_free_obj)
+    cdef PyMemAllocatorEx *e = &_HOOK_ENTRY[i]
+    tc_store_release_ptr(<void **>&a.malloc, <void *>e.malloc)
+    tc_store_release_ptr(<void **>&a.calloc, <void *>e.calloc)
+    tc_store_release_ptr(<void **>&a.realloc, <void *>e.realloc)
+    tc_store_release_ptr(<void **>&a.free, <void *>e.free)
 
 # ---- the Python API -----------------------------------------------------------
 

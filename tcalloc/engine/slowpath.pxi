@@ -6,7 +6,6 @@ cdef ThreadCache *_cache_for_thread() noexcept nogil:
     if tc != NULL:
         tc_tls_set(tc, not g_debug)
         pthread_setspecific(g_key, tc)
-    _bg_poll()
     return tc
 
 cdef void _thread_exit(void *arg) noexcept nogil:
