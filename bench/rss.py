@@ -9,10 +9,16 @@
    (the plugin ``bench/np_tcalloc_plugin.py``); peak RSS of the pytest process.
    ``NPY_AVAILABLE_MEM`` is set to 1 GB for both, so NumPy's own
    ``requires_memory`` tests (several GiB each) are skipped in both modes.
-2. mixed: the stress lab's mixed workload at 1 B..256 MiB on tcalloc and on
-   glibc, each in a child (``python -m tcalloc stress --isolate``), the same
-   operation count per thread and seed; peak RSS from the lab's own record
-   (psutil, every 50 ms, in the child); three lab runs, the median ratio.
+2. mixed: the stress lab's mixed workload (``tcalloc.stress`` ``mixed``) at
+   1 B..256 MiB, the same operations per thread and seed, on tcalloc and on
+   glibc, each run in a child of its own, alternating round by round
+   (``--mixed-repeat`` rounds, 7 by default), with two threads and with one.
+   Besides the peak RSS, the child reads what the workload holds (the lab's
+   live-bytes meter, ``Progress.live_bytes``) and RSS every 2 ms: the peak
+   live bytes, and the overhead, the largest RSS above the live bytes at one
+   moment. With two threads the workload's own peak moves with the threads'
+   interleaving (each thread's sequence is fixed by the seed, their sum's
+   peak is not); with one it is the same in every run.
 3. burst: four threads allocate ~400 MiB of buffers (256 B..4 MiB, every page
    written), keep one in eight (~50 MiB) and free the rest; RSS right after,
    2 s later, and after ``release_free_memory()``, with the default release
@@ -113,31 +119,79 @@ def part_numpy(args):
                 ratio=t["peak_rss"] / d["peak_rss"] if d["peak_rss"] else None)
 
 
+MIXED = textwrap.dedent("""
+    import json, os, sys, threading, time
+    from tcalloc.stress import _workloads as wl
+    alloc, threads, ops, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    prog = wl.Progress()
+    box = {}
+    def target():
+        box["r"] = wl.run("mixed", alloc, threads=threads, ops=ops, min_size=1,
+                          max_size=256 << 20, seed=seed, progress=prog)
+    th = threading.Thread(target=target)
+    peak = peak_live = over = 0
+    th.start()
+    while th.is_alive():
+        r, live = rss(), prog.live_bytes
+        peak, peak_live, over = max(peak, r), max(peak_live, live), max(over, r - live)
+        time.sleep(0.002)
+    th.join()
+    res = box["r"]
+    print("@@MIXED " + json.dumps(dict(peak=peak, peak_live=peak_live, overhead=over,
+                                       ok=not res["corrupt"] and not res["failed"])))
+""")
+
+
 def part_mixed(args):
-    """The lab's mixed workload, tcalloc and glibc in one lab run, repeated:
-    peak RSS moves with the threads' interleaving, so each run's ratio is
-    kept and the median is the figure."""
-    runs = []
-    cmd = [sys.executable, "-m", "tcalloc", "stress", "--workloads", "mixed", "--min-size", "1",
-           "--max-size", "256M", "--backends", "tcalloc,system", "--isolate",
-           "--threads", str(args.mixed_threads), "--ops", str(args.mixed_ops), "--seed", "1"]
-    for i in range(args.mixed_repeat):
-        res = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        rc, peak, secs, text = watch(cmd + ["--json", res], _env(), args.interval)
-        with open(res) as f:
-            data = json.load(f)
-        os.unlink(res)
-        by = {r["backend"]: r for r in data["runs"]}
-        t, g = by["tcalloc"], by["system"]
-        r = dict(tcalloc_peak_rss=t["rss_peak"], glibc_peak_rss=g["rss_peak"],
-                 ok=bool(t["ok"] and g["ok"]), rc=rc)
-        r["ratio"] = r["tcalloc_peak_rss"] / r["glibc_peak_rss"]
-        runs.append(r)
-        print("  mixed  run %d: tcalloc %7.1f MiB  glibc %7.1f MiB  ratio %.2f%s"
-              % (i + 1, r["tcalloc_peak_rss"] / MIB, r["glibc_peak_rss"] / MIB, r["ratio"],
-                 "" if r["ok"] else "  (a run failed: %s)" % rc), flush=True)
-    ratios = sorted(r["ratio"] for r in runs)
-    return dict(command=_cmdline(cmd, []), runs=runs, ratio=ratios[len(ratios) // 2])
+    """The lab's mixed workload (1 B..256 MiB, realloc chains) on tcalloc and
+    on glibc, each run in a child of its own, the allocators alternating
+    round by round (the order flips each round). With two threads the
+    workload's own live peak depends on how the threads interleave (each
+    thread's sequence is fixed by the seed, their sum's peak is not), so
+    peak RSS is reported per allocator over the rounds (median, min..max)
+    beside what the workload held at its peak, and the allocator's overhead
+    (the largest RSS minus live bytes at one moment, polled in the child
+    every 2 ms); with one thread the live sequence is the same for both and
+    the peaks compare directly."""
+    out = {}
+    for threads in (args.mixed_threads, 1):
+        by = {"tcalloc": [], "glibc": []}
+        for i in range(args.mixed_repeat):
+            order = ("tcalloc", "glibc") if i % 2 == 0 else ("glibc", "tcalloc")
+            for name in order:
+                alloc = "tcalloc" if name == "tcalloc" else "system"
+                cmd = [sys.executable, "-c", MIXED, alloc, str(threads), str(args.mixed_ops), "1"]
+                rc, peak, secs, text = watch(cmd, _env(), args.interval)
+                line = [ln for ln in text.splitlines() if ln.startswith("@@MIXED ")]
+                if rc != 0 or not line:
+                    raise RuntimeError("mixed child failed (rc=%s):\n%s" % (rc, text))
+                r = json.loads(line[-1][8:])
+                r.update(outside_peak=peak, seconds=secs)
+                by[name].append(r)
+            t, g = by["tcalloc"][-1], by["glibc"][-1]
+            print("  mixed  %d thread%s, round %d: peak RSS tcalloc %7.1f  glibc %7.1f MiB  "
+                  "(live peak %6.1f / %6.1f; overhead %5.1f / %5.1f)%s"
+                  % (threads, "s" if threads > 1 else "", i + 1, t["outside_peak"] / MIB,
+                     g["outside_peak"] / MIB, t["peak_live"] / MIB, g["peak_live"] / MIB,
+                     t["overhead"] / MIB, g["overhead"] / MIB,
+                     "" if t["ok"] and g["ok"] else "  (a run failed its checks)"), flush=True)
+
+        def med(name, key):
+            v = sorted(r[key] for r in by[name])
+            return v[len(v) // 2], v[0], v[-1]
+        summary = {name: {k: med(name, k) for k in ("outside_peak", "peak_live", "overhead")}
+                   for name in by}
+        out["threads_%d" % threads] = dict(
+            runs=by, summary=summary,
+            ratio=summary["tcalloc"]["outside_peak"][0] / summary["glibc"]["outside_peak"][0],
+            overhead_ratio=summary["tcalloc"]["overhead"][0] / summary["glibc"]["overhead"][0])
+    out["command"] = "python -m bench.rss --parts mixed --mixed-repeat %d --mixed-ops %d" % (
+        args.mixed_repeat, args.mixed_ops)
+    return out
 
 
 BURST = textwrap.dedent("""
@@ -204,7 +258,7 @@ def main(argv=None):
     ap.add_argument("--interval", type=float, default=0.01, help="RSS poll interval, s")
     ap.add_argument("--mixed-ops", type=int, default=150, help="mixed: operations per thread")
     ap.add_argument("--mixed-threads", type=int, default=2, help="mixed: worker threads")
-    ap.add_argument("--mixed-repeat", type=int, default=3, help="mixed: lab runs (median ratio)")
+    ap.add_argument("--mixed-repeat", type=int, default=7, help="mixed: rounds per thread count")
     ap.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     a = ap.parse_args(argv)
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
@@ -224,8 +278,18 @@ def main(argv=None):
             print("  %s" % row["command"])
     if "mixed" in res:
         r = res["mixed"]
-        print("mixed 1 B..256 MiB: peak RSS tcalloc / glibc = %.2f (median of %d runs)\n  %s"
-              % (r["ratio"], len(r["runs"]), r["command"]))
+        for key in sorted(k for k in r if k.startswith("threads_")):
+            x = r[key]
+            t, g = x["summary"]["tcalloc"], x["summary"]["glibc"]
+            print("mixed 1 B..256 MiB, %s thread(s), %d rounds: peak RSS tcalloc %.1f MiB "
+                  "(%.1f..%.1f), glibc %.1f MiB (%.1f..%.1f): median ratio %.2f; overhead "
+                  "(RSS - live) %.1f vs %.1f MiB: %.2f"
+                  % (key.split("_")[1], len(x["runs"]["tcalloc"]),
+                     t["outside_peak"][0] / MIB, t["outside_peak"][1] / MIB,
+                     t["outside_peak"][2] / MIB, g["outside_peak"][0] / MIB,
+                     g["outside_peak"][1] / MIB, g["outside_peak"][2] / MIB, x["ratio"],
+                     t["overhead"][0] / MIB, g["overhead"][0] / MIB, x["overhead_ratio"]))
+        print("  " + r["command"])
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -24,7 +24,7 @@ table and the pthread declarations are the shared harness (harness.pxi).
 """
 
 include "harness.pxi"
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc as libc_malloc, free as libc_free, calloc as libc_calloc
 from posix.resource cimport rusage, getrusage
@@ -93,6 +93,7 @@ cdef extern from *:
 cdef enum:
     WL_MAX_THREADS = 256
     WL_PROGRESS_EVERY = 256     # ops between updates of the shared progress counter
+    WL_LIVE_SLACK = 1 << 20     # bytes a thread's live-meter change may wait before it is added
     WL_BATCH = 32               # xmalloc: blocks per batch handed producer -> consumer
     WL_RING = 1024              # prodcons: ring capacity (power of two)
     WL_CHILD_BLOCKS = 64        # fork: blocks the child allocates per pass
@@ -157,6 +158,7 @@ cdef struct wl_worker:
     uint64_t seq
     uint64_t tick
     uint64_t unreported   # ops not yet added to the progress counter
+    int64_t live_delta    # bytes allocated minus freed, not yet added to the live meter
     wl_counts c
     wl_block *local       # this worker's slot array (larson, mixed, churn, fork)
     pthread_t tid
@@ -179,6 +181,7 @@ cdef struct wl_shared:
     int go                      # start gate: 0 wait, 1 run, -1 abort
     int fork_done
     uint64_t *progress
+    uint64_t *live              # bytes the workers hold (the progress meter's; may be NULL)
     wl_worker **w
     wl_worker *driver           # the calling thread's own counters
     # larson: arrays exchanged between threads
@@ -248,6 +251,16 @@ cdef inline void wl_count_op(wl_worker *w, size_t n) noexcept nogil:
             tc_atomic_add_u64(w.sh.progress, w.unreported)
         w.unreported = 0
 
+cdef inline void wl_note_live(wl_worker *w, int64_t d) noexcept nogil:
+    # The live meter: what the workload holds, read beside RSS to tell the
+    # allocator's overhead from the workload's own peak. Batched per thread
+    # (a shared add per op would contend in the small-block workloads) and
+    # flushed at WL_LIVE_SLACK bytes, so it is exact to that per thread.
+    w.live_delta += d
+    if w.sh.live != NULL and (w.live_delta >= WL_LIVE_SLACK or w.live_delta <= -WL_LIVE_SLACK):
+        tc_atomic_add_u64(w.sh.live, <uint64_t>w.live_delta)
+        w.live_delta = 0
+
 cdef inline uint64_t wl_new_key(wl_worker *w, const void *p, size_t n) noexcept nogil:
     # (thread, sequence) is unique within the run; mixing in the seed,
     # address and size makes the pattern differ between any two blocks.
@@ -273,6 +286,7 @@ cdef bint wl_alloc(wl_worker *w, wl_block *b, size_t n, bint zeroed) noexcept no
     wl_check_align(w, p, n)
     if zeroed and not h_is_zero(p, n):
         w.c.corrupt += 1
+    wl_note_live(w, <int64_t>n)        # before the fill: RSS never leads the meter
     b.p = p
     b.n = n
     b.key = wl_new_key(w, p, n)
@@ -289,6 +303,7 @@ cdef void wl_release(wl_worker *w, wl_block *b) noexcept nogil:
     w.sh.a.free(b.p)
     b.p = NULL
     w.c.frees += 1
+    wl_note_live(w, -<int64_t>b.n)
 
 cdef void wl_resize(wl_worker *w, wl_block *b, size_t m) noexcept nogil:
     cdef char *q
@@ -302,6 +317,7 @@ cdef void wl_resize(wl_worker *w, wl_block *b, size_t m) noexcept nogil:
     wl_check_align(w, q, m)
     if not h_check(q, keep, b.key):
         w.c.corrupt += 1        # the copied prefix must be the old contents
+    wl_note_live(w, <int64_t>m - <int64_t>b.n)
     b.p = q
     b.n = m
     b.key = wl_new_key(w, q, m)
@@ -644,6 +660,9 @@ cdef void *wl_thread_main(void *arg) noexcept nogil:
     if w.unreported and sh.progress != NULL:
         tc_atomic_add_u64(sh.progress, w.unreported)
     w.unreported = 0
+    if w.live_delta and sh.live != NULL:
+        tc_atomic_add_u64(sh.live, <uint64_t>w.live_delta)
+    w.live_delta = 0
     # This thread's own CPU time and context switches (a churn worker slot
     # adds up the pthreads of all rounds).
     if getrusage(RUSAGE_THREAD, &ru) == 0:
@@ -896,10 +915,17 @@ cdef class Progress:
     """A counter the workers add their operations to while a run is going;
     read ``ops`` from another Python thread to show progress."""
     cdef uint64_t count
+    cdef uint64_t live
 
     @property
     def ops(self):
         return tc_load_u64(&self.count)
+
+    @property
+    def live_bytes(self):
+        """Bytes the workers hold now (blocks allocated and not yet freed),
+        exact to 1 MiB per thread; 0 once the run is over."""
+        return <int64_t>tc_load_u64(&self.live)
 
 
 def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
@@ -982,6 +1008,7 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
     sh.child_timeout_ns = <uint64_t>(float(cfg.get("child_timeout_s", 10)) * 1e9)
     if progress is not None:
         sh.progress = &progress.count
+        sh.live = &progress.live
     with nogil:
         err = wl_run(&sh)
     if err:

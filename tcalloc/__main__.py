@@ -243,7 +243,7 @@ def _stats(a):
         _fmt(lim[0]), "hard" if lim[1] else "soft")))
     print("release to the OS by itself: %s" % (
         "off (release_free_memory() and a memory limit only)" if not info["release_rate"]
-        else "on free past max(64 MiB, in use / 8), and in the background at %s/s"
+        else "on free past 64 MiB free, and in the background at %s/s"
         % _human(info["release_rate"])))
     print("thread caches, overall budget: %s" % _fmt(info["max_total_thread_cache_bytes"]))
     print("debug mode: %s" % ("on" if info["debug"] else "off"))

@@ -86,6 +86,31 @@ def test_ops_mode_is_exact_per_thread(wl, allocator):
     assert [p["ops"] for p in r["per_thread"]] == [4000, 4000, 4000]
 
 
+def test_live_meter_follows_the_blocks_held(wl):
+    # Progress.live_bytes is what the workers hold (bench/rss.py reads it
+    # beside RSS): above 0 while blocks of 1-4 MiB are live, within what
+    # the slots can hold, and exactly 0 once every block is freed.
+    import threading
+    import time
+    prog = wl.Progress()
+    seen = []
+    box = {}
+    th = threading.Thread(target=lambda: box.update(r=wl.run(
+        "mixed", "tcalloc", threads=2, ops=3000, min_size=1 << 20, max_size=4 << 20, seed=5,
+        progress=prog)))
+    th.start()
+    while th.is_alive():
+        seen.append(prog.live_bytes)
+        time.sleep(0.001)
+    th.join()
+    _assert_clean(box["r"])
+    assert max(seen) >= 4 << 20, max(seen)
+    # 2 threads x 32 slots x at most 4 MiB, plus the meter's 1 MiB slack per thread
+    assert max(seen) <= 2 * 32 * (4 << 20) + (2 << 20), max(seen)
+    assert min(seen) >= -(2 << 20), min(seen)
+    assert prog.live_bytes == 0
+
+
 def test_more_threads_than_cores(wl):
     r = wl.run("xmalloc", "tcalloc", threads=6, ops=3000)
     _assert_clean(r)

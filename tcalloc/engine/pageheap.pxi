@@ -14,7 +14,7 @@ from libc.string cimport memset
 
 cdef enum:
     kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
-    kFreeCapFloor = 64 << 20       # the free-memory cap is never below this
+    kFreeCap = 64 << 20            # free, backed memory a page-heap free leaves at most
 
 ctypedef struct PageHeap:
     Pagemap pagemap               # first: free() indexes its root at offset 0
@@ -44,7 +44,7 @@ ctypedef struct PageHeap:
     uint64_t peak_committed       # highest committed heap since start or the last reset
     uint64_t released_on_free     # ... of released_total, by the free-memory cap
     int limit_hard
-    int cap_free                  # 1: keep free, backed memory under _free_cap() on every free
+    int cap_free                  # 1: keep free, backed memory under kFreeCap on every free
 
 # ---- implementation --------------------------------------------------------
 # Lock discipline: every pageheap_* function takes h.lock; the helpers whose
@@ -316,25 +316,18 @@ cdef size_t _release_locked(PageHeap *h, size_t nbytes) noexcept nogil:
         done += sb
     return done
 
-cdef inline uint64_t _free_cap(PageHeap *h) noexcept nogil:
-    """The most free, backed memory a free leaves: max(64 MiB, 1/8 of the
-    pages in use). Above it, spans freed by a burst would keep its peak
-    resident until an explicit release (300 MiB of RSS for 45 MiB live)."""
-    cdef uint64_t cap = (h.small_span_bytes + h.large_bytes) >> 3
-    return cap if cap > kFreeCapFloor else kFreeCapFloor
-
 cdef inline void _trim_free(PageHeap *h) noexcept nogil:
-    """After a free: over the cap, release the largest free spans down to
-    half of it (as google/tcmalloc releases when over its limit), so each
-    madvise returns at least 32 MiB and frees cannot madvise one by one.
-    The 64 MiB floor: at 16 MiB, a workload freeing and reusing tens of
-    MiB of large blocks released and re-faulted them (the lab's mixed
-    workload at half speed)."""
-    cdef uint64_t cap
-    if h.cap_free:
-        cap = _free_cap(h)
-        if h.free_bytes > cap:
-            h.released_on_free += _release_locked(h, h.free_bytes - cap // 2)
+    """After a free: past kFreeCap of free, backed memory, release the
+    largest free spans down to half of it (as google/tcmalloc releases when
+    over its limit), so each madvise returns at least 32 MiB and frees
+    cannot madvise one by one. The cap is flat, as glibc's trim threshold
+    (at most 64 MiB) is: a cap of 1/8 of the memory in use kept 130 MiB
+    resident at the peak of the stress lab's 1 B..256 MiB mixed workload
+    (1.5 GiB in use), where glibc kept 15-35 MiB. 64 MiB, not 16: at 16 MiB
+    a workload freeing and reusing tens of MiB of large blocks released and
+    re-faulted them (the lab's default mixed workload at half speed)."""
+    if h.cap_free and h.free_bytes > kFreeCap:
+        h.released_on_free += _release_locked(h, h.free_bytes - kFreeCap // 2)
 
 cdef bint _limit_allows(PageHeap *h, size_t n) noexcept nogil:
     """May n more pages become committed? Releases free memory first when the
@@ -530,10 +523,18 @@ cdef void pageheap_delete_large(PageHeap *h, Span *s) noexcept nogil:
         untouched = 0                # keep treating the pages as backed
     _delete(h, s, untouched)
 
-cdef void _delete(PageHeap *h, Span *s, bint untouched) noexcept nogil:
+cdef void pageheap_delete_released(PageHeap *h, Span *s) noexcept nogil:
+    """Take back an in-use large span whose pages the caller has released
+    (every page madvise'd away): filed as returned, like untouched pages,
+    and counted in released_total."""
+    _delete(h, s, 1, 1)
+
+cdef void _delete(PageHeap *h, Span *s, bint untouched, bint released=0) noexcept nogil:
     cdef size_t i
     cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
     tc_spinlock_lock(&h.lock)
+    if released:
+        h.released_total += nbytes
     if s.sizeclass != 0:
         for i in range(s.npages):
             pagemap_set_class(&h.pagemap, s.start + i, 0)

@@ -152,6 +152,33 @@ cdef void _free_large_span(void *p, Span *s) noexcept nogil:
         tc_os_fill_resident(p, s.npages << kPageShift, kPoisonFree)
     pageheap_delete_large(&g_heap, s)
 
+cdef enum:
+    kMoveChunk = 2 << 20            # release-behind step of a moving realloc
+    kMoveReleaseMin = 4 << 20       # ... done for large blocks from this size
+
+cdef void _move_large(char *dst, char *src, Span *s) noexcept nogil:
+    """Move large block src (span s, about to be freed) into dst: copy it a
+    chunk at a time and release each copied chunk of the source at once, so
+    resident memory grows by one chunk during the move instead of by the
+    whole block (a 256 MiB realloc chain would hold both copies; glibc's
+    mremap moves a large block's pages instead). The source span then goes
+    back as released pages, which nothing has to release again."""
+    cdef size_t n = s.npages << kPageShift
+    cdef size_t off = 0, step
+    cdef bint released = 1
+    while off < n:
+        step = n - off if n - off < kMoveChunk else kMoveChunk
+        memcpy(dst + off, src + off, step)
+        if tc_os_release(src + off, step) != 0:
+            released = 0            # the rest stays resident: filed as backed below
+        off += step
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
+        _sampler_drop(src)
+    if released:
+        pageheap_delete_released(&g_heap, s)
+    else:
+        pageheap_delete_large(&g_heap, s)   # not debug mode: nothing to poison
+
 
 cdef void *tc_calloc(size_t nmemb, size_t size) noexcept nogil:
     cdef size_t total
@@ -234,6 +261,9 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
         q = _malloc(size)
     if q == NULL:
         return NULL       # the old block is untouched, as C requires
+    if cl == 0 and size > old and old >= kMoveReleaseMin and not g_debug:
+        _move_large(<char *>q, <char *>ptr, s)
+        return q
     memcpy(q, ptr, old if old < size else size)
     _free(ptr)
     return q
