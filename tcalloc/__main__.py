@@ -16,11 +16,13 @@ has finished, while its module globals are still alive, with the peaks.
 Usage errors exit with 2, as Python's do. The same ``tcalloc`` console script
 is installed.
 """
-import argparse
 import os
-import runpy
 import sys
-import types
+
+# argparse, runpy and types load only where needed: `run` parses its usual
+# options by hand, so the interpreter it hands to the program carries no
+# modules the program did not import (argparse and gettext alone are
+# ~300 KiB of RSS that a plain `python script.py` does not pay).
 
 DOMAINS = ("raw", "mem", "obj")
 # A hard limit must leave the interpreter this much above what tcalloc holds
@@ -35,6 +37,7 @@ def _version():
 
 
 def _domains(text):
+    import argparse
     doms = tuple(d.strip() for d in text.split(",") if d.strip())
     if not doms or any(d not in DOMAINS for d in doms):
         raise argparse.ArgumentTypeError(
@@ -45,6 +48,7 @@ def _domains(text):
 def _parser():
     """The top-level parser and run's (run is parsed on its own: options end
     at the program, see _split_run)."""
+    import argparse
     p = argparse.ArgumentParser(
         prog="python -m tcalloc",
         description="tcalloc: a TCMalloc-style allocator for Python. Run a program on it, "
@@ -109,6 +113,56 @@ def _split_run(argv):
     return argv, []
 
 
+class _RunArgs:
+    domains = DOMAINS
+    stats = False
+    heap_profile = None
+    module = code = script = None
+
+
+def _parse_run_simply(own):
+    """run's options as the argparse parser would read them, for the usual
+    forms (--domains D, --stats, --heap-profile FILE, then a script, -m
+    module or -c code); None for anything else (help, a bad option, a bad
+    domain list), which the argparse parser then reports."""
+    a = _RunArgs()
+    i, n = 0, len(own)
+    while i < n:
+        w = own[i]
+        if w == "--stats":
+            a.stats = True
+        elif w in ("--domains", "--heap-profile") or w.startswith(("--domains=", "--heap-profile=")):
+            name, eq, val = w.partition("=")
+            if not eq:
+                if i + 1 >= n - 1:          # the value, then the program, must follow
+                    return None
+                i += 1
+                val = own[i]
+            if name == "--domains":
+                doms = tuple(d.strip() for d in val.split(",") if d.strip())
+                if not doms or any(d not in DOMAINS for d in doms):
+                    return None
+                a.domains = doms
+            else:
+                a.heap_profile = val
+        elif w in ("-m", "-c") and i == n - 2:
+            setattr(a, "module" if w == "-m" else "code", own[i + 1])
+            return a
+        elif len(w) > 2 and w.startswith(("-m", "-c")) and not w.startswith("--") and i == n - 1:
+            setattr(a, "module" if w[1] == "m" else "code", w[2:])
+            return a
+        elif w == "--" and i == n - 2:
+            a.script = own[i + 1]
+            return a
+        elif not w.startswith("-") and i == n - 1:
+            a.script = w
+            return a
+        else:
+            return None
+        i += 1
+    return None
+
+
 def summary(st):
     """The one-line summary run --stats prints first (tests and users grep it)."""
     mallocs = st["large_mallocs"] + sum(c["mallocs"] for c in st["size_classes"])
@@ -160,9 +214,11 @@ def _write_heap_profiles(path):
     sys.stderr.write("tcalloc: heap profiles written to %s and %s\n" % (path, peak_path(path)))
 
 
-def _run(rp, argv):
+def _run(argv):
     own, prog_args = _split_run(argv)
-    a = rp.parse_args(own)      # exits 2 with run's usage on a bad option
+    a = _parse_run_simply(own)
+    if a is None:
+        a = _parser()[1].parse_args(own)    # exits 2 with run's usage on a bad option
     if a.script is not None and not os.path.exists(a.script):
         sys.stderr.write("python -m tcalloc: can't open file %r: [Errno 2] No such file or "
                          "directory\n" % a.script)
@@ -186,12 +242,13 @@ def _run(rp, argv):
         if a.module is not None:
             # As `python -m`: sys.path[0] is the current directory (set already,
             # since we were started with -m); runpy sets sys.argv[0] to the file.
+            import runpy
             sys.argv = [a.module] + prog_args
             kept = runpy.run_module(a.module, run_name="__main__", alter_sys=True)
         elif a.code is not None:
             sys.argv = ["-c"] + prog_args
             sys.path[0] = ""
-            main = types.ModuleType("__main__")
+            main = type(sys)("__main__")
             saved = sys.modules["__main__"]
             sys.modules["__main__"] = main
             try:
@@ -201,6 +258,7 @@ def _run(rp, argv):
                 sys.modules["__main__"] = saved
         else:
             sys.argv = [a.script] + prog_args
+            import runpy
             sys.path[0] = os.path.dirname(os.path.abspath(a.script))
             kept = runpy.run_path(a.script, run_name="__main__")
     finally:
@@ -260,13 +318,12 @@ def _stats(a):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    p, run_parser = _parser()
     if argv and argv[0] == "stress":
         from tcalloc.stress.cli import main as stress_main
         return stress_main(argv[1:], prog="python -m tcalloc stress")
     if argv and argv[0] == "run":
-        return _run(run_parser, argv[1:])
-    a = p.parse_args(argv)      # exits 2 (usage) or 0 (--help, --version)
+        return _run(argv[1:])
+    a = _parser()[0].parse_args(argv)      # exits 2 (usage) or 0 (--help, --version)
     return _stats(a)
 
 

@@ -31,7 +31,7 @@
 # In practice transfer[cl] is dropped before central[cl] is taken, and
 # central[cl] before the page heap: only fork() holds them all at once.
 # The fast path (thread cache pop/push, pagemap read) takes no lock.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memset, memcpy
 from libc.errno cimport ENOMEM, EINVAL
 from cpython.pycapsule cimport PyCapsule_New
@@ -93,6 +93,7 @@ cdef extern from *:
 # ---- the global structures ---------------------------------------------------
 
 cdef SizeMap g_sizemap
+cdef uint16_t g_list_offset[kClassArraySize]   # g_sizemap.class_array[i] * sizeof(FreeList)
 cdef MetaArena g_arena
 cdef PageHeap g_heap
 cdef CentralFreeList g_central[kMaxClasses]
@@ -127,16 +128,18 @@ cdef int g_bg_wanted = 0
 # =============================================================================
 
 # Cost, counted with callgrind (python -m bench.engine --callgrind): see
-# bench/README.md for the per-size table. Per 64 B malloc: the size test,
-# the class lookup, the TLS load and the pop. Per free: the pagemap's two
+# bench/README.md for the per-size table. Per 64 B malloc (20 instructions
+# with its return): the size test, the list-offset lookup, the TLS load, the
+# pop and the sample clock. Per free: the pagemap's two
 # loads, the TLS load and the push with its double-free key check. No lock,
 # no atomic read-modify-write (the list lengths are relaxed atomic stores,
 # plain movs, for stats() on other threads), no test for a missing cache,
 # no byte counting.
 
-cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
+cdef inline void *_malloc_at(size_t off, size_t size) noexcept nogil:
+    """Pop from the calling thread's list at byte offset off (class off / sizeof(FreeList))."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
-    cdef void *p = threadcache_try_pop(tc, cl)
+    cdef void *p = freelist_try_pop(<FreeList *>(<char *>tc + off))
     if TC_LIKELY(p != NULL):
         # Heap sampling: the thread's byte clock runs down to its next sample
         # (engine/sampler.pxi; never, when off). p: tc is a real cache.
@@ -144,17 +147,22 @@ cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
         if TC_UNLIKELY(tc.sample_left < 0):
             return _sample_small(p, size)
         return p
-    return _malloc_small_slow(cl, size)  # a tail call: the fast path saves no registers
+    return _malloc_small_slow(<uint32_t>(off // sizeof(FreeList)), size)  # a tail call: the fast path saves no registers
+
+cdef inline void *_malloc_class(uint32_t cl, size_t size) noexcept nogil:
+    return _malloc_at(cl * sizeof(FreeList), size)
 
 cdef inline void *_malloc(size_t size) noexcept nogil:
-    cdef uint32_t cl
+    # g_list_offset, not g_sizemap.class_array: the table holds the class's
+    # byte offset in the cache, which saves the multiply (two instructions).
+    cdef size_t off
     if TC_LIKELY(size <= 1024):
-        cl = g_sizemap.class_array[(size + 7) >> 3]
+        off = g_list_offset[(size + 7) >> 3]
     elif size <= kMaxSmallSize:
-        cl = g_sizemap.class_array[sizemap_index(size)]
+        off = g_list_offset[sizemap_index(size)]
     else:
         return _malloc_large(size, 1)
-    return _malloc_class(cl, size)
+    return _malloc_at(off, size)
 
 cdef inline void _free(void *p) noexcept nogil:
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
@@ -206,10 +214,15 @@ include "engine/api.pxi"
 cdef int _init() except -1:
     global g_debug, g_release_rate
     cdef int cl
+    cdef size_t i
     if sizeof(ThreadCache) > TC_EMPTY_CACHE_BYTES:
         raise ImportError("tcalloc: tc_tls.h's empty cache is smaller than a ThreadCache")
     if sizemap_init(&g_sizemap) != 0:
         raise ImportError("tcalloc: size class table could not be built")
+    if kMaxClasses * sizeof(FreeList) > 0xFFFF:
+        raise ImportError("tcalloc: a ThreadCache's lists do not fit 16-bit offsets")
+    for i in range(kClassArraySize):
+        g_list_offset[i] = <uint16_t>(g_sizemap.class_array[i] * sizeof(FreeList))
     arena_init(&g_arena)
     pageheap_init(&g_heap, &g_arena)
     for cl in range(1, g_sizemap.num_classes):

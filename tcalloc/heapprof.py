@@ -17,9 +17,6 @@ stacks), ``pprof()`` (gzipped profile.proto, for ``go tool pprof``) and
 ``flamegraph(path)`` (a self-contained SVG); ``write(path)`` picks one of
 these by the file's extension.
 """
-import ctypes
-import gzip
-import html
 import os
 import time
 import zlib
@@ -83,7 +80,7 @@ def _where(addr):
 
 
 _package_dir = os.path.dirname(os.path.realpath(_engine.__file__))
-_python_file = _where(ctypes.cast(ctypes.pythonapi.Py_IncRef, ctypes.c_void_p).value)
+_python_file = _where(_engine._sampler_python_address())
 
 
 def _native(addr):
@@ -188,6 +185,7 @@ class Profile:
     def pprof(self):
         """The profile as pprof's profile.proto, gzip-compressed (as Go's
         heap profiles are): `go tool pprof file` reads it."""
+        import gzip                 # here, not at import: `import tcalloc` stays small
         return gzip.compress(_pprof_encode(self), mtime=0)
 
     def flamegraph(self, path, title=None):
@@ -380,6 +378,7 @@ def _pprof_encode(prof):
 def _flame_svg(collapsed, title, width=1200, row=16):
     """An SVG flame graph (outermost frame at the bottom) of collapsed stacks,
     with a tooltip per frame; no script, no external resource."""
+    import html                     # here, not at import: `import tcalloc` stays small
     root = {}
     total = 0
     for line in collapsed.splitlines():

@@ -57,6 +57,47 @@ def test_bad_usage_exits_2_with_usage(args, tmp_path):
     assert "usage: python -m tcalloc" in r.stderr
 
 
+USUAL_RUN_FORMS = [
+    ["x.py"], ["--", "x.py"], ["-m", "mod"], ["-mmod"], ["-c", "pass"], ["-cpass"],
+    ["--stats", "x.py"], ["--domains", "raw,obj", "x.py"], ["--domains=mem", "-m", "mod"],
+    ["--domains", " obj , raw ", "x.py"], ["--heap-profile", "h.svg", "--stats", "-c", "1"],
+    ["--heap-profile=h.pb.gz", "x.py"], ["--stats", "--domains", "obj", "--", "-x.py"]]
+OTHER_RUN_FORMS = [
+    ["-h"], ["--domains", "heap", "x.py"], ["--domains=", "x.py"], ["--nope", "x.py"],
+    ["--stats"], ["-m"], ["-c"], ["--domains"], ["--heap-profile", "x.py"], ["-"]]
+
+
+@pytest.mark.parametrize("argv", USUAL_RUN_FORMS + OTHER_RUN_FORMS)
+def test_run_reads_its_options_as_its_argparse_parser_does(argv):
+    # run parses the usual forms by hand (argparse would load modules into
+    # the program's interpreter); each must read as the parser reads it, and
+    # everything else must go to the parser.
+    from tcalloc import __main__ as cli
+    own, _ = cli._split_run(argv)
+    mine = cli._parse_run_simply(own)
+    if argv not in USUAL_RUN_FORMS:
+        assert mine is None, argv
+        return
+    assert mine is not None, argv
+    ref = cli._parser()[1].parse_args(own)
+    for k in ("domains", "stats", "heap_profile", "module", "code", "script"):
+        assert getattr(mine, k) == getattr(ref, k), (argv, k)
+
+
+def test_run_loads_nothing_the_program_did_not_ask_for(tmp_path):
+    # The interpreter run hands over carries tcalloc and what Python's own
+    # `python script.py` loads, not run's argument parser nor tracemalloc
+    # (each is memory the program then pays: ~1 MiB together).
+    script = tmp_path / "p.py"
+    script.write_text("import sys; print(' '.join(sorted(sys.modules)))\n")
+    r = tc("run", "--stats", "--domains", "obj,mem,raw", str(script), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "tcalloc._engine" in loaded
+    assert not loaded & {"argparse", "gettext", "tracemalloc", "pickle", "ctypes", "html",
+                         "gzip"}, loaded
+
+
 def test_missing_script_exits_2_as_python_does(tmp_path):
     r = tc("run", str(tmp_path / "nope.py"), cwd=tmp_path)
     assert r.returncode == 2

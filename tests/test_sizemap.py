@@ -65,9 +65,10 @@ def test_span_tails_at_most_one_eighth_and_batches_in_range(table):
         assert span >= size
         assert per_span == span // size
         assert span - per_span * size <= span // 8, (cl, size, pages)
-        assert 2 <= batch <= 32, (cl, size, batch)
-    # small objects move 32 at a time, the largest 2
-    assert table[0][3] == 32 and table[-1][3] == 2
+        assert 2 <= batch <= 64, (cl, size, batch)
+        assert batch == max(2, min(64, 65536 // size)), (cl, size, batch)   # 64 KiB worth
+    # small objects move 64 at a time, the largest 2
+    assert table[0][3] == 64 and table[-1][3] == 2
 
 
 def test_aligned_class_sizes_are_multiples_of_alignment(comp, table):

@@ -14,6 +14,7 @@ from libc.string cimport memset
 
 cdef enum:
     kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
+    kListWords = (kMaxPages + 64) // 64   # words of a free-list bitmap (lengths 0..kMaxPages)
     kFreeCap = 64 << 20            # free, backed memory a page-heap free leaves at most
 
 ctypedef struct PageHeap:
@@ -22,6 +23,11 @@ ctypedef struct PageHeap:
     MetaArena *arena
     Span *normal[kMaxPages + 1]
     Span *returned[kMaxPages + 1]
+    # Bit i of nonempty[r] is set while normal[i] (r 0) / returned[i] (r 1)
+    # holds a span: a search finds the first fitting list with a ctz per
+    # 64 lengths, not a load per length (a cold heap's every new span
+    # scanned both arrays, ~800 instructions).
+    uint64_t nonempty[2][kListWords]
     Span *large_normal            # best-fit trees (treaps) for > kMaxPages
     Span *large_returned
     Span *span_freelist           # recycled Span structs
@@ -177,6 +183,7 @@ cdef void _link_free(PageHeap *h, Span *s) noexcept nogil:
     if s.npages <= kMaxPages:
         s.in_tree = 0
         span_list_push(_list_head(h, s.npages, ret), s)
+        h.nonempty[ret][s.npages >> 6] |= (<uint64_t>1) << (s.npages & 63)
     else:
         s.in_tree = 1
         if ret:
@@ -201,6 +208,8 @@ cdef void _unlink_free(PageHeap *h, Span *s) noexcept nogil:
         s.right = NULL
     else:
         span_list_remove(_list_head(h, s.npages, ret), s)
+        if _list_head(h, s.npages, ret)[0] == NULL:
+            h.nonempty[ret][s.npages >> 6] &= ~((<uint64_t>1) << (s.npages & 63))
 
 cdef void _merge_free(PageHeap *h, Span *s) noexcept nogil:
     """Put unlinked free span `s` (location NORMAL or RETURNED) on the free
@@ -224,15 +233,30 @@ cdef void _merge_free(PageHeap *h, Span *s) noexcept nogil:
     _link_free(h, s)
 
 cdef Span *_find(PageHeap *h, size_t n, bint returned) noexcept nogil:
-    cdef size_t i
-    cdef Span **lists = &h.normal[0]
-    if returned:
-        lists = &h.returned[0]
+    """The shortest free span of at least n pages (best fit), on the normal
+    or the returned structures."""
+    cdef size_t w
+    cdef uint64_t bits
+    cdef Span **lists = &h.returned[0] if returned else &h.normal[0]
     if n <= kMaxPages:
-        for i in range(n, kMaxPages + 1):
-            if lists[i] != NULL:
-                return lists[i]
+        w = n >> 6
+        bits = h.nonempty[returned][w] & (~(<uint64_t>0) << (n & 63))
+        while True:
+            if bits:
+                return lists[(w << 6) + <size_t>tc_ctz64(bits)]
+            w += 1
+            if w == kListWords:
+                break
+            bits = h.nonempty[returned][w]
     return _tree_best_fit(h.large_returned if returned else h.large_normal, n)
+
+cdef Span *_longest_normal(PageHeap *h) noexcept nogil:
+    """A normal free span of the greatest length on the lists, or NULL."""
+    cdef int w
+    for w in range(kListWords - 1, -1, -1):
+        if h.nonempty[0][w]:
+            return h.normal[(w << 6) + 63 - tc_clz64(h.nonempty[0][w])]
+    return NULL
 
 cdef int _give_back(PageHeap *h, uintptr_t start, size_t npages, uint8_t location, uint8_t needzero) noexcept nogil:
     """Return pages [start, start+npages) cut from a span to the free
@@ -297,18 +321,14 @@ cdef int _release_span(PageHeap *h, Span *s) noexcept nogil:
 cdef size_t _release_locked(PageHeap *h, size_t nbytes) noexcept nogil:
     """Release normal free spans, largest first, until nbytes are released."""
     cdef size_t done = 0
-    cdef size_t i
     cdef Span *s
     cdef uint64_t sb
     while done < nbytes:
         s = _tree_max(h.large_normal)
         if s == NULL:
-            i = kMaxPages
-            while i > 0 and h.normal[i] == NULL:
-                i -= 1
-            if i == 0:
+            s = _longest_normal(h)
+            if s == NULL:
                 break
-            s = h.normal[i]
         sb = <uint64_t>s.npages << kPageShift
         _unlink_free(h, s)
         if not _release_span(h, s):

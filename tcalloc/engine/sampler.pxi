@@ -662,6 +662,15 @@ def _sampler_symbol(uintptr_t addr):
         return (fname, None, addr - <uintptr_t>info.dli_fbase)
     return (fname, info.dli_sname.decode("utf-8", "replace"), addr - <uintptr_t>info.dli_saddr)
 
+cdef extern from "Python.h":
+    void Py_IncRef(object o)
+
+def _sampler_python_address():
+    """The address of a function of the interpreter's own (Py_IncRef): the
+    object file it is in is the interpreter's, whose frames profiles fold
+    into the Python ones."""
+    return <uintptr_t><void *>Py_IncRef
+
 def _sampler_info():
     return {"rate": g_sampler.rate, "live": g_sampler.nlive, "taken": g_sampler.taken,
             "peak_samples": g_sampler.peak_n, "live_estimate": g_sampler.live_estimate,

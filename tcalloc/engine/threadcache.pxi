@@ -32,7 +32,9 @@ from libc.string cimport memset
 ctypedef struct FreeList:         # 64 bytes: one cache line per class
     void *head
     uint32_t length
-    uint32_t lowater              # lowest length since the last scavenge
+    uint32_t lowater              # lowest length since the last scavenge as the slow paths
+                                  # saw it (0 after a fetch); the pops are folded in when a
+                                  # scavenge asks (freelist_lowater), not counted per pop
     uint32_t max_length           # a push past this takes the slow path
     uint32_t overages
     uint32_t size                 # object size of the class
@@ -51,7 +53,8 @@ ctypedef struct FreeList:         # 64 bytes: one cache line per class
     uint64_t frees                # pushes (free fast path)
     uint64_t fetched              # objects brought in from the transfer cache
     uint64_t released             # objects sent back to it
-    uint64_t _pad
+    uint32_t scavenged_at         # length after the last scavenge
+    uint32_t drawn_at             # freelist_drawn() after the last scavenge
 
 ctypedef struct ThreadCache:
     FreeList lists[kMaxClasses]
@@ -158,6 +161,28 @@ cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
     return (tc_load_u64(&l.fetched) + freelist_frees_snapshot(l)
             - tc_load_u64(&l.released) - tc_load_u32(&l.length))
 
+cdef inline uint32_t freelist_drawn(const FreeList *l) noexcept nogil:
+    """Objects that have left the list, popped or released, as a clock that
+    wraps at 2^32: fetched + frees - length (the owner's view)."""
+    return <uint32_t>(l.fetched + l.frees - l.length)
+
+cdef inline uint32_t freelist_lowater(const FreeList *l) noexcept nogil:
+    """The list's low-water mark since the last scavenge, for its owner,
+    derived so that pops need not track it: the length can have fallen at
+    most by what was drawn from the list since then (scavenged_at - drawn),
+    the slow paths recorded their own lows (a fetch: 0), and it is at most
+    the length now. Exact for a list that was idle or only drained; for one
+    pushed and popped in turns it is a lower bound, so a scavenge gives back
+    no more than a tracked mark would have."""
+    cdef uint32_t drawn = freelist_drawn(l) - l.drawn_at
+    cdef uint32_t low = l.lowater
+    cdef uint32_t bound = l.scavenged_at - drawn if drawn < l.scavenged_at else 0
+    if bound < low:
+        low = bound
+    if l.length < low:
+        low = l.length
+    return low
+
 cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
     """Bytes held in the lists (exact for the owner, or once it is quiet)."""
     cdef uint64_t total = 0
@@ -167,13 +192,19 @@ cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
     return total
 
 # ---- the fast path ------------------------------------------------------------
-# Cost (x86-64, GCC -O3, inlined into the engine's malloc/free): pop is 9
-# instructions, push 12. Neither counts bytes (see ThreadCache.capacity) nor
-# tests for a missing cache (the engine's empty cache fails both quietly).
+# Cost (x86-64, GCC -O3, inlined into the engine's malloc/free): pop is 8
+# instructions (load head, test, load length and next, store both back,
+# clear the key), push 12. Neither counts bytes (see ThreadCache.capacity)
+# nor tracks the low-water mark (see freelist_lowater) nor tests for a
+# missing cache (the engine's empty cache fails both quietly).
 
 cdef inline void *threadcache_try_pop(ThreadCache *tc, size_t cl) noexcept nogil:
     """An object from the list, or NULL when the list is empty."""
-    cdef FreeList *l = &tc.lists[cl]
+    return freelist_try_pop(&tc.lists[cl])
+
+cdef inline void *freelist_try_pop(FreeList *l) noexcept nogil:
+    """threadcache_try_pop on the list itself (the engine's malloc finds it
+    by a byte offset into the cache: see g_list_offset)."""
     cdef void *p = l.head
     cdef uint32_t length
     if TC_UNLIKELY(p == NULL):
@@ -181,8 +212,6 @@ cdef inline void *threadcache_try_pop(ThreadCache *tc, size_t cl) noexcept nogil
     length = l.length - 1
     l.head = (<void **>p)[0]
     tc_store_u32(&l.length, length)
-    if length < l.lowater:
-        l.lowater = length
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = NULL    # drop the free-block key (see try_push)
     return p
@@ -331,23 +360,30 @@ cdef void _increase_limit(ThreadCache *tc) noexcept nogil:
                 break
     tc_spinlock_unlock(&reg.lock)
 
-cdef void _scavenge(ThreadCache *tc) noexcept nogil:
+cdef void _scavenge(ThreadCache *tc, bint periodic) noexcept nogil:
     """Give back half of what each list did not use since the last scavenge
     (its low-water mark), and the capacity for it: at least a batch from a
-    list longer than one."""
+    list longer than one. periodic (not over budget): a list being drained
+    right now (at its low-water mark, below its length after the last
+    scavenge) keeps its objects one period more: they are the ones its next
+    pops take, and giving them back would only fetch them again (an
+    interpreter building new objects out of a list of freed ones)."""
     cdef int cl
     cdef FreeList *l
-    cdef uint32_t drop, newmax
+    cdef uint32_t drop, newmax, low
     for cl in range(1, tc.num_classes):
         l = &tc.lists[cl]
-        if l.lowater > 0:
-            drop = l.lowater // 2 if l.lowater > 1 else 1
+        low = freelist_lowater(l)
+        if low > 0 and not (periodic and l.length == low and low < l.scavenged_at):
+            drop = low // 2 if low > 1 else 1
             _release(tc, l, cl, drop)
             newmax = l.max_length - drop if l.max_length > drop else 0
             if l.max_length > l.batch and newmax > l.max_length - l.batch:
                 newmax = l.max_length - l.batch
             _set_max_length(tc, l, newmax)
         l.lowater = l.length
+        l.scavenged_at = l.length
+        l.drawn_at = freelist_drawn(l)
     tc_inc_owned(&tc.scavenges, 1)
 
 cdef inline void _tick(ThreadCache *tc) noexcept nogil:
@@ -357,7 +393,7 @@ cdef inline void _tick(ThreadCache *tc) noexcept nogil:
     classes, stops parking objects that keep whole spans from going back to
     the page heap (where any class can reuse them)."""
     if ((tc.fetches + tc.overflows) & (kScavengePeriod - 1)) == 0:
-        _scavenge(tc)
+        _scavenge(tc, 1)
 
 cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
     """Over budget (another thread took some of it): scavenge idle lists
@@ -367,7 +403,7 @@ cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
     cdef uint64_t over, cut
     cdef int i
     for i in range(4):
-        _scavenge(tc)
+        _scavenge(tc, 0)
         if tc.capacity <= tc_load_u64(&tc.max_size):
             return
     if tc.capacity > tc_load_u64(&tc.max_size) and l.max_length > 1:
@@ -389,7 +425,7 @@ cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nog
             tc.refusals += 1
             if tc.refusals % kScavengeEvery != 1:
                 return
-            _scavenge(tc)
+            _scavenge(tc, 0)
             if tc.capacity + <uint64_t>(newmax - l.max_length) * l.size > tc_load_u64(&tc.max_size):
                 return
     _set_max_length(tc, l, newmax)

@@ -339,6 +339,9 @@ cdef list _heap_free_spans(PageHeap *h, list errs):
     for i in range(1, kMaxPages + 1):
         for ret in range(2):
             s = h.returned[i] if ret else h.normal[i]
+            if ((h.nonempty[ret][i >> 6] >> (i & 63)) & 1) != (s != NULL):
+                errs.append("free-list bitmap says the %d-page %s list is %s" % (
+                    i, "returned" if ret else "normal", "empty" if s != NULL else "non-empty"))
             prev = NULL
             guard = 0
             while s != NULL:
@@ -951,7 +954,7 @@ cdef class PrivateEngine(PrivateHeap):
     def cache_list(self, handle, int cl):
         cdef ThreadCache *tc = self._tc(handle)
         cdef FreeList *l = &tc.lists[self._cl(cl)]
-        return {"length": l.length, "lowater": l.lowater, "max_length": l.max_length,
+        return {"length": l.length, "lowater": freelist_lowater(l), "max_length": l.max_length,
                 "overages": l.overages, "size": l.size, "batch": l.batch,
                 "mallocs": freelist_mallocs(l), "frees": l.frees}
 
