@@ -25,13 +25,36 @@ def get_pxd_dir():
     """The directory to add to Cython's include path to `cimport tcalloc...`."""
     return _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 
-# Buffer objects, buffer pools and the interpreter hook.
-from tcalloc.buffer import Buffer, BufferPool, alloc, TRACEMALLOC_DOMAIN
+# The interpreter hook.
 from tcalloc._engine import install, uninstall, installed
 
-# Contention profiling of any code: lock counters and psutil figures.
+# Contention profiling of any code: lock counters and psutil figures. (Eager:
+# `profile` is also the name of its module, which an import of
+# tcalloc.profile would otherwise leave in its place.)
 from tcalloc.profile import profile
 
-# Sampled heap profiles: which code holds the memory.
-from tcalloc.heapprof import (heap_profile, peak_heap_profile, allocation_profile, Profile,
-                              Sample, Frame)
+# Buffer objects and pools (tcalloc.buffer) and sampled heap profiles
+# (tcalloc.heapprof) load on first use, so that `import tcalloc`, which
+# `python -m tcalloc run` does before the program starts, brings in no more
+# than the engine: each module the program does not use is memory it pays.
+_LAZY = {
+    "Buffer": "tcalloc.buffer", "BufferPool": "tcalloc.buffer", "alloc": "tcalloc.buffer",
+    "TRACEMALLOC_DOMAIN": "tcalloc.buffer",
+    "heap_profile": "tcalloc.heapprof", "peak_heap_profile": "tcalloc.heapprof",
+    "allocation_profile": "tcalloc.heapprof", "Profile": "tcalloc.heapprof",
+    "Sample": "tcalloc.heapprof", "Frame": "tcalloc.heapprof",
+}
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'tcalloc' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
