@@ -233,6 +233,7 @@ cdef int _init() except -1:
             raise MemoryError("tcalloc: no memory for the transfer caches")
     threadcache_registry_init(&g_registry, &g_sizemap, g_transfer, &g_arena)
     g_registry.large_bytes = &g_heap.large_bytes
+    g_registry.heap_commits = &g_heap.committed_taken
     if pthread_key_create(&g_key, _thread_exit) != 0:
         raise ImportError("tcalloc: pthread_key_create failed")
     if pthread_atfork(_atfork_prepare, _atfork_parent, _atfork_child) != 0:

@@ -311,3 +311,29 @@ def test_a_moving_realloc_of_a_large_block_does_not_hold_both_copies():
         print("ok")
     """)
     assert out.strip().endswith("ok"), out
+
+
+def test_a_growing_heap_takes_back_what_thread_caches_left_idle():
+    # One thread frees 8 MiB of 64 B blocks (its cache keeps them: the
+    # budget allows it), then allocates 8 MiB of 1 KiB blocks. Each MiB the
+    # heap commits afresh makes the cache give back half of what it left
+    # idle, so the emptied spans serve the new class: the heap grows by a
+    # fraction of the 8 MiB (without it: by all 8, next to 8 MiB cached).
+    out = _run("""
+        import tcalloc
+        import tct_components as comp
+        MIB = 1 << 20
+        tcalloc.set_release_rate(0)         # nothing is released: committed only grows
+        a = comp.BlockSet(8 * MIB, 64, 64, seed=1)
+        a.free_all()
+        s0 = tcalloc.stats()
+        assert s0["thread_cache_free_bytes"] >= 6 * MIB, s0["thread_cache_free_bytes"]
+        b = comp.BlockSet(8 * MIB, 1024, 1024, seed=2)
+        s1 = tcalloc.stats()
+        grew = (s1["heap_bytes"] - s1["page_heap_released_bytes"]) - (
+            s0["heap_bytes"] - s0["page_heap_released_bytes"])
+        assert grew <= 4 * MIB, grew
+        b.free_all()
+        print("ok")
+    """)
+    assert out.strip().endswith("ok"), out

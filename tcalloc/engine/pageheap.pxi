@@ -43,6 +43,9 @@ ctypedef struct PageHeap:
     uint64_t large_frees
     uint64_t span_structs         # Span structs made (metadata)
     uint64_t grows
+    uint64_t committed_taken      # bytes handed out from returned or fresh pages: the
+                                  # resident heap grew by them. Relaxed stores under the
+                                  # lock; thread caches read it without (threadcache_fetch)
     uintptr_t last_grow           # lowest address mapped so far (growth goes down)
     uint64_t released_total       # bytes ever madvise'd away
     uint64_t released_background  # ... of which by the background releaser
@@ -450,6 +453,7 @@ cdef Span *_alloc_locked(PageHeap *h, size_t n, size_t keep) noexcept nogil:
         return NULL
     s = _take(h, s, n)
     s.needzero = 0          # returned or fresh: reads as zeros
+    tc_store_u64(&h.committed_taken, h.committed_taken + (<uint64_t>n << kPageShift))
     return s
 
 cdef inline void _count_large(PageHeap *h, Span *s) noexcept nogil:
