@@ -1,9 +1,11 @@
 # ---- fork ------------------------------------------------------------------
 # prepare closes the fork gate (threadcache.pxi) and waits for the moves
 # under way, then takes every lock in the documented order; the parent
-# releases them and reopens the gate; the child resets them and reclaims the
-# caches of the threads it does not have, so its figures add up and
-# release_free_memory() reaches what those threads had cached.
+# releases them and reopens the gate; the child resets them and sets aside
+# the caches of the threads it does not have (threadcache_orphan_others),
+# whose contents go back to the shared stores as soon as anything asks
+# (stats(), release_free_memory(), a growing heap), so its figures add up
+# and release_free_memory() reaches what those threads had cached.
 
 cdef void _atfork_prepare() noexcept nogil:
     cdef int cl
@@ -43,7 +45,7 @@ cdef void _atfork_child() noexcept nogil:
     tc_spinlock_reset(&g_registry.lock)
     tc_spinlock_reset(&g_bg_lock)
     threadcache_gate_reset(&g_registry)
-    threadcache_reclaim_others(&g_registry, <ThreadCache *>tc_tls_owner())
+    threadcache_orphan_others(&g_registry, <ThreadCache *>tc_tls_owner())
     # The releaser thread did not survive the fork; a new one starts lazily,
     # at the child's first slow path with a heap of kBgStartHeap (creating
     # threads inside fork() is not allowed).

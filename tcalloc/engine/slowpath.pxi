@@ -63,6 +63,7 @@ cdef void _reclaim() noexcept nogil:
     allocation (the OS or a hard limit said no), and in release_free_memory."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef int cl
+    threadcache_adopt_orphans(&g_registry)   # after a fork: what dead threads had cached
     if tc != NULL:
         threadcache_flush(tc)
     for cl in range(1, g_sizemap.num_classes):

@@ -49,6 +49,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     cdef ClassStats local[kMaxClasses]
     if cs == NULL:
         cs = local
+    threadcache_adopt_orphans(&g_registry)   # a fork child's figures include its dead threads' caches
     memset(st, 0, sizeof(EngineStats))
     memset(cs, 0, sizeof(ClassStats) * kMaxClasses)
     tc_spinlock_lock(&g_registry.lock)
