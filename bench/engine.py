@@ -575,6 +575,34 @@ def report(data, a):
     return "\n".join(out)
 
 
+def rounds_summary(rounds):
+    """The per-round ratios tcalloc / peer (time) of --rounds, as median
+    (min..max) per row and peer: the table to quote from a shared machine."""
+    acc = {}
+    for data in rounds:
+        for peer, rows in data.get("ratios_tcalloc_over_peer", {}).items():
+            for row, x in rows.items():
+                if x is not None:
+                    acc.setdefault(peer, {}).setdefault(row, []).append(x)
+    if not acc:
+        return "(no ratios: tcalloc or every peer missing)"
+    order = ("pair16", "pair64", "pair4096", "pair32768", "batch", "xthread", "large")
+    rows = sorted({r for by in acc.values() for r in by},
+                  key=lambda r: (order.index(r) if r in order else len(order), r))
+    out = [f"Ratio tcalloc / peer (time), per round over {len(rounds)} rounds: "
+           "median (min..max); < 1 means tcalloc is faster"]
+    cells = []
+    for peer, by in acc.items():
+        line = [peer]
+        for r in rows:
+            xs = sorted(by.get(r, []))
+            line.append("-" if not xs else
+                        f"{statistics.median(xs):.2f} ({xs[0]:.2f}..{xs[-1]:.2f})")
+        cells.append(line)
+    out.append(table(["peer"] + rows, cells))
+    return "\n".join(out)
+
+
 # ---- callgrind --------------------------------------------------------------
 
 _ANNOT = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)$")
@@ -728,6 +756,11 @@ def parse_args(argv):
                    help=f"comma-separated backends (default: all of {','.join(BACKENDS)})")
     p.add_argument("--repeat", type=_positive, default=None,
                    help="timed runs per row, after one warm-up run (default 5, --quick 3)")
+    p.add_argument("--rounds", type=_positive, default=1,
+                   help="run the whole measurement this many times and add a table of the "
+                        "per-round ratios (median, min..max): children of every backend "
+                        "alternate round by round, so a slow spell of the shared machine "
+                        "lands on each backend in turn (default 1)")
     p.add_argument("--stat", choices=("median", "best"), default="median",
                    help="statistic over the timed runs shown in the table (default median)")
     p.add_argument("--quick", action="store_true",
@@ -766,8 +799,16 @@ def main(argv=None):
         data, text = callgrind(a)
         data["meta"] = machine_info()
     else:
-        data = measure(a)
-        text = report(data, a)
+        rounds = []
+        for i in range(a.rounds):
+            data = measure(a)
+            text = report(data, a)
+            rounds.append(data)
+            if a.rounds > 1:
+                log(f"round {i + 1}/{a.rounds} done")
+        if a.rounds > 1:
+            text += "\n\n" + rounds_summary(rounds)
+            data = {"rounds": rounds}
     print(text)
     log(f"total {time.monotonic() - t0:.0f} s")
     write_json(a.json, data)
