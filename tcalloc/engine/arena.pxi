@@ -32,7 +32,8 @@ cdef void *arena_alloc(MetaArena *a, size_t nbytes, size_t align) noexcept nogil
     """Zeroed memory aligned to `align` (a power of two, at most 4096), or
     NULL when the OS refuses. Spans ask for 16 (they are 80 bytes: rounding
     them to a cache line would cost 60 % more metadata); thread caches ask
-    for 64, so no free list straddles two cache lines."""
+    for a page, and start at a set offset into it (threadcache.pxi,
+    kCacheSkew)."""
     cdef char *p
     cdef size_t chunk, pad
     nbytes = (nbytes + 15) & ~(<size_t>15)

@@ -277,6 +277,17 @@ cdef enum:
     kMinThreadCacheSize = 2 * kMaxSmallSize          # 512 KiB
     kDefaultPerThreadMax = 4 * 1024 * 1024
     kDefaultOverallMax = 32 * 1024 * 1024
+    # A cache starts 1280 bytes into a 4 KiB page. The fast path stores
+    # into the block (link, key) and then loads its list's head and length:
+    # when the list's fields sit at the same offset within a page as the
+    # block's first words (every block of a class whose size is a multiple
+    # of 2 or 4 KiB sits at offset 0 or 2048), the CPU takes the load for
+    # one that depends on the store ("4K aliasing") and waits. 1280 keeps
+    # every such class's fields at least 224 bytes from those offsets (the
+    # best of any 64-byte-aligned start; computed over the size classes).
+    # Measured: malloc+free of 4 KiB and 32 KiB blocks 8 ns -> 5.2-5.4 ns
+    # per pair, the 64 B pair unchanged.
+    kCacheSkew = 1280
 
 cdef int threadcache_registry_init(ThreadCacheRegistry *reg, const SizeMap *sizemap,
                                    TransferCache *transfer, MetaArena *arena) noexcept nogil:
@@ -574,7 +585,9 @@ cdef ThreadCache *threadcache_create(ThreadCacheRegistry *reg) noexcept nogil:
     if tc != NULL:
         reg.free_caches = tc.next
     else:
-        tc = <ThreadCache *>arena_alloc(reg.arena, sizeof(ThreadCache), 64)
+        tc = <ThreadCache *>arena_alloc(reg.arena, sizeof(ThreadCache) + kCacheSkew, 4096)
+        if tc != NULL:
+            tc = <ThreadCache *>(<char *>tc + kCacheSkew)
         if tc == NULL:
             tc_spinlock_unlock(&reg.lock)
             return NULL
