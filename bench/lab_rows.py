@@ -53,22 +53,21 @@ def main(argv=None):
     workloads = [w for w in a.workloads.split(",") if w]
     peers = [b for b in a.backends.split(",") if b and b != "tcalloc"]
     ratios = {(w, p): [] for w in workloads for p in peers}
-    ops = {(w, b): [] for w in workloads for b in ["tcalloc"] + peers}
+    tc_ops = {w: [] for w in workloads}
     runs = []
     for i in range(a.runs):
         rc, data = one_run(workloads, peers, a.threads, a.duration, first_tcalloc=(i % 2 == 0))
-        by = {(r["workload"], r["backend"]): r for r in data["runs"]}
+        # the rows whose every block passed its checks
+        clean = {(r["workload"], r["backend"]): r for r in data["runs"]
+                 if not r.get("error") and not r.get("corrupt") and not r.get("lost")}
         line = []
         for w in workloads:
-            t = by.get((w, "tcalloc"))
-            clean = t and not t.get("error") and not t.get("corrupt") and not t.get("lost")
-            for b in ["tcalloc"] + peers:
-                r = by.get((w, b))
-                if r and not r.get("error") and not r.get("corrupt") and not r.get("lost"):
-                    ops[(w, b)].append(r["throughput_ops_s"])
+            t = clean.get((w, "tcalloc"))
+            if t:
+                tc_ops[w].append(t["throughput_ops_s"])
             for p in peers:
-                r = by.get((w, p))
-                if clean and r and not r.get("error") and not r.get("corrupt") and not r.get("lost"):
+                r = clean.get((w, p))
+                if t and r:
                     x = r["throughput_ops_s"] / t["throughput_ops_s"]
                     ratios[(w, p)].append(x)
                     line.append("%s %s %.2fx" % (w, p, x))
@@ -87,7 +86,7 @@ def main(argv=None):
             print("%-10s %-11s %8s" % (w, p, "-"))
             continue
         s = sorted(xs)
-        t = sorted(ops[(w, "tcalloc")])
+        t = sorted(tc_ops[w])
         med = s[len(s) // 2]
         summary["%s/%s" % (w, p)] = dict(median=med, min=s[0], max=s[-1], n=len(s),
                                          tcalloc_ops_s_median=t[len(t) // 2])

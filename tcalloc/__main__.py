@@ -36,10 +36,19 @@ def _version():
     return "tcalloc %s (Python %s)" % (tcalloc.__version__, sys.version.split()[0])
 
 
-def _domains(text):
-    import argparse
+def _domain_list(text):
+    """The domains a --domains value names, or None if it is not a
+    non-empty comma-separated subset of DOMAINS."""
     doms = tuple(d.strip() for d in text.split(",") if d.strip())
     if not doms or any(d not in DOMAINS for d in doms):
+        return None
+    return doms
+
+
+def _domains(text):
+    import argparse
+    doms = _domain_list(text)
+    if doms is None:
         raise argparse.ArgumentTypeError(
             "%r: a comma-separated subset of %s" % (text, ",".join(DOMAINS)))
     return doms
@@ -139,10 +148,9 @@ def _parse_run_simply(own):
                 i += 1
                 val = own[i]
             if name == "--domains":
-                doms = tuple(d.strip() for d in val.split(",") if d.strip())
-                if not doms or any(d not in DOMAINS for d in doms):
+                a.domains = _domain_list(val)
+                if a.domains is None:
                     return None
-                a.domains = doms
             else:
                 a.heap_profile = val
         elif w in ("-m", "-c") and i == n - 2:

@@ -252,11 +252,18 @@ cdef void _hook_switch(int i, bint active) except *:
                            "the %r domain; remove it before calling install() or uninstall()"
                            % _HOOK_NAMES[i])
     tc_store_int(&g_hook[i].active, active)
+    _hook_place(i, slot, &cur, active)
+
+
+cdef void _hook_place(int i, PyMemAllocatorEx *slot, PyMemAllocatorEx *cur, bint active) noexcept:
+    """Put domain i's entry points where its base allocator is (see
+    _base_slot): into slot, which a layer above calls through, or, when
+    slot is NULL, into cur (its ctx kept), which becomes the domain's."""
     if slot != NULL:
         _hook_entry_points(i, slot, active)
     else:
-        _hook_entry_points(i, &cur, active)
-        PyMem_SetAllocator(_HOOK_DOMAINS[i], &cur)
+        _hook_entry_points(i, cur, active)
+        PyMem_SetAllocator(_HOOK_DOMAINS[i], cur)
 
 
 def install(domains=("raw", "mem", "obj")):
@@ -284,12 +291,7 @@ def install(domains=("raw", "mem", "obj")):
         g_hook[i].prev = cur
         tc_store_int(&g_hook[i].active, 1)
         g_hook[i].wrapped = 1
-        if slot != NULL:
-            # A layer above calls through slot: swap our entry points in.
-            _hook_entry_points(i, slot, 1)
-        else:
-            _hook_entry_points(i, &cur, 1)
-            PyMem_SetAllocator(_HOOK_DOMAINS[i], &cur)
+        _hook_place(i, slot, &cur, 1)
 
 
 def uninstall(domains=("raw", "mem", "obj")):

@@ -62,14 +62,10 @@ cdef void _reclaim() noexcept nogil:
     from emptying go back to the page heap: before the one retry of a failed
     allocation (the OS or a hard limit said no), and in release_free_memory."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
-    cdef int cl
     threadcache_adopt_orphans(&g_registry)   # after a fork: what dead threads had cached
     if tc != NULL:
         threadcache_flush(tc)
-    for cl in range(1, g_sizemap.num_classes):
-        threadcache_gate_enter(&g_registry)     # a drained batch is in flight (see the fork gate)
-        transfer_drain(&g_transfer[cl])
-        threadcache_gate_exit(&g_registry)
+    threadcache_drain_transfers(&g_registry)
 
 cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s

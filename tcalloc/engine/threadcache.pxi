@@ -67,7 +67,6 @@ ctypedef struct ThreadCache:
     uint64_t max_size             # this thread's budget
     ThreadCache *next
     ThreadCache *prev
-    ThreadCache *orphan_next      # threadcache_adopt_orphans' own list
     ThreadCacheRegistry *reg      # NULL in the engine's empty cache (tc_tls.h)
     void *free_key                # copy of the registry's: one load less per free
     int64_t sample_left           # bytes to the next heap sample (engine/sampler.pxi)
@@ -417,6 +416,15 @@ cdef inline void _tick(ThreadCache *tc) noexcept nogil:
     if ((tc.fetches + tc.overflows) & (kScavengePeriod - 1)) == 0:
         _scavenge(tc, 1)
 
+cdef void threadcache_drain_transfers(ThreadCacheRegistry *reg) noexcept nogil:
+    """Move every transfer cache's batches to the central lists, so spans
+    they kept from emptying can go back to the page heap."""
+    cdef uint32_t cl
+    for cl in range(1, <uint32_t>reg.sizemap.num_classes):
+        threadcache_gate_enter(reg)        # a drained batch is in flight (the fork gate)
+        transfer_drain(&reg.transfer[cl])
+        threadcache_gate_exit(reg)
+
 cdef inline void _scavenge_on_growth(ThreadCache *tc) noexcept nogil:
     """The heap's resident size grew by kScavengeOnCommit since this cache
     last looked: give back what its lists left idle (a periodic scavenge),
@@ -428,7 +436,6 @@ cdef inline void _scavenge_on_growth(ThreadCache *tc) noexcept nogil:
     where pymalloc reuses an empty pool for any class at once."""
     cdef ThreadCacheRegistry *reg = tc.reg
     cdef uint64_t c = tc_load_u64(reg.heap_commits)
-    cdef int cl
     if c - tc.commits_seen < kScavengeOnCommit:
         return
     tc.commits_seen = c
@@ -439,10 +446,7 @@ cdef inline void _scavenge_on_growth(ThreadCache *tc) noexcept nogil:
     # little).
     if c - tc_load_u64(&reg.transfer_drained_at) >= kScavengeOnCommit:
         tc_store_u64(&reg.transfer_drained_at, c)
-        for cl in range(1, tc.num_classes):
-            threadcache_gate_enter(reg)        # a drained batch is in flight (the fork gate)
-            transfer_drain(&reg.transfer[cl])
-            threadcache_gate_exit(reg)
+        threadcache_drain_transfers(reg)
 
 cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
     """Over budget (another thread took some of it): scavenge idle lists
@@ -694,34 +698,27 @@ cdef void threadcache_adopt_orphans(ThreadCacheRegistry *reg) noexcept nogil:
     (never expected: push links before it publishes); the rest stays
     counted as in use rather than risk freeing live memory."""
     cdef ThreadCache *tc
-    cdef ThreadCache *nxt
-    cdef ThreadCache *todo
     cdef FreeList *l
     cdef void *q
     cdef uint32_t n
     cdef int cl
-    if tc_load_relaxed_ptr(<void **>&reg.orphans) == NULL:
-        return
-    tc_spinlock_lock(&reg.lock)
-    todo = reg.orphans
-    tc_store_relaxed_ptr(<void **>&reg.orphans, NULL)
-    # Back on the registry's list for the moment: threadcache_destroy
-    # unlinks from there (their budgets are 0: nobody steals from them).
-    tc = todo
-    while tc != NULL:
-        nxt = tc.next
+    while tc_load_relaxed_ptr(<void **>&reg.orphans) != NULL:
+        # One at a time back onto the registry's list, which
+        # threadcache_destroy unlinks from (its budget is 0: nobody steals
+        # from it meanwhile).
+        tc_spinlock_lock(&reg.lock)
+        tc = reg.orphans
+        if tc == NULL:
+            tc_spinlock_unlock(&reg.lock)
+            return
+        tc_store_relaxed_ptr(<void **>&reg.orphans, <void *>tc.next)
         tc.prev = NULL
         tc.next = reg.caches
         if reg.caches != NULL:
             reg.caches.prev = tc
         reg.caches = tc
         reg.num_caches += 1
-        tc.orphan_next = nxt
-        tc = nxt
-    tc_spinlock_unlock(&reg.lock)
-    tc = todo
-    while tc != NULL:
-        nxt = tc.orphan_next
+        tc_spinlock_unlock(&reg.lock)
         for cl in range(1, tc.num_classes):
             l = &tc.lists[cl]
             n = 0
@@ -731,7 +728,6 @@ cdef void threadcache_adopt_orphans(ThreadCacheRegistry *reg) noexcept nogil:
                 q = (<void **>q)[0]
             l.length = n
         threadcache_destroy(tc)
-        tc = nxt
 
 cdef void threadcache_request_flush_all(ThreadCacheRegistry *reg) noexcept nogil:
     """Ask every thread to flush its cache at its next slow-path call."""
