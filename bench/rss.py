@@ -185,10 +185,16 @@ def part_mixed(args):
             return v[len(v) // 2], v[0], v[-1]
         summary = {name: {k: med(name, k) for k in ("outside_peak", "peak_live", "overhead")}
                    for name in by}
+        # Rounds whose two runs reached the same live peak (within 1 MiB):
+        # there the peaks compare as directly as with one thread.
+        same = sorted(t["outside_peak"] / g["outside_peak"]
+                      for t, g in zip(by["tcalloc"], by["glibc"])
+                      if abs(t["peak_live"] - g["peak_live"]) < MIB)
         out["threads_%d" % threads] = dict(
             runs=by, summary=summary,
             ratio=summary["tcalloc"]["outside_peak"][0] / summary["glibc"]["outside_peak"][0],
-            overhead_ratio=summary["tcalloc"]["overhead"][0] / summary["glibc"]["overhead"][0])
+            overhead_ratio=summary["tcalloc"]["overhead"][0] / summary["glibc"]["overhead"][0],
+            same_live_ratios=same)
     out["command"] = "python -m bench.rss --parts mixed --mixed-repeat %d --mixed-ops %d" % (
         args.mixed_repeat, args.mixed_ops)
     return out
@@ -289,6 +295,10 @@ def main(argv=None):
                      t["outside_peak"][2] / MIB, g["outside_peak"][0] / MIB,
                      g["outside_peak"][1] / MIB, g["outside_peak"][2] / MIB, x["ratio"],
                      t["overhead"][0] / MIB, g["overhead"][0] / MIB, x["overhead_ratio"]))
+            same = x["same_live_ratios"]
+            if same and key != "threads_1":
+                print("  rounds with the same live peak in both runs: %d, peak RSS ratio median "
+                      "%.2f (%.2f..%.2f)" % (len(same), same[len(same) // 2], same[0], same[-1]))
         print("  " + r["command"])
     if a.json:
         with open(a.json, "w") as f:

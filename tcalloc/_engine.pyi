@@ -62,6 +62,7 @@ class Stats(TypedDict):
     background_released_bytes: int
     released_on_free_bytes: int
     released_total_bytes: int
+    realloc_moved_bytes: int
     size_classes: list[SizeClassStats]
     locks: dict[str, LockStats]
 

@@ -33,7 +33,7 @@
 # The fast path (thread cache pop/push, pagemap read) takes no lock.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memset, memcpy
-from libc.errno cimport ENOMEM, EINVAL
+from libc.errno cimport ENOMEM, EINVAL, ENOSYS
 from cpython.pycapsule cimport PyCapsule_New
 
 from tcalloc.common cimport *
@@ -103,6 +103,19 @@ cdef pthread_key_t g_key
 cdef TcallocCAPI g_capi
 cdef TcallocExtAPI g_ext
 cdef int g_debug = 0
+# Moving reallocs of large blocks that may still move pages (mremap) rather
+# than copy them (engine/slowpath.pxi, _move_large). A move can split the
+# heap's mappings, which older kernels never merge back, so moves come in
+# rounds of kPageMoveRound, each granted only while the process has fewer
+# than kPageMoveMaps mappings: at most about 25,000 however many moves, well
+# under the kernel's limit of 65,530. -1: off (TCALLOC_REALLOC_MOVE_PAGES=0,
+# or the kernel lacks MREMAP_DONTUNMAP). Relaxed atomic loads/stores: a lost
+# decrement only allows one more move.
+cdef enum:
+    kPageMoveRound = 4096
+    kPageMoveMaps = 8192
+cdef int64_t g_page_moves_left = kPageMoveRound
+cdef uint64_t g_moved_bytes = 0      # bytes those moves carried (stats: realloc_moved_bytes)
 
 # background release (engine/background.pxi; lock order: taken alone)
 cdef enum:

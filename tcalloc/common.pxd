@@ -60,6 +60,8 @@ cdef extern from "tc_platform.h" nogil:
     void *tc_os_map_at(void *hint, size_t size)
     int tc_os_unmap(void *p, size_t size)
     int tc_os_release(void *p, size_t size)
+    int tc_os_move(void *src, void *dst, size_t size)
+    long tc_os_mapping_count()
     bint tc_os_any_resident(void *p, size_t size)
     void tc_os_fill_resident(void *p, size_t size, int byte)
     void tc_fatal_ptr(const char *what, const void *ptr)

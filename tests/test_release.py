@@ -7,18 +7,20 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FREE_CAP = 64 << 20     # the documented free cap: a free leaves at most this much free and backed
 
 
-def _run(code, timeout=120, rate=None, **extra_env):
+def _run(code, timeout=120, rate=None, argv=(), **extra_env):
     env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TCALLOC_RELEASE_RATE", None)
     env.pop("TCALLOC_MEMORY_LIMIT", None)
     if rate is not None:
         env["TCALLOC_RELEASE_RATE"] = rate
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *argv], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout
@@ -281,16 +283,51 @@ def test_the_free_cap_does_not_grow_with_the_heap():
     """)
 
 
-def test_a_moving_realloc_of_a_large_block_does_not_hold_both_copies():
-    # A written 96 MiB block in a fresh heap (its own mapping: nothing free
-    # after it, so it cannot grow in place) grows to 192 MiB: the move releases the old pages as it
-    # copies them, so the process's peak RSS (ru_maxrss, kernel-kept) rises
-    # by a chunk, not by another 96 MiB; the contents move intact and the
-    # old span is filed as released memory, not as free, backed memory.
+@pytest.mark.parametrize("rate", [None, "0"])
+def test_a_freed_block_of_16_mib_or_more_goes_back_to_the_os_at_once(rate):
+    # A written 32 MiB block's free releases its pages then and there, as
+    # glibc unmaps a chunk past its mmap threshold, while a 4 MiB block
+    # stays backed under the free cap for the next allocation. A rate of 0
+    # (release off) keeps both.
     out = _run("""
-        import ctypes, resource, tcalloc
+        import ctypes, psutil, sys, tcalloc
         import tct_native as nat
         MIB = 1 << 20
+        proc = psutil.Process()
+        big, mid = nat.malloc(32 * MIB), nat.malloc(4 * MIB)
+        ctypes.memset(big, 1, 32 * MIB)
+        ctypes.memset(mid, 1, 4 * MIB)
+        s0, rss0 = tcalloc.stats(), proc.memory_info().rss
+        nat.free(big)
+        nat.free(mid)
+        s1, rss1 = tcalloc.stats(), proc.memory_info().rss
+        on_free = s1["released_on_free_bytes"] - s0["released_on_free_bytes"]
+        backed = s1["page_heap_free_bytes"] - s0["page_heap_free_bytes"]
+        if tcalloc.get_release_rate():
+            assert on_free == 32 * MIB and 4 * MIB <= backed < 32 * MIB, (on_free, backed)
+            assert rss0 - rss1 >= 30 * MIB, (rss0, rss1)
+        else:
+            assert on_free == 0 and backed >= 36 * MIB, (on_free, backed)
+            assert rss0 - rss1 < 8 * MIB, (rss0, rss1)
+        print("ok")
+    """, rate=rate)
+    assert out.strip().endswith("ok"), out
+
+
+@pytest.mark.parametrize("move_pages", ["1", "0"])
+def test_a_moving_realloc_of_a_large_block_does_not_hold_both_copies(move_pages):
+    # A written 96 MiB block in a fresh heap (its own mapping: nothing free
+    # after it, so it cannot grow in place) grows to 192 MiB. Moving its
+    # pages (mremap, the default) or copying 2 MiB at a time and releasing
+    # each copied piece (TCALLOC_REALLOC_MOVE_PAGES=0), the process's peak
+    # RSS (ru_maxrss, kernel-kept) rises by a chunk at most, not by another
+    # 96 MiB; the contents arrive intact, the old span is filed as released
+    # memory, not as free, backed memory, and the stats say which way it went.
+    out = _run("""
+        import ctypes, resource, sys, tcalloc
+        import tct_native as nat
+        MIB = 1 << 20
+        move = sys.argv[1] == "1"
         tcalloc.set_release_rate(0)         # nothing else releases: what is released is the move's
         p = nat.malloc(96 * MIB)
         ctypes.memset(p, 0x5A, 96 * MIB)
@@ -305,11 +342,21 @@ def test_a_moving_realloc_of_a_large_block_does_not_hold_both_copies():
         assert ctypes.string_at(q + 50 * MIB, 16) == b"\\x5a" * 16
         assert peak - rss_before <= 8 * MIB, (rss_before, peak)
         assert after["page_heap_released_bytes"] - before["page_heap_released_bytes"] >= 96 * MIB
-        assert after["released_total_bytes"] - before["released_total_bytes"] >= 96 * MIB
         assert after["page_heap_free_bytes"] <= before["page_heap_free_bytes"] + 1 * MIB, (before, after)
+        moved = after["realloc_moved_bytes"] - before["realloc_moved_bytes"]
+        released = after["released_total_bytes"] - before["released_total_bytes"]
+        if move:
+            # Nothing went back to the OS: the pages are the new block's now.
+            assert (moved, released) == (96 * MIB, 0), (moved, released)
+        else:
+            assert moved == 0 and released >= 96 * MIB, (moved, released)
+        # The old range reads as zeros when the heap hands it out again.
+        r = nat.malloc(96 * MIB)
+        assert r == p and ctypes.string_at(r + 50 * MIB, 16) == bytes(16), (r, p)
+        nat.free(r)
         nat.free(q)
         print("ok")
-    """)
+    """, argv=[move_pages], TCALLOC_REALLOC_MOVE_PAGES=move_pages)
     assert out.strip().endswith("ok"), out
 
 

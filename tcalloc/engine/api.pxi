@@ -151,13 +151,15 @@ cdef int _apply_environment() except -1:
     """Settings from TCALLOC_* variables, read once at import and validated
     by tcalloc._config (a bad value stops the import with a ValueError that
     names the variable and the value)."""
-    global g_debug
+    global g_debug, g_page_moves_left
     from tcalloc import _config
     env = _config.applied = _config.read()
     if env.get("TCALLOC_DEBUG"):
         g_debug = 1
     for cl in range(1, g_sizemap.num_classes):
         g_central[cl].wipe_new_spans = g_debug
+    if env.get("TCALLOC_REALLOC_MOVE_PAGES") is False:
+        g_page_moves_left = -1
     if env.get("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES") is not None:
         set_max_total_thread_cache_bytes(env["TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES"])
     if env.get("TCALLOC_MEMORY_LIMIT"):

@@ -15,6 +15,7 @@ from libc.string cimport memset
 cdef enum:
     kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
     kListWords = (kMaxPages + 64) // 64   # words of a free-list bitmap (lengths 0..kMaxPages)
+    kReleaseAtFree = 16 << 20      # a freed large block this big is released at once (_trim_free says why)
     kFreeCap = 64 << 20            # free, backed memory a page-heap free leaves at most
 
 ctypedef struct PageHeap:
@@ -348,7 +349,14 @@ cdef inline void _trim_free(PageHeap *h) noexcept nogil:
     resident at the peak of the stress lab's 1 B..256 MiB mixed workload
     (1.5 GiB in use), where glibc kept 15-35 MiB. 64 MiB, not 16: at 16 MiB
     a workload freeing and reusing tens of MiB of large blocks released and
-    re-faulted them (the lab's default mixed workload at half speed)."""
+    re-faulted them (the lab's default mixed workload at half speed).
+    Blocks of kReleaseAtFree or more do not wait for the cap: their free
+    releases them at once (pageheap_delete_large), as glibc unmaps the
+    chunks it maps for blocks past its mmap threshold (32 MiB at most).
+    Kept free, a few of them held up to the whole cap at the peak of the
+    mixed workload with two threads (tcalloc 1289 MiB against glibc's 1235
+    at the same live peak); reusing such a block faults its pages in again,
+    which costs less than writing it does."""
     if h.cap_free and h.free_bytes > kFreeCap:
         h.released_on_free += _release_locked(h, h.free_bytes - kFreeCap // 2)
 
@@ -539,26 +547,37 @@ cdef void pageheap_delete_large(PageHeap *h, Span *s) noexcept nogil:
     pages skips the memset. mincore() runs before the lock, and only for
     such spans. mincore() also says "not resident" of pages swapped out, which
     may hold data: such a span is released for real (MADV_DONTNEED: one call,
-    nearly free on pages never touched) before it is filed as zero pages."""
+    nearly free on pages never touched) before it is filed as zero pages.
+    A block of kReleaseAtFree or more is released before the lock (while
+    the free-memory cap is on)."""
     cdef void *p = <void *>span_addr(s)
     cdef size_t n = s.npages << kPageShift
-    cdef bint untouched = s.needzero == 0 and not tc_os_any_resident(p, n)
+    cdef bint untouched
+    if n >= kReleaseAtFree and tc_load_int(&h.cap_free) and tc_os_release(p, n) == 0:
+        _delete(h, s, 1, 2)
+        return
+    untouched = s.needzero == 0 and not tc_os_any_resident(p, n)
     if untouched and tc_os_release(p, n) != 0:
         untouched = 0                # keep treating the pages as backed
     _delete(h, s, untouched)
 
-cdef void pageheap_delete_released(PageHeap *h, Span *s) noexcept nogil:
+cdef void pageheap_delete_released(PageHeap *h, Span *s, bint count=1) noexcept nogil:
     """Take back an in-use large span whose pages the caller has released
-    (every page madvise'd away): filed as returned, like untouched pages,
-    and counted in released_total."""
-    _delete(h, s, 1, 1)
+    (every page madvise'd away, or moved elsewhere: count 0, as the process
+    gave nothing back): filed as returned, like untouched pages, and
+    counted in released_total."""
+    _delete(h, s, 1, count)
 
-cdef void _delete(PageHeap *h, Span *s, bint untouched, bint released=0) noexcept nogil:
+cdef void _delete(PageHeap *h, Span *s, bint untouched, int released=0) noexcept nogil:
+    """File in-use span s as free. released: 1 if the caller released its
+    pages (counted in released_total), 2 if that was the release on free."""
     cdef size_t i
     cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
     tc_spinlock_lock(&h.lock)
     if released:
         h.released_total += nbytes
+        if released == 2:
+            h.released_on_free += nbytes
     if s.sizeclass != 0:
         for i in range(s.npages):
             pagemap_set_class(&h.pagemap, s.start + i, 0)
@@ -643,7 +662,7 @@ cdef size_t pageheap_release(PageHeap *h, size_t nbytes, bint background) noexce
 cdef void pageheap_set_cap(PageHeap *h, int on) noexcept nogil:
     """Turn the free-memory cap (_trim_free) on or off; on applies it now."""
     tc_spinlock_lock(&h.lock)
-    h.cap_free = on
+    tc_store_int(&h.cap_free, on)    # pageheap_delete_large reads it without the lock
     _trim_free(h)
     tc_spinlock_unlock(&h.lock)
 

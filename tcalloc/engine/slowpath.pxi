@@ -154,23 +154,42 @@ cdef enum:
     kMoveReleaseMin = 4 << 20       # ... done for large blocks from this size
 
 cdef void _move_large(char *dst, char *src, Span *s) noexcept nogil:
-    """Move large block src (span s, about to be freed) into dst: copy it a
-    chunk at a time and release each copied chunk of the source at once, so
-    resident memory grows by one chunk during the move instead of by the
-    whole block (a 256 MiB realloc chain would hold both copies; glibc's
-    mremap moves a large block's pages instead). The source span then goes
-    back as released pages, which nothing has to release again."""
+    """Move large block src (span s, about to be freed) into dst, whose span
+    is at least as long. Where the kernel can (Linux 5.7+), its pages move
+    to dst without a copy, as glibc's realloc of a mapped chunk does with
+    mremap: no time spent copying, no second copy resident. Otherwise it is
+    copied a chunk at a time, each copied chunk of the source released at
+    once, so resident memory grows by one chunk during the move instead of
+    by the whole block. Either way the source span then goes back as
+    released pages, which nothing has to release again."""
     cdef size_t n = s.npages << kPageShift
     cdef size_t off = 0, step
     cdef bint released = 1
+    cdef int err
+    cdef long maps
+    cdef int64_t left = tc_load_i64(&g_page_moves_left)
+    if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
+        _sampler_drop(src)
+    err = tc_get_errno()            # a realloc that succeeds leaves errno alone
+    if left == 0:
+        maps = tc_os_mapping_count()
+        if maps >= 0 and maps < kPageMoveMaps:
+            left = kPageMoveRound   # a new round: the mappings have room
+    if left > 0:
+        if tc_os_move(src, dst, n) == 0:
+            tc_store_i64(&g_page_moves_left, left - 1)
+            tc_atomic_add_u64(&g_moved_bytes, n)
+            pageheap_delete_released(&g_heap, s, 0)
+            return
+        if tc_get_errno() == EINVAL or tc_get_errno() == ENOSYS:
+            tc_store_i64(&g_page_moves_left, -1)  # the kernel lacks the flag
+    tc_set_errno(err)
     while off < n:
         step = n - off if n - off < kMoveChunk else kMoveChunk
         memcpy(dst + off, src + off, step)
         if tc_os_release(src + off, step) != 0:
             released = 0            # the rest stays resident: filed as backed below
         off += step
-    if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
-        _sampler_drop(src)
     if released:
         pageheap_delete_released(&g_heap, s)
     else:

@@ -177,6 +177,7 @@ def stats():
         "background_released_bytes": st.released_background,
         "released_on_free_bytes": st.released_on_free,
         "released_total_bytes": st.released_total,
+        "realloc_moved_bytes": tc_load_u64(&g_moved_bytes),
         "size_classes": classes,
         "locks": locks,
     }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <linux/futex.h>
 #include <stdlib.h>
@@ -187,6 +188,43 @@ static inline void *tc_os_map_at(void *hint, size_t size) {
 static inline int tc_os_unmap(void *p, size_t size) { return munmap(p, size); }
 /* Give pages back: RSS drops now, the range reads as zeros when touched again. */
 static inline int tc_os_release(void *p, size_t size) { return madvise(p, size, MADV_DONTNEED); }
+
+/* Move the pages of [src, src+size) to [dst, dst+size) without copying
+ * them (both page aligned, not overlapping, inside tcalloc's mappings): the
+ * page tables move, src stays mapped and reads as zeros, with no resident
+ * pages. 0 on success; -1 with errno otherwise (EINVAL before Linux 5.7,
+ * which lacks MREMAP_DONTUNMAP), and then nothing has moved. */
+#if defined(MREMAP_FIXED) && !defined(MREMAP_DONTUNMAP)
+#define MREMAP_DONTUNMAP 4      /* Linux 5.7; older headers lack the name */
+#endif
+static inline int tc_os_move(void *src, void *dst, size_t size) {
+#ifdef MREMAP_FIXED               /* mremap's flags: Linux, with _GNU_SOURCE */
+    void *r = mremap(src, size, size, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
+    if (r == MAP_FAILED) return -1;
+    if (r != dst) { errno = EINVAL; return -1; }   /* cannot happen with MREMAP_FIXED */
+    return 0;
+#else
+    (void)src; (void)dst; (void)size;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* How many mappings the process has (lines of /proc/self/maps), or -1 if
+ * that cannot be read. For tc_os_move's callers, which keep well under the
+ * kernel's limit (vm.max_map_count, 65530 by default). */
+static inline long tc_os_mapping_count(void) {
+    char buf[4096];
+    long n = 0;
+    ssize_t got, i;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    while ((got = read(fd, buf, sizeof(buf))) > 0)
+        for (i = 0; i < got; i++)
+            n += buf[i] == '\n';
+    close(fd);
+    return got < 0 ? -1 : n;
+}
 
 /* 1 if any OS page of [p, p+size) is resident (p page aligned), 0 if none.
  * On error, 1: the caller then keeps treating the memory as backed. mincore
