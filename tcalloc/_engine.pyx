@@ -105,15 +105,15 @@ cdef TcallocExtAPI g_ext
 cdef int g_debug = 0
 # Moving reallocs of large blocks that may still move pages (mremap) rather
 # than copy them (engine/slowpath.pxi, _move_large). A move can split the
-# heap's mappings, which older kernels never merge back, so moves come in
+# heap's mappings, which the kernel need not merge back, so moves come in
 # rounds of kPageMoveRound, each granted only while the process has fewer
-# than kPageMoveMaps mappings: at most about 25,000 however many moves, well
+# than kPageMoveMaps mappings: about 7,000 at most however many moves, well
 # under the kernel's limit of 65,530. -1: off (TCALLOC_REALLOC_MOVE_PAGES=0,
 # or the kernel lacks MREMAP_DONTUNMAP). Relaxed atomic loads/stores: a lost
 # decrement only allows one more move.
 cdef enum:
-    kPageMoveRound = 4096
-    kPageMoveMaps = 8192
+    kPageMoveRound = 1024
+    kPageMoveMaps = 4096
 cdef int64_t g_page_moves_left = kPageMoveRound
 cdef uint64_t g_moved_bytes = 0      # bytes those moves carried (stats: realloc_moved_bytes)
 
