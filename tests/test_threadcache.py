@@ -69,6 +69,27 @@ def test_thread_budget_bounds_the_cache(eng):
     assert p["thread_cache_free_bytes"] == info["size"]
 
 
+def test_a_list_of_big_blocks_holds_256_kib_at_most(eng):
+    # 3 MiB of 9 KiB blocks freed by one thread: its list keeps at most
+    # 256 KiB of them (or one batch), the rest goes to the shared lists,
+    # where its spans can return to the page heap for any size. Of 3 MiB of
+    # 1 KiB blocks, the interpreter's kind of object, the list keeps more:
+    # only the byte budget and its overflow rule bound it.
+    eng.set_overall_max(32 << 20)
+    for size, cap in ((9216, 256 * 1024), (1024, None)):
+        tc = eng.cache_create()
+        cl = eng.class_of(size)
+        eng.cache_free_many(tc, eng.cache_alloc_many(tc, size, (3 << 20) // size))
+        lst = eng.cache_list(tc, cl)
+        held = lst["length"] * size
+        if cap is None:
+            assert held > 256 * 1024, (size, lst)
+        else:
+            assert held <= max(cap, eng.batch(cl) * size), (size, lst)
+            assert lst["max_length"] * size <= max(cap, eng.batch(cl) * size), (size, lst)
+        eng.cache_destroy(tc)
+
+
 def test_hot_thread_takes_budget_from_idle_one_which_shrinks_back(eng):
     # Cache A grows to hold a big live set, then goes idle; cache B needs
     # budget once none is unclaimed: it takes A's, and A gives its memory
@@ -79,7 +100,7 @@ def test_hot_thread_takes_budget_from_idle_one_which_shrinks_back(eng):
     a_before = eng.cache_info(a)
     assert a_before["max_size"] > eng.registry_info()["per_thread_max"]
     assert eng.registry_info()["unclaimed"] < 64 * 1024
-    eng.cache_free_many(b, eng.cache_alloc_many(b, 2048, 3000))
+    eng.cache_free_many(b, eng.cache_alloc_many(b, 512, 12000))
     assert eng.cache_info(b)["max_size"] > 64 * 1024, "B got budget"
     assert eng.cache_info(a)["max_size"] < a_before["max_size"], "taken from the idle A"
     # A's next slow path: a push past a list's length, of another class.
@@ -93,7 +114,7 @@ def test_overall_budget_is_shared(eng):
     eng.set_overall_max(1 << 20)
     caches = [eng.cache_create() for _ in range(8)]
     for tc in caches:
-        eng.cache_free_many(tc, eng.cache_alloc_many(tc, 2048, 3000))
+        eng.cache_free_many(tc, eng.cache_alloc_many(tc, 1024, 6000))
     total = sum(eng.cache_info(tc)["size"] for tc in caches)
     # each cache may run the budget a minimum (512 KiB) into deficit
     assert total <= (1 << 20) + len(caches) * 512 * 1024

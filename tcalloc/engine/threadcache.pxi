@@ -268,6 +268,8 @@ cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcep
 
 cdef enum:
     kMaxDynamicFreeListLength = 1 << 20   # lists are bounded by the byte budget first
+    kBigObject = 1024             # lists of bigger blocks hold at most ...
+    kBigListBytes = 256 * 1024    # ... this many bytes, or one batch (_list_limit)
     kMaxOverages = 3
     kScavengeEvery = 64           # refused growths between two scavenges
     kScavengePeriod = 256         # slow-path events (fetches + overflows) between scavenges
@@ -464,6 +466,19 @@ cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
         cut = (over + l.size - 1) // l.size
         _set_max_length(tc, l, <uint32_t>(l.max_length - cut) if cut < l.max_length else 1)
 
+cdef inline uint32_t _list_limit(const FreeList *l) noexcept nogil:
+    """The most objects list l may hold. Blocks up to kBigObject (the
+    interpreter's objects, whose live sets the cache follows) are bounded by
+    the byte budget alone; bigger ones by kBigListBytes per list, at least a
+    batch: fetching such a block costs little beside writing it, and a list
+    of them parked in one thread is memory no other size can use (pyflakes
+    ends a run with 7 MiB of free 9 KiB parser blocks in its cache)."""
+    if l.size <= kBigObject:
+        return kMaxDynamicFreeListLength
+    if l.batch * l.size >= kBigListBytes:
+        return l.batch
+    return kBigListBytes // l.size
+
 cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nogil:
     """Let list l hold newmax objects if the byte budget allows it: as it
     is, or after taking a step of budget, or after scavenging idle lists
@@ -517,15 +532,17 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     _tick(tc)
     if tc.reg.heap_commits != NULL:
         _scavenge_on_growth(tc)
-    # Slow start: grow by one per fetch up to a batch, then by a batch.
+    # Slow start: grow by one per fetch up to a batch, then by a batch, up
+    # to the class's limit (_list_limit).
     if l.max_length < l.batch:
         newmax = l.max_length + 1
     else:
         newmax = l.max_length + l.batch
-        if newmax > kMaxDynamicFreeListLength:
-            newmax = kMaxDynamicFreeListLength
+        if newmax > _list_limit(l):
+            newmax = _list_limit(l)
         newmax -= newmax % l.batch
-    _grow_list(tc, l, newmax)
+    if newmax > l.max_length:
+        _grow_list(tc, l, newmax)
     return head
 
 cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept nogil:
