@@ -563,9 +563,9 @@ cdef void pageheap_delete_large(PageHeap *h, Span *s) noexcept nogil:
 
 cdef void pageheap_delete_released(PageHeap *h, Span *s, bint count=1) noexcept nogil:
     """Take back an in-use large span whose pages the caller has released
-    (every page madvise'd away, or moved elsewhere: count 0, as the process
-    gave nothing back): filed as returned, like untouched pages, and
-    counted in released_total."""
+    (every page madvise'd away) or moved elsewhere (count 0: the process
+    gave nothing back): filed as returned, like untouched pages, and unless
+    count is 0 counted in released_total."""
     _delete(h, s, 1, count)
 
 cdef void _delete(PageHeap *h, Span *s, bint untouched, int released=0) noexcept nogil:
