@@ -399,7 +399,7 @@ def test_moving_pages_never_runs_the_process_out_of_mappings():
 
 def test_a_growing_heap_takes_back_what_thread_caches_left_idle():
     # One thread frees 8 MiB of 64 B blocks (its cache keeps them: the
-    # budget allows it), then allocates 8 MiB of 1 KiB blocks. Each MiB the
+    # budget allows it), then allocates 8 MiB of 1 KiB blocks. Each 256 KiB the
     # heap commits afresh makes the cache give back half of what it left
     # idle, so the emptied spans serve the new class: the heap grows by a
     # fraction of the 8 MiB (without it: by all 8, next to 8 MiB cached).

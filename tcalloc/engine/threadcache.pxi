@@ -108,7 +108,7 @@ ctypedef struct ThreadCacheRegistry:
     uint64_t peak_allocated
     const uint64_t *large_bytes
     # Bytes the page heap has committed afresh so far (its committed_taken;
-    # NULL for a private registry): each MiB of it makes every thread
+    # NULL for a private registry): each 256 KiB of it makes every thread
     # scavenge at its next fetch (see threadcache_fetch).
     const uint64_t *heap_commits
     uint64_t transfer_drained_at  # *heap_commits when the transfer caches were last emptied
@@ -273,7 +273,8 @@ cdef enum:
     kMaxOverages = 3
     kScavengeEvery = 64           # refused growths between two scavenges
     kScavengePeriod = 256         # slow-path events (fetches + overflows) between scavenges
-    kScavengeOnCommit = 1 << 20   # heap bytes committed afresh between growth scavenges
+    kScavengeOnCommit = 256 << 10   # heap bytes committed afresh between growth scavenges
+    kDrainOnCommit = 1 << 20      # ... and between two drains of the transfer caches
     kStealAmount = 64 * 1024
     kMinThreadCacheSize = 2 * kMaxSmallSize          # 512 KiB
     kDefaultPerThreadMax = 4 * 1024 * 1024
@@ -446,7 +447,7 @@ cdef inline void _scavenge_on_growth(ThreadCache *tc) noexcept nogil:
     # The transfer caches' batches pin spans too; one thread per step
     # empties them (two that race both do: harmless, the second finds
     # little).
-    if c - tc_load_u64(&reg.transfer_drained_at) >= kScavengeOnCommit:
+    if c - tc_load_u64(&reg.transfer_drained_at) >= kDrainOnCommit:
         tc_store_u64(&reg.transfer_drained_at, c)
         threadcache_drain_transfers(reg)
 
