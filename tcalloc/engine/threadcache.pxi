@@ -538,9 +538,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     if l.max_length < l.batch:
         newmax = l.max_length + 1
     else:
-        newmax = l.max_length + l.batch
-        if newmax > _list_limit(l):
-            newmax = _list_limit(l)
+        newmax = min(l.max_length + l.batch, _list_limit(l))
         newmax -= newmax % l.batch
     if newmax > l.max_length:
         _grow_list(tc, l, newmax)
