@@ -552,14 +552,11 @@ cdef void pageheap_delete_large(PageHeap *h, Span *s) noexcept nogil:
     the free-memory cap is on)."""
     cdef void *p = <void *>span_addr(s)
     cdef size_t n = s.npages << kPageShift
-    cdef bint untouched
-    if n >= kReleaseAtFree and tc_load_int(&h.cap_free) and tc_os_release(p, n) == 0:
-        _delete(h, s, 1, 2)
-        return
-    untouched = s.needzero == 0 and not tc_os_any_resident(p, n)
+    cdef bint big = n >= kReleaseAtFree and tc_load_int(&h.cap_free)
+    cdef bint untouched = big or (s.needzero == 0 and not tc_os_any_resident(p, n))
     if untouched and tc_os_release(p, n) != 0:
         untouched = 0                # keep treating the pages as backed
-    _delete(h, s, untouched)
+    _delete(h, s, untouched, 2 if big and untouched else 0)
 
 cdef void pageheap_delete_released(PageHeap *h, Span *s, bint count=1) noexcept nogil:
     """Take back an in-use large span whose pages the caller has released
