@@ -12,7 +12,7 @@ def release_free_memory():
     with nogil:
         threadcache_request_flush_all(&g_registry)
         _reclaim()          # this thread's flush also clears its own request
-        done = pageheap_release(&g_heap, <size_t>-1, 0)
+        done = pageheap_release(&g_heap, <size_t>-1)
     return done
 
 def set_release_rate(bytes_per_second):

@@ -1,21 +1,25 @@
 # ---- background release ------------------------------------------------------
 # Memory goes back to the OS by itself in two ways while the release rate is
 # not 0 (the default is kDefaultReleaseRate, _engine.pyx):
-# - on free, the page heap keeps its free, backed memory under a cap
-#   (pageheap.pxi, _trim_free): a burst's pages go back as it is freed;
-# - a native thread releases what is left below the cap at the rate, so an
-#   idle process ends with none. It starts lazily, at a slow-path call once
-#   the heap has reached kBgStartHeap: a process that never allocates much
-#   never gets the thread.
+# - on free, the page heap keeps its free, backed memory under a cap, beyond
+#   what its recent peak of demand needs (pageheap.pxi, _trim_free);
+# - a native thread releases the free memory recent demand does not need at
+#   the rate, so an idle process ends with none, and turns the demand epoch
+#   (0.5 s): a burst's pages past the cap go back within a second. It starts
+#   lazily, at a slow-path call once the heap has reached kBgStartHeap: a
+#   process that never allocates much never gets the thread.
 # Lock: g_bg_lock guards g_release_rate, g_bg_running and g_bg_wanted (taken
 # alone, outermost); the releaser takes the page-heap lock per tick.
 
 cdef void *_bg_main(void *arg) noexcept nogil:
-    """Release free page-heap memory at g_release_rate bytes/s, 10 ticks a second."""
+    """Release free page-heap memory at g_release_rate bytes/s, 10 ticks a
+    second, and turn the page heap's demand epoch every kDemandEpochTicks."""
     global g_bg_running
     cdef timespec ts
     cdef int64_t credit = 0
     cdef uint64_t rate, done
+    cdef uint64_t ticks = 0
+    cdef bint turn
     ts.tv_sec = 0
     ts.tv_nsec = 100000000
     while True:
@@ -30,11 +34,17 @@ cdef void *_bg_main(void *arg) noexcept nogil:
         credit += <int64_t>(rate // 10)
         if credit > <int64_t>rate:
             credit = <int64_t>rate      # idle ticks do not bank more than a second
-        if credit > 0 and tc_load_u64(&g_heap.free_bytes) != 0:
+        ticks += 1
+        turn = ticks % kDemandEpochTicks == 0
+        if turn or (credit > 0 and tc_load_u64(&g_heap.free_bytes) != 0):
             # Whole spans are released, so a tick may overshoot: the debt is
-            # paid by later ticks and the long-run rate holds.
-            done = pageheap_release(&g_heap, <size_t>credit, 1)
+            # paid by later ticks and the long-run rate holds. A release past
+            # the cap can be far more than a tick's credit; the debt it
+            # leaves is bounded by a second's worth.
+            done = pageheap_release_idle(&g_heap, <size_t>credit if credit > 0 else 0, turn)
             credit -= <int64_t>done
+            if credit < -<int64_t>rate:
+                credit = -<int64_t>rate
 
 cdef void _bg_start() noexcept nogil:
     """Start the releaser if a rate is set and none runs. Takes g_bg_lock."""

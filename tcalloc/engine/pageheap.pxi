@@ -16,7 +16,8 @@ cdef enum:
     kMinGrowPages = 128            # grow the heap by at least 1 MiB per mmap
     kListWords = (kMaxPages + 64) // 64   # words of a free-list bitmap (lengths 0..kMaxPages)
     kReleaseAtFree = 16 << 20      # a freed large block this big is released at once (_trim_free says why)
-    kFreeCap = 64 << 20            # free, backed memory a page-heap free leaves at most
+    kFreeCap = 64 << 20            # free, backed memory kept beyond what recent demand needs
+    kDemandEpochTicks = 5          # releaser ticks (100 ms) per demand epoch: a window of 0.5-1 s
 
 ctypedef struct PageHeap:
     Pagemap pagemap               # first: free() indexes its root at offset 0
@@ -53,8 +54,15 @@ ctypedef struct PageHeap:
     uint64_t limit_bytes          # 0: no limit (committed = system - released)
     uint64_t peak_committed       # highest committed heap since start or the last reset
     uint64_t released_on_free     # ... of released_total, by the free-memory cap
+    # Demand: bytes in spans in use (large blocks, spans lent to size
+    # classes). Its highest value in this epoch and the one before is the
+    # "recent peak"; free memory up to (recent peak - demand) will likely be
+    # taken again soon, so neither the cap nor the releaser gives it back.
+    # The releaser thread turns the epoch (pageheap_release_idle).
+    uint64_t demand_peak
+    uint64_t demand_peak_prev
     int limit_hard
-    int cap_free                  # 1: keep free, backed memory under kFreeCap on every free
+    int cap_free                  # 1: keep free, backed memory under kFreeCap (and recent demand)
 
 # ---- implementation --------------------------------------------------------
 # Lock discipline: every pageheap_* function takes h.lock; the helpers whose
@@ -273,13 +281,25 @@ cdef int _give_back(PageHeap *h, uintptr_t start, size_t npages, uint8_t locatio
     _merge_free(h, t)
     return 1
 
+cdef inline uint64_t _demand(const PageHeap *h) noexcept nogil:
+    return h.large_bytes + h.small_span_bytes
+
 cdef inline void _note_peak(PageHeap *h) noexcept nogil:
-    """The committed heap may have grown: pages were taken into use. Called
-    by the public functions once the span they hand out is settled (an
-    aligned one has given its slack back by then)."""
+    """The committed heap and the demand may have grown: pages were taken
+    into use. Called by the public functions once the span they hand out is
+    settled (an aligned one has given its slack back by then)."""
     cdef uint64_t committed = h.system_bytes - h.released_bytes
+    cdef uint64_t d = _demand(h)
     if committed > h.peak_committed:
         tc_store_u64(&h.peak_committed, committed)
+    if d > h.demand_peak:
+        h.demand_peak = d
+
+cdef inline uint64_t _free_needed(const PageHeap *h) noexcept nogil:
+    """Free memory the recent peak of demand says the heap will take again."""
+    cdef uint64_t peak = h.demand_peak if h.demand_peak > h.demand_peak_prev else h.demand_peak_prev
+    cdef uint64_t d = _demand(h)
+    return peak - d if peak > d else 0
 
 cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
     """Unlink free span `s`, keep its first n pages in use, give back the rest."""
@@ -340,25 +360,48 @@ cdef size_t _release_locked(PageHeap *h, size_t nbytes) noexcept nogil:
         done += sb
     return done
 
+cdef inline size_t _over_cap(const PageHeap *h) noexcept nogil:
+    """Bytes to release so that free, backed memory falls to
+    _free_needed + kFreeCap / 2; 0 while it is at most _free_needed +
+    kFreeCap (so the committed heap is within the cap of recent demand)."""
+    cdef uint64_t needed
+    if not h.cap_free or h.free_bytes <= kFreeCap:
+        return 0
+    needed = _free_needed(h)
+    if h.free_bytes <= needed + kFreeCap:
+        return 0
+    return <size_t>(h.free_bytes - needed - kFreeCap // 2)
+
 cdef inline void _trim_free(PageHeap *h) noexcept nogil:
-    """After a free: past kFreeCap of free, backed memory, release the
-    largest free spans down to half of it (as google/tcmalloc releases when
-    over its limit), so each madvise returns at least 32 MiB and frees
-    cannot madvise one by one. The cap is flat, as glibc's trim threshold
-    (at most 64 MiB) is: a cap of 1/8 of the memory in use kept 130 MiB
-    resident at the peak of the stress lab's 1 B..256 MiB mixed workload
-    (1.5 GiB in use), where glibc kept 15-35 MiB. 64 MiB, not 16: at 16 MiB
-    a workload freeing and reusing tens of MiB of large blocks released and
-    re-faulted them (the lab's default mixed workload at half speed).
-    Blocks of kReleaseAtFree or more do not wait for the cap: their free
-    releases them at once (pageheap_delete_large), as glibc unmaps the
-    chunks it maps for blocks past its mmap threshold (32 MiB at most).
-    Kept free, a few of them held up to the whole cap at the peak of the
-    mixed workload with two threads (tcalloc 1289 MiB against glibc's 1235
-    at the same live peak); reusing such a block faults its pages in again,
-    which costs less than writing it does."""
-    if h.cap_free and h.free_bytes > kFreeCap:
-        h.released_on_free += _release_locked(h, h.free_bytes - kFreeCap // 2)
+    """After a free, or pages newly committed: past kFreeCap of free, backed
+    memory beyond what the recent peak of demand needs (_free_needed), that
+    is, a committed heap past the recent demand peak plus the cap, release
+    the largest free spans to half the cap beyond it (as google/tcmalloc
+    releases when over its limit), so each madvise returns at least 32 MiB
+    and frees cannot madvise one by one.
+    - The cap is flat, as glibc's trim threshold (at most 64 MiB) is: a cap
+      of 1/8 of the memory in use kept 130 MiB resident at the peak of the
+      stress lab's 1 B..256 MiB mixed workload (1.5 GiB in use), where
+      glibc kept 15-35 MiB. 64 MiB, not 16: at 16 MiB a workload freeing
+      and reusing tens of MiB of large blocks released and re-faulted them
+      (the lab's default mixed workload at half speed).
+    - Recent demand: that workload's live set swings between 20 and 60 MiB
+      within a second. Capped at 64 MiB of free memory alone, each dip
+      released 30+ MiB that the next rise faulted in again (2.3x
+      gperftools' page faults). Memory the heap needed in the last 0.5-1 s
+      stays; the releaser thread gives the rest back once the window has
+      passed (a burst's pages within a second). The committed heap still
+      stays within the cap of the demand peak, as before.
+    - Blocks of kReleaseAtFree or more do not wait for the cap: their free
+      releases them at once (pageheap_delete_large), as glibc unmaps the
+      chunks it maps for blocks past its mmap threshold (32 MiB at most).
+      Kept free, a few of them held up to the whole cap at the peak of the
+      mixed workload with two threads (tcalloc 1289 MiB against glibc's
+      1235 at the same live peak); reusing such a block faults its pages
+      in again, which costs less than writing it does."""
+    cdef size_t n = _over_cap(h)
+    if n:
+        h.released_on_free += _release_locked(h, n)
 
 cdef bint _limit_allows(PageHeap *h, size_t n) noexcept nogil:
     """May n more pages become committed? Releases free memory first when the
@@ -461,6 +504,9 @@ cdef Span *_alloc_locked(PageHeap *h, size_t n, size_t keep) noexcept nogil:
         return NULL
     s = _take(h, s, n)
     s.needzero = 0          # returned or fresh: reads as zeros
+    # Committing new pages while free ones exist (none fit) may leave the
+    # heap past the cap of recent demand, as a free can: the same check.
+    _trim_free(h)
     tc_store_u64(&h.committed_taken, h.committed_taken + (<uint64_t>n << kPageShift))
     return s
 
@@ -607,6 +653,7 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
     cdef Span *nxt
     cdef size_t extra
     cdef int ok = 0
+    cdef bint fresh
     cdef uint64_t before
     tc_spinlock_lock(&h.lock)
     before = s.npages
@@ -626,6 +673,7 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
             # release and merge spans, so look at the neighbour again.
             nxt = _free_after(h, s, extra) if _limit_allows(h, extra) else NULL
         if nxt != NULL:
+            fresh = nxt.location == SPAN_ON_RETURNED
             _unlink_free(h, nxt)
             if nxt.npages > extra:
                 _split_tail(h, nxt, extra, nxt.location)
@@ -634,6 +682,8 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
                 _span_free(h, nxt)
                 _record(h, s)
                 ok = 1
+                if fresh:
+                    _trim_free(h)            # commits new pages: as _alloc_locked does
             else:
                 _merge_free(h, nxt)
     if ok:
@@ -643,23 +693,48 @@ cdef int pageheap_resize(PageHeap *h, Span *s, size_t npages) noexcept nogil:
     tc_spinlock_unlock(&h.lock)
     return ok
 
-cdef size_t pageheap_release(PageHeap *h, size_t nbytes, bint background) noexcept nogil:
-    """Release at least nbytes of free memory to the OS (all: (size_t)-1).
-    Returns the bytes released. `background`: counted as the releaser
-    thread's, under the lock, so stats never see the pages gone but not
-    yet counted."""
+cdef size_t pageheap_release(PageHeap *h, size_t nbytes) noexcept nogil:
+    """Release at least nbytes of free memory to the OS (all: (size_t)-1),
+    recent demand or not. Returns the bytes released."""
     cdef size_t done
     tc_spinlock_lock(&h.lock)
     done = _release_locked(h, nbytes)
-    if background:
-        h.released_background += done
+    tc_spinlock_unlock(&h.lock)
+    return done
+
+cdef inline void _turn_epoch(PageHeap *h) noexcept nogil:
+    h.demand_peak_prev = h.demand_peak
+    h.demand_peak = _demand(h)
+
+cdef size_t pageheap_release_idle(PageHeap *h, size_t nbytes, bint turn) noexcept nogil:
+    """The releaser thread's tick: release up to nbytes of the free memory
+    recent demand does not need, and at once what is past the cap of it
+    (the cap a free would have applied, had the window not held it).
+    `turn`: start a new demand epoch first. Counted as the releaser's work
+    under the lock, so stats never see pages gone but not yet counted."""
+    cdef size_t done, n
+    cdef uint64_t needed
+    tc_spinlock_lock(&h.lock)
+    if turn:
+        _turn_epoch(h)
+    needed = _free_needed(h)
+    n = h.free_bytes - needed if h.free_bytes > needed else 0
+    if n > nbytes:
+        n = nbytes
+    if _over_cap(h) > n:
+        n = _over_cap(h)
+    done = _release_locked(h, n) if n else 0
+    h.released_background += done
     tc_spinlock_unlock(&h.lock)
     return done
 
 cdef void pageheap_set_cap(PageHeap *h, int on) noexcept nogil:
-    """Turn the free-memory cap (_trim_free) on or off; on applies it now."""
+    """Turn the free-memory cap (_trim_free) on or off; on applies it now,
+    to everything past the cap (the demand window starts afresh)."""
     tc_spinlock_lock(&h.lock)
     tc_store_int(&h.cap_free, on)    # pageheap_delete_large reads it without the lock
+    h.demand_peak_prev = 0
+    h.demand_peak = _demand(h)
     _trim_free(h)
     tc_spinlock_unlock(&h.lock)
 

@@ -523,7 +523,7 @@ cdef class PrivateHeap:
         cdef size_t n = <size_t>-1 if nbytes is None else <size_t>nbytes
         cdef size_t done
         with nogil:
-            done = pageheap_release(self.heap, n, 0)
+            done = pageheap_release(self.heap, n)
         return done
 
     def set_limit(self, uint64_t nbytes, bint hard=False):
@@ -668,9 +668,9 @@ cdef class PrivateHeap:
                         out.append("step %d: span %#x head tag lost in resize" % (step, a))
                     (<uint64_t *>(a + (s.npages << kPageShift) - 8))[0] = ~tags[idx]
                 elif op < 98:
-                    pageheap_release(self.heap, ((r >> 8) % 64 + 1) << kPageShift, 0)
+                    pageheap_release(self.heap, ((r >> 8) % 64 + 1) << kPageShift)
                 else:
-                    pageheap_release(self.heap, <size_t>-1, 0)
+                    pageheap_release(self.heap, <size_t>-1)
                 if check_every > 0 and (step + 1) % check_every == 0:
                     for e in _heap_check(self.heap, self.live, True):
                         out.append("step %d: %s" % (step, e))
