@@ -36,6 +36,8 @@ def main(argv):
         sys.stderr.flush()
         os._exit(3)     # the stuck threads cannot be joined
     rec["preloaded"] = _preloaded()
+    import tcalloc
+    rec["tcalloc_dir"] = os.path.dirname(os.path.abspath(tcalloc.__file__))
     sys.stdout.write("result " + json.dumps(rec) + "\n")
     sys.stdout.flush()
     return 0

@@ -141,8 +141,14 @@ def run_in_process(spec, on_progress=None):
 
 def run_child(spec, library, on_progress=None, timeout=None):
     """Run spec in `python -m tcalloc.stress._child` (LD_PRELOAD=library when given)."""
+    import tcalloc
+    # The child imports the tcalloc this process runs: a build under test on
+    # PYTHONPATH, not the checkout this lab's code sits in. Its working
+    # directory is that build's too, as `-m` puts it first on sys.path.
+    tc_root = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [tc_root, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if library:
         env["LD_PRELOAD"] = library
     else:
@@ -152,7 +158,7 @@ def run_child(spec, library, on_progress=None, timeout=None):
         timeout = _time_limit(spec) + 10.0
     proc = subprocess.Popen([sys.executable, "-m", "tcalloc.stress._child", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
+                            env=env, cwd=tc_root)
     lines = queue.Queue()
 
     def reader():
@@ -191,4 +197,8 @@ def run_child(spec, library, on_progress=None, timeout=None):
     rec["library"] = library
     if library and rec.get("preloaded") is False and not rec.get("error"):
         rec["error"] = "LD_PRELOAD=%s had no effect in the child" % library
+    here = os.path.dirname(os.path.abspath(tcalloc.__file__))
+    if rec.get("tcalloc_dir", here) != here and not rec.get("error"):
+        rec["error"] = "the child ran the tcalloc in %s, not this process's (%s)" % (
+            rec["tcalloc_dir"], here)
     return finish(rec)

@@ -263,3 +263,25 @@ def test_cli_soak_reports(wl, tmp_path):
     # Judged on tcalloc's own figures: every block back, the heap measured.
     assert soak["tcalloc_leaked_bytes"] == 0
     assert soak["tcalloc_heap_warm_peak"] > 0 and soak["heap_flat"] in (True, None)
+
+
+def test_isolated_runs_measure_the_tcalloc_build_the_lab_runs_on(wl, tmp_path):
+    # A build under test on PYTHONPATH (a copy of the package here) must be
+    # what the isolated child measures, not the checkout the lab's code
+    # sits in: with the child started in that checkout, `-m` put it first
+    # on sys.path, and A/B runs of two builds measured one build twice.
+    import shutil
+    import tcalloc
+    build = tmp_path / "build"
+    shutil.copytree(os.path.dirname(os.path.abspath(tcalloc.__file__)), build / "tcalloc",
+                    ignore=shutil.ignore_patterns("*.c", "__pycache__"))
+    out = tmp_path / "r.json"
+    env = dict(os.environ, PYTHONPATH=str(build))
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "stress", "--workloads", "larson",
+                        "--backends", "tcalloc", "--duration", "0.2", "--isolate",
+                        "--json", str(out)], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["ok"] and run["where"] == "child", run.get("error")
+    assert run["tcalloc_dir"] == str(build / "tcalloc"), run["tcalloc_dir"]
