@@ -113,6 +113,9 @@ THIS = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(THIS))
 
 MODES = ("plain", "tcalloc", "glibc", "mimalloc", "jemalloc", "gperftools")
+# The plain interpreter again, as a mode of its own (--control): its ratios to
+# plain, in the same interleaved rounds, are the noise floor of every ratio.
+CONTROL = "plain2"
 PEER_MODES = ("mimalloc", "jemalloc", "gperftools")     # PYTHONMALLOC=malloc + LD_PRELOAD
 PARTS = ("pyperf", "pyflakes", "callgrind")
 # Environment the pyperf workers must keep: pyperf gives its workers only
@@ -247,7 +250,7 @@ def mode_env(ctx, mode, child=None):
         env["PYTHONPATH"] = os.pathsep.join(paths)
     else:
         env.pop("PYTHONPATH", None)
-    if mode != "plain" and mode != "tcalloc":
+    if mode not in ("plain", CONTROL, "tcalloc"):
         env["PYTHONMALLOC"] = "malloc"
     if mode in PEER_MODES:
         env["LD_PRELOAD"] = ctx.libs[mode]
@@ -292,7 +295,7 @@ def check_record(ctx, mode, rec):
         return None
     if tc is not None and tc.get("installed"):
         return "tcalloc installed in a non-tcalloc run"
-    want_pm = "" if mode == "plain" else "malloc"
+    want_pm = "" if mode in ("plain", CONTROL) else "malloc"
     if rec.get("pythonmalloc", "") != want_pm:
         return f"PYTHONMALLOC={rec.get('pythonmalloc')!r}, expected {want_pm!r}"
     # /proc/self/maps names the file behind the soname's symlink.
@@ -670,6 +673,9 @@ def report(data, table):
         if peers:
             out.append("")
             out.append("peers, for context (ratio to plain, median over rounds): time | peak RSS")
+            if CONTROL in peers:
+                out.append(f"{CONTROL}: the plain interpreter again, in the same rounds: "
+                           "its ratios are the noise floor of the others")
             rows = []
             sums = {}
             for name, e in py.items():
@@ -770,9 +776,12 @@ def parse_args(argv):
                    help="comma-separated pyperformance benchmarks (default: "
                         f"{','.join(DEFAULT_BENCH)}; --quick: {','.join(QUICK_BENCH)}); "
                         f"known: {','.join(BENCHMARKS)}")
-    p.add_argument("--modes", type=names("mode", MODES), default=None,
+    p.add_argument("--modes", type=names("mode", MODES + (CONTROL,)), default=None,
                    help=f"comma-separated modes (default: every one found of {','.join(MODES)})")
     p.add_argument("--no-peers", action="store_true", help="only plain and tcalloc")
+    p.add_argument("--control", action="store_true",
+                   help=f"also run the plain interpreter a second time, as mode {CONTROL}: "
+                        "its ratios to plain are the noise floor of the others")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds per benchmark (default 5, --quick 1)")
     p.add_argument("--quick", action="store_true",
@@ -809,7 +818,9 @@ def main(argv=None):
     tc_root, tc_pkg, tc_err = locate_tcalloc(a.tcalloc_path)
     modes = list(a.modes or MODES)
     if a.no_peers:
-        modes = [m for m in modes if m in ("plain", "tcalloc")]
+        modes = [m for m in modes if m in ("plain", "tcalloc", CONTROL)]
+    if a.control and CONTROL not in modes:
+        modes.append(CONTROL)
     if "plain" not in modes:
         modes.insert(0, "plain")          # every figure is a ratio to it
     libs, missing = find_libs([m for m in PEER_MODES if m in modes])

@@ -13,6 +13,8 @@ nobody asked for.
     TCALLOC_DEBUG                 bool    debug mode (every small block checked)
     TCALLOC_SAMPLE_RATE           size    heap sampling: one sample per this many bytes (0: off)
     TCALLOC_REALLOC_MOVE_PAGES    bool    a moving realloc of a large block moves its pages (default on)
+    TCALLOC_GC_SORT               bool    under the interpreter hook, what a garbage collection
+                                          freed is reused in address order (default on)
 
 Sizes are a whole number of bytes or a number with a unit: ``512k``,
 ``64MiB``, ``2G``, ``1.5GB``. Units are binary, as in other allocators'
@@ -30,7 +32,8 @@ MAX_SIZE = 2 ** 63 - 1
 # name -> the largest value the engine takes
 SIZES = {"TCALLOC_MEMORY_LIMIT": MAX_SIZE, "TCALLOC_RELEASE_RATE": MAX_SIZE,
          "TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES": 2 ** 62 - 1, "TCALLOC_SAMPLE_RATE": 2 ** 62 - 1}
-BOOLS = ("TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_DEBUG", "TCALLOC_REALLOC_MOVE_PAGES")
+BOOLS = ("TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_DEBUG", "TCALLOC_REALLOC_MOVE_PAGES",
+         "TCALLOC_GC_SORT")
 # Read elsewhere: by the build (setup.py), by run's children, by the tests.
 OTHERS = ("TCALLOC_RUN_DOMAINS", "TCALLOC_DEBUG_BUILD", "TCALLOC_CYTHON_CHECKS",
           "TCALLOC_LOCK_STATS", "TCALLOC_FREE_KEY", "TCALLOC_BUILD_ONLY",

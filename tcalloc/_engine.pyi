@@ -63,6 +63,7 @@ class Stats(TypedDict):
     released_on_free_bytes: int
     released_total_bytes: int
     realloc_moved_bytes: int
+    gc_sorted_objects: int
     size_classes: list[SizeClassStats]
     locks: dict[str, LockStats]
 

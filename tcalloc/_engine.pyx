@@ -116,6 +116,8 @@ cdef enum:
     kPageMoveMaps = 4096
 cdef int64_t g_page_moves_left = kPageMoveRound
 cdef uint64_t g_moved_bytes = 0      # bytes those moves carried (stats: realloc_moved_bytes)
+cdef uint64_t g_gc_sorted = 0        # objects put in address order after collections (hook.pxi)
+cdef int g_gc_sort = 1               # 0: TCALLOC_GC_SORT=0, the hook leaves gc.callbacks alone
 
 # background release (engine/background.pxi; lock order: taken alone)
 cdef enum:

@@ -60,6 +60,58 @@ def test_install_routes_new_allocations_and_old_blocks_survive():
     assert r.stdout.strip() == "ok"
 
 
+def test_objects_a_collection_freed_are_reused_in_address_order():
+    # The collector frees cyclic garbage in the order of its references;
+    # pushed so, the next objects would come from all over the heap (half of
+    # consecutive pairs ascending: a random order). While tcalloc serves the
+    # obj domain, what a collection freed is put in address order, and the
+    # lists stay whole: every object comes back once.
+    r = run_py("""
+        import gc, random, tcalloc
+        class N:
+            __slots__ = ("ref", "x")
+        def churn():
+            objs = [N() for _ in range(20000)]
+            perm = list(range(len(objs)))
+            random.Random(5).shuffle(perm)
+            for i, o in enumerate(objs):
+                o.ref = objs[perm[i]]              # one cycle through all, shuffled
+            del objs, o
+            assert gc.collect() >= 20000
+            new = [N() for _ in range(20000)]
+            ids = [id(o) for o in new]
+            assert len(set(ids)) == len(ids)
+            return sum(b > a for a, b in zip(ids, ids[1:])) / (len(ids) - 1)
+        tcalloc.install()
+        assert gc.callbacks.count(tcalloc._engine._gc_callback) == 1
+        churn()                                    # the first fills the heap
+        up = churn()
+        st = tcalloc.stats()
+        assert up > 0.9, up
+        assert st["gc_sorted_objects"] >= 20000, st["gc_sorted_objects"]
+        tcalloc.uninstall()
+        assert tcalloc._engine._gc_callback not in gc.callbacks
+        tcalloc.install(["raw", "mem"])            # objects stay on pymalloc: no sorting
+        assert tcalloc._engine._gc_callback not in gc.callbacks
+        print("ok", round(up, 3))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok"), r.stdout
+
+
+def test_gc_sort_off_leaves_gc_callbacks_alone():
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import gc, tcalloc
+        tcalloc.install()
+        assert gc.callbacks == [], gc.callbacks
+        gc.collect()
+        assert tcalloc.stats()["gc_sorted_objects"] == 0
+        print("ok")
+    """)], env=dict(ENV, TCALLOC_GC_SORT="0"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
 def test_realloc_across_install_and_uninstall():
     # Growing objects made before install (realloc of foreign blocks) and
     # growing tcalloc blocks after uninstall (moved back out) keep contents.

@@ -151,7 +151,7 @@ cdef int _apply_environment() except -1:
     """Settings from TCALLOC_* variables, read once at import and validated
     by tcalloc._config (a bad value stops the import with a ValueError that
     names the variable and the value)."""
-    global g_debug, g_page_moves_left
+    global g_debug, g_page_moves_left, g_gc_sort
     from tcalloc import _config
     env = _config.applied = _config.read()
     if env.get("TCALLOC_DEBUG"):
@@ -160,6 +160,8 @@ cdef int _apply_environment() except -1:
         g_central[cl].wipe_new_spans = g_debug
     if env.get("TCALLOC_REALLOC_MOVE_PAGES") is False:
         g_page_moves_left = -1
+    if env.get("TCALLOC_GC_SORT") is False:
+        g_gc_sort = 0
     if env.get("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES") is not None:
         set_max_total_thread_cache_bytes(env["TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES"])
     if env.get("TCALLOC_MEMORY_LIMIT"):

@@ -292,6 +292,7 @@ def install(domains=("raw", "mem", "obj")):
         tc_store_int(&g_hook[i].active, 1)
         g_hook[i].wrapped = 1
         _hook_place(i, slot, &cur, 1)
+    _gc_hook_sync()
 
 
 def uninstall(domains=("raw", "mem", "obj")):
@@ -307,6 +308,7 @@ def uninstall(domains=("raw", "mem", "obj")):
     for i in _hook_parse(domains):
         if g_hook[i].wrapped and tc_load_int(&g_hook[i].active):
             _hook_switch(i, 0)
+    _gc_hook_sync()
 
 
 def installed():
@@ -321,3 +323,54 @@ def installed():
 def active_domains():
     """The domains whose new allocations come from tcalloc, e.g. ('raw', 'mem', 'obj')."""
     return tuple(_HOOK_NAMES[i] for i in range(3) if tc_load_int(&g_hook[i].active))
+
+
+
+# ---- the garbage collector's frees, put in address order -------------------
+# While tcalloc serves the obj domain, _gc_callback sits in gc.callbacks: at
+# a collection's start it notes this thread's list lengths, at its stop it
+# has the objects the collection freed put in address order
+# (threadcache_sort_tops says why). A collection that freed fewer than
+# kGcSortMin objects costs the two calls and the snapshot only.
+
+cdef enum:
+    kGcSortCap = 1 << 16         # objects reordered per list and collection at most
+    kGcSortMin = 64              # a list must have grown by this much
+cdef uint32_t g_gc_before[kMaxClasses]
+cdef int g_gc_noted = 0          # g_gc_before is this collection's
+cdef void **g_gc_buf = NULL      # kGcSortCap pointers, from the metadata arena
+
+def _gc_callback(phase, info):
+    """gc.callbacks entry while tcalloc serves the obj domain (install())."""
+    global g_gc_buf, g_gc_noted
+    cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
+    cdef int cl
+    if tc.reg == NULL:              # no cache yet: nothing was freed into one
+        g_gc_noted = 0
+        return
+    if phase == "start":
+        for cl in range(tc.num_classes):
+            g_gc_before[cl] = tc.lists[cl].length
+        g_gc_noted = 1
+        return
+    if not g_gc_noted or info["collected"] < kGcSortMin:
+        return
+    g_gc_noted = 0
+    if g_gc_buf == NULL:
+        g_gc_buf = <void **>arena_alloc(&g_arena, kGcSortCap * sizeof(void *), 64)
+        if g_gc_buf == NULL:
+            return
+    with nogil:
+        tc_store_u64(&g_gc_sorted, g_gc_sorted
+                     + threadcache_sort_tops(tc, g_gc_before, g_gc_buf, kGcSortCap, kGcSortMin))
+
+
+def _gc_hook_sync():
+    """Keep _gc_callback in gc.callbacks exactly while the obj domain is ours
+    (and TCALLOC_GC_SORT is not 0)."""
+    import gc
+    on = g_gc_sort and tc_load_int(&g_hook[2].active)
+    if on and _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
+    elif not on and _gc_callback in gc.callbacks:
+        gc.callbacks.remove(_gc_callback)

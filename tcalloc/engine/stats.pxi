@@ -178,6 +178,7 @@ def stats():
         "released_on_free_bytes": st.released_on_free,
         "released_total_bytes": st.released_total,
         "realloc_moved_bytes": tc_load_u64(&g_moved_bytes),
+        "gc_sorted_objects": tc_load_u64(&g_gc_sorted),
         "size_classes": classes,
         "locks": locks,
     }

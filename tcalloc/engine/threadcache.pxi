@@ -786,3 +786,52 @@ cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void 
     tc_atomic_add_u64(&reg.retired_frees[cl], 1)
     threadcache_gate_exit(reg)
     tc_atomic_sub_u64(&reg.out_bytes, reg.sizemap.class_to_size[cl])
+
+# ---- address order after a burst of frees ------------------------------------
+# The interpreter's garbage collector frees cyclic garbage in bursts, in an
+# order that follows references, not addresses; pushed in that order, the
+# next allocations pop the blocks scattered over many spans, and the trees
+# built from them spread over pages (pyflakes over the stdlib: an AST of 12 k
+# nodes on 670 pages instead of pymalloc's 112), which the collector's next
+# traversal pays for. hook.pxi calls this after each collection.
+
+cdef extern from "stdlib.h" nogil:
+    void qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *) noexcept nogil)
+
+cdef int _cmp_addr(const void *a, const void *b) noexcept nogil:
+    cdef uintptr_t x = <uintptr_t>(<void **>a)[0]
+    cdef uintptr_t y = <uintptr_t>(<void **>b)[0]
+    return (x > y) - (x < y)
+
+cdef uint64_t threadcache_sort_tops(ThreadCache *tc, const uint32_t *before, void **buf,
+                                    uint32_t cap, uint32_t min_run) noexcept nogil:
+    """For each list that grew by min_run or more since `before` (its
+    lengths then), put the objects on top of it (as many as it grew by, at
+    most cap) in address order, lowest first, so pops walk them upwards.
+    Owner thread only; a list is relinked inside the fork gate, so a fork
+    child never sees one half relinked. Returns the objects reordered."""
+    cdef int cl
+    cdef uint32_t d, i
+    cdef FreeList *l
+    cdef void *p
+    cdef uint64_t done = 0
+    for cl in range(1, tc.num_classes):
+        l = &tc.lists[cl]
+        if l.length < before[cl] + min_run:
+            continue
+        d = l.length - before[cl]
+        if d > cap:
+            d = cap
+        threadcache_gate_enter(tc.reg)
+        p = l.head
+        for i in range(d):
+            buf[i] = p
+            p = (<void **>p)[0]
+        qsort(buf, d, sizeof(void *), _cmp_addr)
+        for i in range(d - 1):
+            (<void **>buf[i])[0] = buf[i + 1]
+        (<void **>buf[d - 1])[0] = p
+        l.head = buf[0]
+        threadcache_gate_exit(tc.reg)
+        done += d
+    return done
