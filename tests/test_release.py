@@ -309,19 +309,26 @@ def test_memory_the_heap_needed_a_moment_ago_stays_backed():
         proc = psutil.Process()
         def fill():
             ps = [nat.malloc(4 * MIB) for _ in range(40)]
+            t = time.monotonic()                   # the demand peak
             for p in ps:
                 ctypes.memset(p, 1, 4 * MIB)
-            return ps
-        ps = fill()
-        s0 = tcalloc.stats()
-        for p in ps:
-            nat.free(p)
-        s1 = tcalloc.stats()
-        ps = fill()
-        s2 = tcalloc.stats()
-        # (The releaser may trickle other free memory away meanwhile.)
+            return ps, t
         fig = lambda s: {k: s[k] for k in ("released_on_free_bytes", "page_heap_free_bytes",
                                            "peak_heap_bytes")}
+        ps, t_peak = fill()
+        for attempt in range(5):
+            s0 = tcalloc.stats()
+            for p in ps:
+                nat.free(p)
+            s1 = tcalloc.stats()
+            ps, t_peak2 = fill()
+            s2 = tcalloc.stats()
+            # The peak counts for at least 0.5 s: a run whose frees came
+            # later than that (a stalled machine) says nothing; do it again.
+            if time.monotonic() - t_peak < 0.45:
+                break
+            t_peak = t_peak2
+        # (The releaser may trickle other free memory away meanwhile.)
         assert s1["released_on_free_bytes"] == s0["released_on_free_bytes"], (fig(s0), fig(s1))
         assert s1["page_heap_free_bytes"] >= 150 * MIB, fig(s1)
         assert s2["released_on_free_bytes"] == s0["released_on_free_bytes"], (fig(s0), fig(s2))
