@@ -198,3 +198,61 @@ def test_children_of_a_fork_under_load_add_up_in_debug_mode():
     assert [r["caches"] for r in reports] == [0] * len(reports), reports
     assert all(r["gap_after_release"] == 0 and r["gap_after_exercise"] == 0 for r in reports), reports
     assert all(r["exercise_errors"] == 0 for r in reports), reports
+
+
+def test_forks_while_threads_sort_what_their_collections_freed():
+    # Under the hook, a collection's freed objects are put in address order
+    # with the GIL released (engine/hook.pxi), so the main thread can fork
+    # while another thread sorts. Each relink runs inside the fork gate: a
+    # fork waits for it (and must not wait forever), and a child must find
+    # every list whole. Each child walks every thread's lists (stats()
+    # adopts the dead threads' caches), allocates, collects and checks its
+    # objects. (A fork landing inside a relink is rare here: without the
+    # gate, six runs of this test passed too; the test guards the gate's
+    # enter/exit pairing and the children's heaps, not that timing.)
+    proc = run_py("""
+        import gc, json, os, threading, time, tcalloc
+        tcalloc.install()
+        stop = threading.Event()
+        class N:
+            __slots__ = ("ref", "x")
+        def churn(seed):
+            while not stop.is_set():
+                objs = [N() for _ in range(3000)]
+                for i, o in enumerate(objs):
+                    o.ref = objs[(i * 7919 + seed) % len(objs)]
+                del objs, o
+                gc.collect()
+        ths = [threading.Thread(target=churn, args=(s,)) for s in (1, 2)]
+        for t in ths:
+            t.start()
+        results = []
+        for _ in range(30):
+            time.sleep(0.01)
+            pid = os.fork()
+            if pid == 0:
+                st = tcalloc.stats()
+                held = [[i] * 3 for i in range(20000)]
+                gc.collect()
+                ok = all(h == [i] * 3 for i, h in enumerate(held))
+                os._exit(0 if ok and st["bytes_in_use"] > 0 else 3)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    results.append(os.waitstatus_to_exitcode(status))
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    results.append("hung")
+                    break
+                time.sleep(0.005)
+        stop.set()
+        for t in ths:
+            t.join()
+        print(json.dumps({"children": results, "sorted": tcalloc.stats()["gc_sorted_objects"]}))
+    """)
+    r = last_json(proc)
+    assert r["children"] == [0] * 30, "child exit codes ('hung' = deadlock): %s" % r["children"]
+    assert r["sorted"] > 0, r
