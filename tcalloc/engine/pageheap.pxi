@@ -712,7 +712,7 @@ cdef size_t pageheap_release_idle(PageHeap *h, size_t nbytes, bint turn) noexcep
     (the cap a free would have applied, had the window not held it).
     `turn`: start a new demand epoch first. Counted as the releaser's work
     under the lock, so stats never see pages gone but not yet counted."""
-    cdef size_t done, n
+    cdef size_t done, n, over
     cdef uint64_t needed
     tc_spinlock_lock(&h.lock)
     if turn:
@@ -721,8 +721,9 @@ cdef size_t pageheap_release_idle(PageHeap *h, size_t nbytes, bint turn) noexcep
     n = h.free_bytes - needed if h.free_bytes > needed else 0
     if n > nbytes:
         n = nbytes
-    if _over_cap(h) > n:
-        n = _over_cap(h)
+    over = _over_cap(h)
+    if over > n:
+        n = over
     done = _release_locked(h, n) if n else 0
     h.released_background += done
     tc_spinlock_unlock(&h.lock)
