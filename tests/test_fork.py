@@ -17,13 +17,32 @@ import tcalloc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
 
 
+# Defined in every scenario's interpreter: wait for a forked child with a
+# deadline (a child stuck on a lock held at fork time is what these look for).
+CHILD_WAIT = """
+def wait_child(pid, seconds=20):
+    \"\"\"The child's exit code, or "hung" (it is killed) after `seconds`.\"\"\"
+    import os, time
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return "hung"
+        time.sleep(0.005)
+"""
+
+
 def run_py(code, *, env=None, timeout=180):
     e = dict(os.environ)
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     for k in ("TCALLOC_DEBUG", "TCALLOC_MEMORY_LIMIT", "TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_RELEASE_RATE"):
         e.pop(k, None)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=e,
+    return subprocess.run([sys.executable, "-c", CHILD_WAIT + textwrap.dedent(code)], env=e,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -77,18 +96,7 @@ def test_python_os_fork_children_allocate_while_threads_run():
                 ok = tn.check(p, 12345, 9)
                 tn.free(p)
                 os._exit(0 if errors == 0 and ok else 3)
-            deadline = time.monotonic() + 20
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    results.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    results.append("hung")
-                    break
-                time.sleep(0.005)
+            results.append(wait_child(pid))
         print(json.dumps({"children": results, "workers": w.stop()}))
     """)
     r = last_json(proc)
@@ -236,18 +244,7 @@ def test_forks_while_threads_sort_what_their_collections_freed():
                 gc.collect()
                 ok = all(h == [i] * 3 for i, h in enumerate(held))
                 os._exit(0 if ok and st["bytes_in_use"] > 0 else 3)
-            deadline = time.monotonic() + 20
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    results.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    results.append("hung")
-                    break
-                time.sleep(0.005)
+            results.append(wait_child(pid))
         stop.set()
         for t in ths:
             t.join()
