@@ -254,6 +254,8 @@ def mode_env(ctx, mode, child=None):
         env["PYTHONMALLOC"] = "malloc"
     if mode in PEER_MODES:
         env["LD_PRELOAD"] = ctx.libs[mode]
+    if mode == "tcalloc":
+        env.update(kv.split("=", 1) for kv in ctx.a.tcalloc_env)
     if child is not None:
         env[CHILD_ENV] = json.dumps(child)
     return env
@@ -788,11 +790,18 @@ def parse_args(argv):
                    help="few benchmarks, one round, short pyperf runs, a stdlib subset, "
                         "callgrind at n=20k: a smoke test, not a measurement")
     p.add_argument("--timeout", type=float, default=900, help="seconds per child (default 900)")
+    p.add_argument("--tcalloc-env", metavar="NAME=VALUE", action="append", default=[],
+                   help="a TCALLOC_* setting for the tcalloc mode's children (repeatable); "
+                        "every other TCALLOC_* variable is left out of every child")
     p.add_argument("--tcalloc-path", metavar="DIR",
                    help="put DIR first on the children's PYTHONPATH to import tcalloc from it "
                         "(default: this checkout if built in place, else the installed one)")
     p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
     a = p.parse_args(argv)
+    for kv in a.tcalloc_env:
+        k, eq, _ = kv.partition("=")
+        if not eq or not k.startswith("TCALLOC_"):
+            p.error(f"--tcalloc-env {kv!r}: give NAME=VALUE with a TCALLOC_ name")
     if a.rounds is None:
         a.rounds = 1 if a.quick else 5
     if a.rounds < 1:
@@ -854,7 +863,8 @@ def main(argv=None):
                          tcalloc_git=git_describe(tc_pkg) if tc_pkg else None,
                          peers=libs, missing=missing, versions=versions,
                          peer_versions={m: pkg_version(PEERS[m][0]) for m in libs},
-                         pyperf_run=PYPERF_RUN[a.quick], argv=sys.argv[1:])}
+                         pyperf_run=PYPERF_RUN[a.quick], argv=sys.argv[1:],
+                         tcalloc_env=a.tcalloc_env)}
     with tempfile.TemporaryDirectory(prefix="bench-interp-") as tmp:
         ctx = Ctx(a, tmp)
         ctx.tc_root, ctx.libs, ctx.modes = tc_root, libs, modes
