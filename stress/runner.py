@@ -145,7 +145,8 @@ def run_child(spec, library, on_progress=None, timeout=None):
     # The child imports the tcalloc this process runs: a build under test on
     # PYTHONPATH, not the checkout this lab's code sits in. Its working
     # directory is that build's too, as `-m` puts it first on sys.path.
-    tc_root = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
+    tc_dir = os.path.dirname(os.path.abspath(tcalloc.__file__))
+    tc_root = os.path.dirname(tc_dir)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [tc_root, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -197,8 +198,7 @@ def run_child(spec, library, on_progress=None, timeout=None):
     rec["library"] = library
     if library and rec.get("preloaded") is False and not rec.get("error"):
         rec["error"] = "LD_PRELOAD=%s had no effect in the child" % library
-    here = os.path.dirname(os.path.abspath(tcalloc.__file__))
-    if rec.get("tcalloc_dir", here) != here and not rec.get("error"):
+    if rec.get("tcalloc_dir", tc_dir) != tc_dir and not rec.get("error"):
         rec["error"] = "the child ran the tcalloc in %s, not this process's (%s)" % (
-            rec["tcalloc_dir"], here)
+            rec["tcalloc_dir"], tc_dir)
     return finish(rec)

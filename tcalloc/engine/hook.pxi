@@ -325,7 +325,6 @@ def active_domains():
     return tuple(_HOOK_NAMES[i] for i in range(3) if tc_load_int(&g_hook[i].active))
 
 
-
 # ---- the garbage collector's frees, put in address order -------------------
 # While tcalloc serves the obj domain, _gc_callback sits in gc.callbacks: at
 # a collection's start it notes this thread's list lengths, at its stop it
