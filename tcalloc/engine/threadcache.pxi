@@ -388,17 +388,21 @@ cdef void _scavenge(ThreadCache *tc, bint periodic) noexcept nogil:
     """Give back half of what each list did not use since the last scavenge
     (its low-water mark), and the capacity for it: at least a batch from a
     list longer than one. periodic (not over budget): a list being drained
-    right now (at its low-water mark, below its length after the last
-    scavenge) keeps its objects one period more: they are the ones its next
-    pops take, and giving them back would only fetch them again (an
-    interpreter building new objects out of a list of freed ones)."""
+    (shorter than after the last scavenge) keeps its objects one period
+    more: they are the ones its next pops take, and giving them back would
+    only fetch them again (an interpreter building new objects out of a
+    list of freed ones). A list that stopped draining is scavenged the
+    period after. Net shortening, not "at its low-water mark": the derived
+    mark (freelist_lowater) falls below the length at the first push of the
+    period, and a few frees among the pops (the collector's callbacks, say)
+    then gave away half of a list that was being consumed."""
     cdef int cl
     cdef FreeList *l
     cdef uint32_t drop, newmax, low
     for cl in range(1, tc.num_classes):
         l = &tc.lists[cl]
         low = freelist_lowater(l)
-        if low > 0 and not (periodic and l.length == low and low < l.scavenged_at):
+        if low > 0 and not (periodic and l.length < l.scavenged_at):
             drop = low // 2 if low > 1 else 1
             _release(tc, l, cl, drop)
             newmax = l.max_length - drop if l.max_length > drop else 0

@@ -951,6 +951,10 @@ cdef class PrivateEngine(PrivateHeap):
         libc_free(buf)
         return {"peak_size": peak, "max_over_length": over}
 
+    def cache_scavenge(self, handle, bint periodic=True):
+        """Run one scavenge now (the periodic kind by default)."""
+        _scavenge(self._tc(handle), periodic)
+
     def cache_list(self, handle, int cl):
         cdef ThreadCache *tc = self._tc(handle)
         cdef FreeList *l = &tc.lists[self._cl(cl)]
