@@ -104,3 +104,30 @@ def test_checked_build_translates(source, tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
+def test_import_tcalloc_loads_no_heavy_standard_modules():
+    # `python -m tcalloc run` imports tcalloc before the program starts, so
+    # every module the import pulls in is start-up memory the program pays
+    # (typing with re, enum and functools, and threading were 2 MiB of a
+    # fresh interpreter's 8.7). -S: no site, so nothing else loads them
+    # first; the package's own directory goes on the path by hand.
+    import tcalloc
+    where = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {where!r})
+        before = set(sys.modules)
+        import tcalloc
+        assert tcalloc.stats()["heap_bytes"] >= 0
+        print(" ".join(sorted(set(sys.modules) - before)))
+    """)
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                       timeout=60, env={k: v for k, v in os.environ.items()
+                                        if not k.startswith(("TCALLOC_", "PYTHON"))})
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "tcalloc._engine" in loaded
+    heavy = {"typing", "re", "enum", "functools", "collections", "threading", "warnings",
+             "numbers", "tcalloc.buffer", "tcalloc.heapprof"}
+    assert not loaded & heavy, sorted(loaded & heavy)
