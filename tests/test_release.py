@@ -196,6 +196,9 @@ def test_set_release_rate_0_at_run_time_turns_the_cap_off_and_a_rate_back_on():
     assert out.strip().endswith("ok")
 
 
+BG_START_HEAP = 16 << 20   # the documented heap size at which the releaser thread starts
+
+
 def test_the_releaser_thread_does_not_start_for_a_small_heap():
     out = _run("""
         import threading, time, psutil, tcalloc
@@ -203,7 +206,7 @@ def test_the_releaser_thread_does_not_start_for_a_small_heap():
         proc = psutil.Process()
         n0 = proc.num_threads()
         for _ in range(3):
-            bufs = [tcalloc.alloc(MIB) for _ in range(24)]   # a 24 MiB heap, well below 64 MiB
+            bufs = [tcalloc.alloc(MIB) for _ in range(8)]   # an 8 MiB heap, well below 16 MiB
             for b in bufs:
                 memoryview(b)[::4096] = b"x" * 256
             del bufs
@@ -211,9 +214,36 @@ def test_the_releaser_thread_does_not_start_for_a_small_heap():
         time.sleep(0.3)
         assert tcalloc.get_release_rate() > 0
         assert proc.num_threads() == n0, (n0, proc.num_threads())
-        assert tcalloc.stats()["heap_bytes"] < 64 * MIB
+        assert tcalloc.stats()["heap_bytes"] < START, tcalloc.stats()["heap_bytes"]
         print("ok")
-    """)
+    """.replace("START", str(BG_START_HEAP)))
+    assert out.strip().endswith("ok")
+
+
+def test_a_heap_under_the_free_cap_gives_its_free_pages_back_in_the_background():
+    # 40 MiB: above the releaser's start, under the 64 MiB free cap, so
+    # nothing goes back on free; the releaser returns it all (8 MiB/s).
+    out = _run("""
+        import time, psutil, tcalloc
+        MIB = 1 << 20
+        proc = psutil.Process()
+        n0 = proc.num_threads()
+        bufs = [tcalloc.alloc(MIB) for _ in range(40)]
+        for b in bufs:
+            memoryview(b)[::4096] = b"x" * 256
+        del bufs
+        s = tcalloc.stats()
+        assert s["heap_bytes"] < CAP and s["page_heap_free_bytes"] >= 32 * MIB, s["page_heap_free_bytes"]
+        assert s["released_on_free_bytes"] == 0, s["released_on_free_bytes"]
+        deadline = time.monotonic() + 30
+        while tcalloc.stats()["page_heap_free_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        s = tcalloc.stats()
+        assert s["page_heap_free_bytes"] == 0, s["page_heap_free_bytes"]
+        assert s["background_released_bytes"] >= 32 * MIB, s["background_released_bytes"]
+        assert proc.num_threads() == n0 + 1, (n0, proc.num_threads())
+        print("ok")
+    """.replace("CAP", str(FREE_CAP)))
     assert out.strip().endswith("ok")
 
 

@@ -21,7 +21,7 @@ def set_release_rate(bytes_per_second):
     release). While the rate is not 0, a free also releases the largest free
     spans whenever free, backed page-heap memory passes 64 MiB, and a
     background thread releases the rest at the rate. Setting a rate starts
-    the thread at once; the default starts it once the heap reaches 64 MiB."""
+    the thread at once; the default starts it once the heap reaches 16 MiB."""
     cdef uint64_t rate
     if isinstance(bytes_per_second, bool) or not isinstance(bytes_per_second, int):
         raise TypeError("release rate must be an int (bytes per second), not %s"
