@@ -66,6 +66,13 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_detach(pthread_t thread)
 
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct sigset_t:
+        pass
+    int SIG_SETMASK
+    int sigfillset(sigset_t *set)
+    int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
+
 cdef extern from "<time.h>" nogil:
     struct timespec:
         long tv_sec

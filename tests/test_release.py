@@ -109,17 +109,22 @@ def test_untouched_large_block_is_not_counted_as_backed_memory():
 
 
 # A burst: 4 threads write ~256 MiB of 1..4 MiB buffers, keep one in eight
-# and free the rest. Prints the figures the tests below judge, as JSON.
+# and free the rest. Prints the figures the tests below judge, as JSON. The
+# threads hold their buffers until all four have written theirs: on a
+# loaded machine one could otherwise finish and free before another began,
+# and the burst would never be 256 MiB at once.
 BURST = """
     import json, threading, time, psutil, tcalloc
     MIB = 1 << 20
     proc = psutil.Process()
     threads0 = proc.num_threads()
+    all_written = threading.Barrier(4)
     def work(i, keep):
         bufs = [tcalloc.alloc((1 + (i + k) % 4) * MIB) for k in range(26)]
         for b in bufs:
             memoryview(b)[::4096] = b"x" * (len(b) // 4096)
         keep.extend(bufs[::8])
+        all_written.wait()
     keep = []
     ths = [threading.Thread(target=work, args=(i, keep)) for i in range(4)]
     for t in ths: t.start()
@@ -512,3 +517,27 @@ def test_a_growing_heap_takes_back_what_thread_caches_left_idle():
         print("ok")
     """)
     assert out.strip().endswith("ok"), out
+
+
+def test_the_releaser_thread_blocks_signals_meant_for_the_program():
+    # A signal sent to the process goes to a thread that does not block it.
+    # Delivered to the releaser, an alarm meant to interrupt the program's
+    # blocking call (a read, a lock wait) would interrupt nothing.
+    out = _run("""
+        import os, signal, threading, time, tcalloc
+        tcalloc.set_release_rate(8 << 20)                  # starts the thread at once
+        python_threads = {t.native_id for t in threading.enumerate()}
+        deadline = time.monotonic() + 10
+        while True:
+            native = [int(t) for t in os.listdir("/proc/self/task") if int(t) not in python_threads]
+            if native or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert len(native) == 1, native
+        with open("/proc/self/task/%d/status" % native[0]) as f:
+            blocked = int(next(l for l in f if l.startswith("SigBlk:")).split()[1], 16)
+        for sig in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD):
+            assert blocked & (1 << (sig - 1)), (sig, hex(blocked))
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")

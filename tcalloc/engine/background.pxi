@@ -50,14 +50,24 @@ cdef void _bg_start() noexcept nogil:
     """Start the releaser if a rate is set and none runs. Takes g_bg_lock."""
     global g_bg_running
     cdef pthread_t th
+    cdef sigset_t all_signals, old
     tc_spinlock_lock(&g_bg_lock)
     tc_store_int(&g_bg_wanted, 0)
     if g_release_rate > 0 and not g_bg_running:
+        # The thread starts with every signal blocked (it inherits the mask
+        # set around pthread_create), so a signal sent to the process goes
+        # to one of the program's threads: delivered here, it would not
+        # interrupt the call the program is blocked in (an alarm meant to
+        # break a read or a lock wait). jemalloc's background threads do
+        # the same.
+        sigfillset(&all_signals)
+        pthread_sigmask(SIG_SETMASK, &all_signals, &old)
         # A failed pthread_create is not retried: memory still goes back on
         # free (the cap) and on release_free_memory().
         if pthread_create(&th, NULL, _bg_main, NULL) == 0:
             pthread_detach(th)
             g_bg_running = 1
+        pthread_sigmask(SIG_SETMASK, &old, NULL)
     tc_spinlock_unlock(&g_bg_lock)
 
 cdef inline void _bg_poll() noexcept nogil:
