@@ -5,6 +5,7 @@ whole process and, by design, leaves its wrapper in place after uninstall().
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -27,18 +28,9 @@ def run_py(code, *args, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_tc(*args, timeout=600, cwd=None, **popen_kw):
+def run_tc(*args, timeout=600, cwd=None):
     return subprocess.run([sys.executable, "-m", "tcalloc", *args], env=ENV, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, **popen_kw)
-
-
-def _sigint_default():
-    # A job started in the background by a shell without job control
-    # inherits SIGINT ignored, and Python then leaves it ignored: CPython's
-    # interrupt_main tests fail under plain python too. Its suite expects
-    # the interpreter a terminal starts.
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_install_routes_new_allocations_and_old_blocks_survive():
@@ -343,7 +335,17 @@ def test_cpython_regression_suite_under_hook():
     args = ["run", "--stats", "-m", "test", "-q"]
     for name in ENV_BROKEN:
         args += ["-i", name]
-    r = run_tc(*args, *tests, timeout=900, preexec_fn=_sigint_default)
+    # A job started in the background by a shell without job control
+    # inherits SIGINT ignored, a child inherits that, and Python then leaves
+    # it ignored: CPython's interrupt_main tests fail under plain python too.
+    # The suite expects the interpreter a terminal starts, so SIGINT is
+    # handled here while the child starts (a handler resets to the default
+    # across exec; an ignored signal would stay ignored).
+    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = run_tc(*args, *tests, timeout=900)
+    finally:
+        signal.signal(signal.SIGINT, old_sigint)
     # regrtest names a failing test on stdout; --stats fills stderr's end.
     tail = r.stdout[-3000:] + r.stderr[-1000:]
     assert r.returncode == 0, tail
