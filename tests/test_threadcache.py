@@ -247,3 +247,33 @@ def test_a_list_being_drained_keeps_its_objects_at_a_periodic_scavenge(eng):
     assert eng.cache_list(tc, cl)["length"] <= drained // 2 + 1, "an idle list kept its objects"
     assert eng.cache_info(tc)["fetches"] == fetches
     eng.cache_free_many(tc, live)
+
+
+def test_address_sort_after_a_collection_orders_every_kind_of_run(comp):
+    # The sort the interpreter hook runs on the blocks a collection freed:
+    # runs in order and in reverse take shortcuts, short runs an insertion
+    # sort, the rest a radix sort over the bits that differ. Each must give
+    # exactly sorted(), and the radix sort must stay inside its scratch.
+    import random
+    rng = random.Random(11)
+    base = 0x7F3A_1200_0000
+    cases = [[], [base], [base + 16, base], list(range(base, base + 64 * 1000, 64)),
+             list(range(base + 48 * 999, base - 1, -48)), [base] * 40,
+             [rng.randrange(2 ** 64) for _ in range(500)],       # every bit differs
+             [base + rng.randrange(1 << 12) * 16 for _ in range(31)],
+             [base + rng.randrange(1 << 12) * 16 for _ in range(33)]]
+    for n in (100, 4096, 65536):
+        blocks = [base + i * 96 for i in range(n)]
+        rng.shuffle(blocks)
+        cases.append(blocks)
+        # Mostly in order with a few out of place (a list with frees among pops).
+        near = sorted(blocks)
+        for _ in range(5):
+            i, j = rng.randrange(n), rng.randrange(n)
+            near[i], near[j] = near[j], near[i]
+        cases.append(near)
+    cases.append([base + rng.randrange(1 << 30) * 16 for _ in range(3000)] + [base] * 3)
+    for values in cases:
+        got, overran = comp.sort_addrs(values)
+        assert got == sorted(values), (len(values), values[:5])
+        assert not overran

@@ -337,7 +337,8 @@ cdef enum:
     kGcSortMin = 64              # a list must have grown by this much
 cdef uint32_t g_gc_before[kMaxClasses]
 cdef int g_gc_noted = 0          # g_gc_before is this collection's
-cdef void **g_gc_buf = NULL      # kGcSortCap pointers, from the metadata arena
+cdef void **g_gc_buf = NULL      # 2 * kGcSortCap pointers (the sort's and its scratch),
+                                 # from the metadata arena; pages touched as lists need them
 
 def _gc_callback(phase, info):
     """gc.callbacks entry while tcalloc serves the obj domain (install())."""
@@ -356,7 +357,7 @@ def _gc_callback(phase, info):
         return
     g_gc_noted = 0
     if g_gc_buf == NULL:
-        g_gc_buf = <void **>arena_alloc(&g_arena, kGcSortCap * sizeof(void *), 64)
+        g_gc_buf = <void **>arena_alloc(&g_arena, 2 * kGcSortCap * sizeof(void *), 64)
         if g_gc_buf == NULL:
             return
     with nogil:

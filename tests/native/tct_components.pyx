@@ -155,6 +155,24 @@ def resident_bytes(uintptr_t addr, size_t n):
     import mmap
     return pages * mmap.PAGESIZE
 
+def sort_addrs(list values):
+    """threadcache_sort_addrs on a copy of values (ints below 2**64): the
+    sorted list, and whether the scratch half was written past n."""
+    cdef uint32_t n = len(values)
+    cdef uint32_t i
+    cdef uintptr_t *buf = <uintptr_t *>libc_calloc(2 * n + 2, sizeof(uintptr_t))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            buf[i] = values[i]
+        buf[2 * n] = buf[2 * n + 1] = 0xA5A5A5A5A5A5A5A5     # guards after the scratch
+        threadcache_sort_addrs(buf, buf + n, n)
+        return ([buf[i] for i in range(n)],
+                buf[2 * n] != 0xA5A5A5A5A5A5A5A5 or buf[2 * n + 1] != 0xA5A5A5A5A5A5A5A5)
+    finally:
+        libc_free(buf)
+
 # =============================================================================
 # Size map
 # =============================================================================
