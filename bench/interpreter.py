@@ -4,6 +4,7 @@
     python -m bench.interpreter --quick         # smoke run, a couple of minutes; not a measurement
     python -m bench.interpreter --bench go,json_dumps --modes plain,tcalloc --rounds 9
     python -m bench.interpreter --parts callgrind --json out.json
+    python -m bench.interpreter --parts pyperf-cg --no-peers   # instructions per loop, ~17 min
 
 Every program runs as the plain interpreter (pymalloc, the default), under
 ``python -m tcalloc run`` and, for context, with ``PYTHONMALLOC=malloc`` on
@@ -21,6 +22,11 @@ interpreter measured in the same run, modes interleaved round by round.
 3. callgrind: instructions per call of PyObject_Malloc and PyObject_Free, and
    in total, on a workload that builds and drops 100k tuples and 100k
    one-key dicts, with the same workload at n=0 subtracted.
+4. pyperf-cg (only when named in --parts): each pyperformance benchmark's
+   pyperf worker under callgrind, once with 1 loop and once with 1 + L loops
+   (L: the loops pyperf calibrated on the plain interpreter, at least 3); the difference
+   over L is the instructions per loop, start-up cancelled. Repeatable where
+   the timings of part 1 are not: a cost figure, not a time.
 
 The children import the tcalloc built in this checkout (``python setup.py
 build_ext --inplace``) if there is one, else whatever ``import tcalloc``
@@ -91,8 +97,6 @@ def child_main():
         import types
         target = spec["target"]
         sys.path[0] = os.path.dirname(target)
-        for name in spec.get("unload", ()):
-            sys.modules.pop(name, None)
         main = types.ModuleType("__main__")
         main.__file__ = target
         main.__builtins__ = builtins
@@ -117,7 +121,10 @@ MODES = ("plain", "tcalloc", "glibc", "mimalloc", "jemalloc", "gperftools")
 # plain, in the same interleaved rounds, are the noise floor of every ratio.
 CONTROL = "plain2"
 PEER_MODES = ("mimalloc", "jemalloc", "gperftools")     # PYTHONMALLOC=malloc + LD_PRELOAD
-PARTS = ("pyperf", "pyflakes", "callgrind")
+PARTS = ("pyperf", "pyflakes", "callgrind", "pyperf-cg")
+# pyperf-cg runs every benchmark under callgrind (about 10 minutes for the
+# default benchmarks, plain and tcalloc; more with peers): asked for by name.
+DEFAULT_PARTS = ("pyperf", "pyflakes", "callgrind")
 # Environment the pyperf workers must keep: pyperf gives its workers only
 # PATH, HOME, PYTHONPATH, the locale and what --inherit-environ names.
 INHERIT = ("TCALLOC_RUN_DOMAINS", CHILD_ENV, "PYTHONMALLOC", "LD_PRELOAD")
@@ -147,13 +154,6 @@ BENCHMARKS = {
     "xml_etree_generate": ("xml_etree", ["generate"]),
     "xml_etree_parse": ("xml_etree", ["parse"]),
 }
-# Modules the child forgets before running these benchmarks, in every mode.
-# tcalloc.install() imports tracemalloc, which imports pickle (and _pickle):
-# the pure-Python pickle benchmarks set sys.modules['_pickle'] = None and
-# refuse to run if pickle is already loaded with its C accelerator. Without
-# the plain interpreter loading them first, this changes nothing there.
-UNLOAD = {"pickle_pure_python": ["pickle", "_pickle", "_compat_pickle"],
-          "unpickle_pure_python": ["pickle", "_pickle", "_compat_pickle"]}
 DEFAULT_BENCH = ["json_dumps", "json_loads", "pickle_pure_python", "unpickle_pure_python",
                  "deltablue", "richards", "nbody", "go", "raytrace", "regex_v8",
                  "unpack_sequence", "logging_simple", "chaos", "float", "nqueens",
@@ -349,8 +349,7 @@ def pyperf_run(ctx, mode, name, script, extra, loops, quick, calibrate=False):
         args += ["-p", "1", "-n", "1", "-w", "1"]
     else:
         args += ["-p", str(procs), "-n", str(values), "-w", str(warmups), "-l", str(loops)]
-    env = mode_env(ctx, mode, {"kind": "script", "target": script, "probe": probe,
-                               "unload": UNLOAD.get(name, [])})
+    env = mode_env(ctx, mode, {"kind": "script", "target": script, "probe": probe})
     code, wall, tree_rss, so, se = run_child(mode_argv(ctx, mode, args), env, ctx.tmp,
                                              ctx.a.timeout)
     s = {"mode": mode, "wall_s": wall, "tree_maxrss_kib": tree_rss}
@@ -591,6 +590,77 @@ def part_callgrind(ctx):
     return res
 
 
+def part_pyperf_cg(ctx, names, calibrated):
+    """Instructions per benchmark loop for every mode (see the module's doc,
+    part 4). calibrated: {name: loops} already known (from part 1)."""
+    import re
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+    a = ctx.a
+    vg = shutil.which("valgrind")
+    if not vg:
+        return {"error": "valgrind not found (Debian package valgrind)"}
+    root = bench_dir()
+    res = {}
+    jobs = []
+    for name in names:
+        d, extra = BENCHMARKS[name]
+        script = os.path.join(root, f"bm_{d}", "run_benchmark.py")
+        entry = res[name] = {"script": script, "args": extra, "modes": {}}
+        if not os.path.exists(script):
+            entry["error"] = f"{script} not found"
+            continue
+        loops = calibrated.get(name)
+        if not loops:
+            cal = pyperf_run(ctx, "plain", name, script, extra, 0, a.quick, calibrate=True)
+            if "error" in cal:
+                entry["error"] = "calibration: " + cal["error"]
+                continue
+            loops = cal["loops"][-1]
+        # At least 3 loops: one loop of the slower benchmarks (richards) is
+        # short enough that run-to-run differences (object addresses decide
+        # some dict and set orders) move its count by several per cent.
+        loops = max(loops, 3)
+        entry["loops"] = loops
+        jobs += [(name, mode, k) for mode in ctx.modes for k in (1, 1 + loops)]
+
+    def one(job):
+        name, mode, k = job
+        e = res[name]
+        probe = ctx.path(f"cg-{name}-{mode}-{k}", ".probe")
+        env = mode_env(ctx, mode, {"kind": "script", "target": e["script"], "probe": probe})
+        env["PYTHONHASHSEED"] = "0"        # the same start-up work in both runs
+        argv = [vg, "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                *mode_argv(ctx, mode, [THIS, *e["args"], "--worker", "-l", str(k),
+                                       "-n", "1", "-w", "0", "-p", "1"])]
+        code, _, _, _, se = run_child(argv, env, ctx.tmp, a.timeout)
+        m = re.search(r"Collected : (\d+)", se)
+        if code != 0 or not m:
+            tail = [l for l in se.strip().splitlines() if l.strip() and not l.startswith("==")]
+            return job, {"error": f"exit {code}: " + " | ".join(tail[-2:])}
+        recs = read_probe(probe)
+        bad = [x for x in (check_record(ctx, mode, r) for r in recs) if x]
+        if len(recs) != 1 or bad:
+            return job, {"error": "VOID: " + (bad[0] if bad else f"{len(recs)} probes, expected 1")}
+        return job, {"instructions": int(m.group(1))}
+
+    log(f"  pyperf-cg: {len(jobs)} callgrind runs of pyperf workers, 2 at a time")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(pool.map(one, jobs))
+    for name, e in res.items():
+        if "error" in e:
+            continue
+        for mode in ctx.modes:
+            r1, r2 = done[(name, mode, 1)], done[(name, mode, 1 + e["loops"])]
+            if "error" in r1 or "error" in r2:
+                e["modes"][mode] = {"error": r1.get("error") or r2.get("error")}
+                continue
+            e["modes"][mode] = {
+                "per_loop": (r2["instructions"] - r1["instructions"]) / e["loops"],
+                "one_loop_run": r1["instructions"]}
+    return res
+
+
 # ---- report -------------------------------------------------------------------
 
 def fmt_time(s):
@@ -749,6 +819,50 @@ def report(data, table):
             for m, e in cg["modes"].items():
                 if "error" in e:
                     out.append(f"  {m}: {e['error']}")
+        out.append("")
+    pc = data.get("pyperf_cg")
+    if pc:
+        if "error" in pc:
+            out.append(f"pyperf-cg: {pc['error']}")
+        else:
+            out.append(report_pyperf_cg(pc, ctx_modes, table))
+    return "\n".join(out)
+
+
+def report_pyperf_cg(pc, modes, table):
+    """The pyperf-cg table: instructions per loop, each mode over plain."""
+    others = [m for m in modes if m != "plain"]
+    out = ["pyperformance under callgrind: instructions per benchmark loop (pyperf worker "
+           "at 1 + L loops minus 1 loop, over L), each mode over plain; in brackets the "
+           "whole 1-loop run (start-up included) over plain's. Instructions, not time."]
+    rows, sums = [], {}
+    for name, e in pc.items():
+        if "error" in e:
+            rows.append([name, "ERROR " + e["error"][:60]] + [""] * len(others))
+            continue
+        base = e["modes"].get("plain", {})
+        if "per_loop" not in base:
+            rows.append([name, "ERROR " + base.get("error", "no plain run")[:60]]
+                        + [""] * len(others))
+            continue
+        row = [name, f"{e['loops']}", f"{base['per_loop'] / 1e6:.1f}"]
+        for m in others:
+            r = e["modes"].get(m, {})
+            if "per_loop" not in r:
+                row.append("ERROR " + r.get("error", "missing")[:40])
+                continue
+            ratio = r["per_loop"] / base["per_loop"]
+            sums.setdefault(m, {})[name] = ratio
+            row.append(f"{ratio:.3f} ({r['one_loop_run'] / base['one_loop_run']:.3f})")
+        rows.append(row)
+    out.append(table(["benchmark", "L", "plain M/loop", *others], rows, 22))
+    line = []
+    for m in others:
+        sm = summarize_rows(sums.get(m, {}))
+        if sm:
+            line.append(f"{m} median {sm[0]:.3f}, max {sm[1]:.3f} ({sm[2]}), "
+                        f"above 1.05: {sm[3]} of {sm[4]}")
+    out.append("instructions per loop over plain's: " + "; ".join(line))
     return "\n".join(out)
 
 
@@ -772,8 +886,9 @@ def parse_args(argv):
         prog="python -m bench.interpreter",
         description="The interpreter on tcalloc (python -m tcalloc run) against the plain "
                     "interpreter: pyperformance, pyflakes over the stdlib, callgrind counts.")
-    p.add_argument("--parts", type=names("part", PARTS), default=list(PARTS),
-                   help=f"comma-separated parts (default: all of {','.join(PARTS)})")
+    p.add_argument("--parts", type=names("part", PARTS), default=list(DEFAULT_PARTS),
+                   help=f"comma-separated parts of {','.join(PARTS)} (default: "
+                        f"{','.join(DEFAULT_PARTS)})")
     p.add_argument("--bench", type=names("benchmark", list(BENCHMARKS)), default=None,
                    help="comma-separated pyperformance benchmarks (default: "
                         f"{','.join(DEFAULT_BENCH)}; --quick: {','.join(QUICK_BENCH)}); "
@@ -888,6 +1003,16 @@ def main(argv=None):
             t0 = time.monotonic()
             data["callgrind"] = part_callgrind(ctx)
             log(f"callgrind took {time.monotonic() - t0:.0f} s")
+        if "pyperf-cg" in a.parts:
+            if versions["pyperf"] is None or versions["pyperformance"] is None:
+                data["pyperf_cg_error"] = "pyperf and pyperformance are needed: pip install -e '.[bench]'"
+                log(data["pyperf_cg_error"])
+            else:
+                t0 = time.monotonic()
+                known = {n: e["loops"] for n, e in (data.get("pyperf") or {}).items()
+                         if e.get("loops")}
+                data["pyperf_cg"] = part_pyperf_cg(ctx, a.bench, known)
+                log(f"pyperf-cg took {time.monotonic() - t0:.0f} s")
     data["meta"]["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data["meta"]["seconds"] = round(time.monotonic() - t_start)
     print(f"# python -m bench.interpreter {' '.join(sys.argv[1:])}".rstrip())
