@@ -838,11 +838,11 @@ def report_pyperf_cg(pc, modes, table):
     rows, sums = [], {}
     for name, e in pc.items():
         if "error" in e:
-            rows.append([name, "ERROR " + e["error"][:60]] + [""] * len(others))
+            rows.append([name, "", "ERROR " + e["error"][:60]] + [""] * len(others))
             continue
         base = e["modes"].get("plain", {})
         if "per_loop" not in base:
-            rows.append([name, "ERROR " + base.get("error", "no plain run")[:60]]
+            rows.append([name, f"{e['loops']}", "ERROR " + base.get("error", "no plain run")[:60]]
                         + [""] * len(others))
             continue
         row = [name, f"{e['loops']}", f"{base['per_loop'] / 1e6:.1f}"]
