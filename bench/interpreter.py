@@ -1020,7 +1020,7 @@ def main(argv=None):
           f"({data['meta']['tcalloc_git']}), python {info['python']}, {info['cpus']} CPUs, "
           f"load {info['loadavg_at_start']} -> {data['meta']['loadavg_at_end']}, "
           f"{data['meta']['seconds']} s")
-    print(f"# modes: {', '.join(modes)}" + (f"; not measured: " + "; ".join(
+    print(f"# modes: {', '.join(modes)}" + ("; not measured: " + "; ".join(
         f"{k}: {v}" for k, v in missing.items()) if missing else ""))
     print()
     print(report(data, table))

@@ -801,12 +801,14 @@ cdef void threadcache_free_uncached(ThreadCacheRegistry *reg, uint32_t cl, void 
 
 cdef void threadcache_sort_addrs(uintptr_t *a, uintptr_t *tmp, uint32_t n) noexcept nogil:
     """Sort a[0:n] in ascending order; tmp is scratch for n entries. A radix
-    sort, 8 bits a pass, over only the bits in which the addresses differ: a
-    list's blocks lie within a few MiB, so 2-3 passes of two loads and a
-    store per entry, where a comparison sort calling back per comparison
-    (qsort) spent about 30 instructions per entry and level. A run already in
-    order costs the one pass that checks it; one in reverse (blocks freed in
-    address order and pushed, so the newest is on top) is reversed."""
+    sort, 8 bits a pass, over only the bits in which the addresses differ
+    (2-3 passes for blocks within a few MiB, more for a list that spans
+    regions of the heap far apart; each pass counts, then scatters, every
+    entry): about 120 instructions per entry under the interpreter hook
+    (deltablue: 4-5 passes on average), where libc's qsort, calling back per
+    comparison, spent about 400. A run already in order costs the one pass that checks it; one
+    in reverse (blocks freed in address order and pushed, so the newest is on
+    top) is reversed."""
     cdef uint32_t count[256]
     cdef uint32_t i, j, sum, c
     cdef uintptr_t x, diff = 0
