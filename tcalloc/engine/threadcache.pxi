@@ -806,9 +806,9 @@ cdef void threadcache_sort_addrs(uintptr_t *a, uintptr_t *tmp, uint32_t n) noexc
     regions of the heap far apart; each pass counts, then scatters, every
     entry): about 120 instructions per entry under the interpreter hook
     (deltablue: 4-5 passes on average), where libc's qsort, calling back per
-    comparison, spent about 400. A run already in order costs the one pass that checks it; one
-    in reverse (blocks freed in address order and pushed, so the newest is on
-    top) is reversed."""
+    comparison, spent about 400. A run already in order costs the one pass
+    that checks it; one in reverse (blocks freed in address order and
+    pushed, so the newest is on top) is reversed."""
     cdef uint32_t count[256]
     cdef uint32_t i, j, sum, c
     cdef uintptr_t x, diff = 0
