@@ -122,8 +122,8 @@ MODES = ("plain", "tcalloc", "glibc", "mimalloc", "jemalloc", "gperftools")
 CONTROL = "plain2"
 PEER_MODES = ("mimalloc", "jemalloc", "gperftools")     # PYTHONMALLOC=malloc + LD_PRELOAD
 PARTS = ("pyperf", "pyflakes", "callgrind", "pyperf-cg")
-# pyperf-cg runs every benchmark under callgrind (about 10 minutes for the
-# default benchmarks, plain and tcalloc; more with peers): asked for by name.
+# pyperf-cg runs every benchmark under callgrind (17 minutes for the default
+# benchmarks, plain and tcalloc; 40 with the four peers): asked for by name.
 DEFAULT_PARTS = ("pyperf", "pyflakes", "callgrind")
 # Environment the pyperf workers must keep: pyperf gives its workers only
 # PATH, HOME, PYTHONPATH, the locale and what --inherit-environ names.
@@ -379,27 +379,42 @@ def pyperf_run(ctx, mode, name, script, extra, loops, quick, calibrate=False):
     return s
 
 
+def bench_entry(root, name):
+    """(entry dict for benchmark `name`, its script, its extra args); the
+    entry has an "error" if the script is missing."""
+    d, extra = BENCHMARKS[name]
+    script = os.path.join(root, f"bm_{d}", "run_benchmark.py")
+    entry = {"script": script, "args": extra}
+    if not os.path.exists(script):
+        entry["error"] = f"{script} not found"
+    return entry, script, extra
+
+
+def calibrate(ctx, name, script, extra):
+    """pyperf's loops per value for `name`, found once on the plain
+    interpreter (every run of every mode then does the same work per
+    value): (loops, None) or (None, what went wrong)."""
+    cal = pyperf_run(ctx, "plain", name, script, extra, 0, ctx.a.quick, calibrate=True)
+    if "error" in cal:
+        return None, "calibration: " + cal["error"]
+    return cal["loops"][-1], None
+
+
 def part_pyperf(ctx, names):
     a = ctx.a
     root = bench_dir()
     results = {}
     for name in names:
-        d, extra = BENCHMARKS[name]
-        script = os.path.join(root, f"bm_{d}", "run_benchmark.py")
-        entry = {"script": script, "args": extra, "samples": []}
+        entry, script, extra = bench_entry(root, name)
+        entry["samples"] = []
         results[name] = entry
-        if not os.path.exists(script):
-            entry["error"] = f"{script} not found"
+        if "error" not in entry:
+            loops, err = calibrate(ctx, name, script, extra)
+            if err:
+                entry["error"] = err
+        if "error" in entry:
             log(f"  {name}: {entry['error']}")
             continue
-        # Calibrate the loop count once, on the plain interpreter; every run
-        # of every mode then does the same work per value.
-        cal = pyperf_run(ctx, "plain", name, script, extra, 0, a.quick, calibrate=True)
-        if "error" in cal:
-            entry["error"] = "calibration: " + cal["error"]
-            log(f"  {name}: {entry['error']}")
-            continue
-        loops = cal["loops"][-1]
         entry["loops"] = loops
         log(f"  {name} (loops={loops})", end="")
         for r in range(a.rounds):
@@ -604,22 +619,20 @@ def part_pyperf_cg(ctx, names, calibrated):
     res = {}
     jobs = []
     for name in names:
-        d, extra = BENCHMARKS[name]
-        script = os.path.join(root, f"bm_{d}", "run_benchmark.py")
-        entry = res[name] = {"script": script, "args": extra, "modes": {}}
-        if not os.path.exists(script):
-            entry["error"] = f"{script} not found"
+        entry, script, extra = bench_entry(root, name)
+        entry["modes"] = {}
+        res[name] = entry
+        if "error" in entry:
             continue
         loops = calibrated.get(name)
         if not loops:
-            cal = pyperf_run(ctx, "plain", name, script, extra, 0, a.quick, calibrate=True)
-            if "error" in cal:
-                entry["error"] = "calibration: " + cal["error"]
+            loops, err = calibrate(ctx, name, script, extra)
+            if err:
+                entry["error"] = err
                 continue
-            loops = cal["loops"][-1]
-        # At least 3 loops: one loop of the slower benchmarks (richards) is
-        # short enough that run-to-run differences (object addresses decide
-        # some dict and set orders) move its count by several per cent.
+        # At least 3 loops: the slower benchmarks calibrate to 1, and one
+        # loop's count differs from the next by several per cent (richards:
+        # object addresses decide some dict and set orders); 3 average it.
         loops = max(loops, 3)
         entry["loops"] = loops
         jobs += [(name, mode, k) for mode in ctx.modes for k in (1, 1 + loops)]
@@ -627,11 +640,15 @@ def part_pyperf_cg(ctx, names, calibrated):
     def one(job):
         name, mode, k = job
         e = res[name]
-        probe = ctx.path(f"cg-{name}-{mode}-{k}", ".probe")
+        # The two runs of a mode differ in nothing but the loop count, not
+        # even in the length of an argument or a path: the environment and
+        # the arguments sit on the stack, and where objects land decides some
+        # dict and set orders, which move a benchmark's count.
+        probe = ctx.path("cg", ".probe")
         env = mode_env(ctx, mode, {"kind": "script", "target": e["script"], "probe": probe})
         env["PYTHONHASHSEED"] = "0"        # the same start-up work in both runs
         argv = [vg, "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                *mode_argv(ctx, mode, [THIS, *e["args"], "--worker", "-l", str(k),
+                *mode_argv(ctx, mode, [THIS, *e["args"], "--worker", "-l", f"{k:06d}",
                                        "-n", "1", "-w", "0", "-p", "1"])]
         code, _, _, _, se = run_child(argv, env, ctx.tmp, a.timeout)
         m = re.search(r"Collected : (\d+)", se)
