@@ -12,8 +12,13 @@ most. The runs alternate which backend goes first (the lab runs backends
 in the order given), so a slow spell on the shared machine does not always
 land on the same one. The figure per workload and peer is the median of the
 per-run ratios, with their min..max: above 1.00 the peer did more. A run
-whose blocks failed their checks is reported and left out. It is a
-benchmark, not a test: nothing here passes or fails.
+whose blocks failed their checks is reported and left out. Beside each
+row: the page faults per 1000 operations of tcalloc and of the peer (the
+lab process's minor faults, median over the runs), which repeat within a
+few percent where ops/s ratios spread by tens: on the fork workload every
+page a worker writes after a fork() faults, so the count follows how many
+distinct pages the heap cycles its blocks through. It is a benchmark, not
+a test: nothing here passes or fails.
 """
 import argparse
 import json
@@ -23,6 +28,13 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _median(xs):
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[len(s) // 2]
 
 
 def one_run(workloads, backends, threads, duration, first_tcalloc):
@@ -54,6 +66,7 @@ def main(argv=None):
     peers = [b for b in a.backends.split(",") if b and b != "tcalloc"]
     ratios = {(w, p): [] for w in workloads for p in peers}
     tc_ops = {w: [] for w in workloads}
+    faults = {(w, b): [] for w in workloads for b in ["tcalloc"] + peers}
     runs = []
     for i in range(a.runs):
         rc, data = one_run(workloads, peers, a.threads, a.duration, first_tcalloc=(i % 2 == 0))
@@ -61,6 +74,9 @@ def main(argv=None):
         clean = {(r["workload"], r["backend"]): r for r in data["runs"]
                  if not r.get("error") and not r.get("corrupt") and not r.get("lost")}
         line = []
+        for (w, b), r in clean.items():
+            if (w, b) in faults and r.get("minor_faults") is not None and r.get("ops"):
+                faults[(w, b)].append(1000.0 * r["minor_faults"] / r["ops"])
         for w in workloads:
             t = clean.get((w, "tcalloc"))
             if t:
@@ -79,7 +95,10 @@ def main(argv=None):
     print()
     print("%d threads, %.1f s per run, %d lab runs; each peer's ops/s over tcalloc's in the same "
           "run (> 1.00: the peer did more)" % (a.threads, a.duration, a.runs))
-    print("%-10s %-11s %8s  %-13s %14s  %s" % ("workload", "peer", "median", "min..max", "tcalloc ops/s", "runs"))
+    print("page faults per 1000 operations (the lab process's minor faults: first touches, and "
+          "writes after a fork()), median over the runs, tcalloc / the peer")
+    print("%-10s %-11s %8s  %-13s %14s  %-15s %s"
+          % ("workload", "peer", "median", "min..max", "tcalloc ops/s", "faults/1000 ops", "runs"))
     summary = {}
     for (w, p), xs in ratios.items():
         if not xs:
@@ -88,10 +107,13 @@ def main(argv=None):
         s = sorted(xs)
         t = sorted(tc_ops[w])
         med = s[len(s) // 2]
+        ft, fp = _median(faults[(w, "tcalloc")]), _median(faults[(w, p)])
         summary["%s/%s" % (w, p)] = dict(median=med, min=s[0], max=s[-1], n=len(s),
-                                         tcalloc_ops_s_median=t[len(t) // 2])
-        print("%-10s %-11s %7.2fx  %.2f..%.2f %14s  %d" % (w, p, med, s[0], s[-1],
-                                                          "%.3g" % t[len(t) // 2], len(s)))
+                                         tcalloc_ops_s_median=t[len(t) // 2],
+                                         tcalloc_faults_per_kop=ft, peer_faults_per_kop=fp)
+        print("%-10s %-11s %7.2fx  %.2f..%.2f %14s  %-15s %d"
+              % (w, p, med, s[0], s[-1], "%.3g" % t[len(t) // 2],
+                 "-" if ft is None or fp is None else "%.0f / %.0f" % (ft, fp), len(s)))
     print("  command: python -m bench.lab_rows --workloads %s --backends %s --runs %d"
           % (a.workloads, a.backends, a.runs))
     if a.json:

@@ -205,6 +205,8 @@ cdef struct wl_shared:
     uint64_t forks
     uint64_t child_failures
     uint64_t child_hung
+    uint64_t fork_ns              # the driver's time inside fork(), summed
+    uint64_t child_ns             # fork() to the child reaped, summed over reaped children
     uint64_t rounds
     uint64_t elapsed_ns
 
@@ -578,7 +580,7 @@ cdef void fork_driver(wl_shared *sh) noexcept nogil:
     cdef wl_block inherited[WL_INHERITED]
     cdef pid_t pid, got
     cdef int i, status = 0
-    cdef uint64_t t_end, start
+    cdef uint64_t t_end, start, t0
     memset(inherited, 0, sizeof(inherited))
     start = tc_now_ns()
     while True:
@@ -590,9 +592,11 @@ cdef void fork_driver(wl_shared *sh) noexcept nogil:
         wl_sleep_ns(sh.fork_interval_ns)
         for i in range(WL_INHERITED):
             wl_alloc(d, &inherited[i], wl_size(&d.rng, sh.min_size, sh.max_size), False)
+        t0 = tc_now_ns()
         pid = fork()
         if pid == 0:
             _exit(fork_child(sh, inherited))
+        sh.fork_ns += tc_now_ns() - t0
         for i in range(WL_INHERITED):
             wl_release(d, &inherited[i])
         if pid < 0:
@@ -604,6 +608,7 @@ cdef void fork_driver(wl_shared *sh) noexcept nogil:
         while True:
             got = waitpid(pid, &status, WNOHANG)
             if got == pid:
+                sh.child_ns += tc_now_ns() - t0
                 if not WIFEXITED(status) or WEXITSTATUS(status) != 0:
                     sh.child_failures += 1
                 break
@@ -943,7 +948,9 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
 
     Returns a dict: ops, allocs, frees, reallocs, bytes, corrupt, lost,
     misaligned, failed, elapsed_ns, threads, per_thread (list of dicts), and
-    for fork: forks, child_failures, child_hung; for churn: rounds.
+    for fork: forks, child_failures, child_hung, fork_ns (the parent's time
+    inside fork(), summed) and child_ns (fork() to the child reaped, summed
+    over the children reaped); for churn: rounds.
     lost = blocks allocated that the run never got back to free; corrupt and
     lost are bugs, always 0 for a correct allocator.
     """
@@ -1039,7 +1046,8 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
                elapsed_ns=sh.elapsed_ns, per_thread=per, driver=driver, **tot)
     res["lost"] = res["allocs"] - res["frees"]
     if workload == "fork":
-        res.update(forks=sh.forks, child_failures=sh.child_failures, child_hung=sh.child_hung)
+        res.update(forks=sh.forks, child_failures=sh.child_failures, child_hung=sh.child_hung,
+                   fork_ns=sh.fork_ns, child_ns=sh.child_ns)
     if workload == "churn":
         res["rounds"] = sh.rounds
         res["pthreads"] = sum(p["pthreads"] for p in per)

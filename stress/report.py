@@ -109,6 +109,9 @@ def profile_lines(r):
                "rss peak %s  uss peak %s"
                % (r["cpu_user_s"], r["cpu_system_s"], r["ctx_voluntary"], r["ctx_involuntary"],
                   fmt_mib(r["rss_peak"]), fmt_mib(r["uss_peak"])))
+    if r.get("minor_faults") is not None and r.get("ops"):
+        out.append("  page faults minor %d (%.1f per 1000 ops)  major %d"
+                   % (r["minor_faults"], 1000.0 * r["minor_faults"] / r["ops"], r["major_faults"]))
     per = r.get("per_thread") or []
     if per:
         out.append("  per worker thread: " + ", ".join(
@@ -125,8 +128,10 @@ def profile_lines(r):
     elif hot is not None:
         out.append("  tcalloc locks: no contended acquisition in %.2f s" % el)
     if r["workload"] == "fork" and "forks" in r:
-        out.append("  forks %d  failed children %d  hung children %d"
-                   % (r["forks"], r["child_failures"], r["child_hung"]))
+        out.append("  forks %d  failed children %d  hung children %d%s%s"
+                   % (r["forks"], r["child_failures"], r["child_hung"],
+                      "  fork() %.2f ms" % r["fork_ms"] if r.get("fork_ms") is not None else "",
+                      "  child life %.2f ms" % r["child_ms"] if r.get("child_ms") is not None else ""))
     return out
 
 

@@ -90,10 +90,16 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
                error=box.get("e"))
     r = box.get("r")
     if r is not None:
-        rec.update({k: v for k, v in r.items() if k not in ("workload", "allocator", "elapsed_ns")})
+        rec.update({k: v for k, v in r.items()
+                    if k not in ("workload", "allocator", "elapsed_ns", "fork_ns", "child_ns")})
+        if "fork_ns" in r:
+            reaped = r["forks"] - r["child_failures"] - r["child_hung"]
+            rec["fork_ms"] = r["fork_ns"] / r["forks"] / 1e6 if r["forks"] else None
+            rec["child_ms"] = r["child_ns"] / reaped / 1e6 if reaped > 0 else None
         rec["elapsed_s"] = r["elapsed_ns"] / 1e9
         rec["throughput_ops_s"] = r["ops"] / rec["elapsed_s"] if r["elapsed_ns"] else 0.0
     for k in ("cpu_user_s", "cpu_system_s", "ctx_voluntary", "ctx_involuntary", "ctx_main_thread",
+              "minor_faults", "major_faults",
               "rss_start", "rss_peak", "rss_end", "uss_start", "uss_peak", "rss_series", "samples"):
         rec[k] = prof[k]
     rec["thread_cpu"] = prof["threads"]

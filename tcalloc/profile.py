@@ -31,7 +31,11 @@ Collected over the block:
 - context switches, voluntary and involuntary, of all threads of the
   process from getrusage(RUSAGE_SELF). psutil's num_ctx_switches() reads
   /proc/PID/status, which on Linux counts the main thread only; it is
-  reported too, as ``ctx_main_thread``.
+  reported too, as ``ctx_main_thread``;
+- page faults, minor and major, of all threads, from the same getrusage:
+  a minor fault is a page touched for the first time, or written for the
+  first time after a fork() (copy-on-write), where the kernel's work is
+  often what a memory-heavy workload spends its system time on.
 
 The samplers' own (small) CPU time is part of the process totals and left
 out of the verdict. A thread that starts and ends between two native ticks
@@ -430,6 +434,8 @@ class Profile:
             ctx_involuntary=ru1.ru_nivcsw - self._ru0.ru_nivcsw,
             ctx_main_thread=dict(voluntary=ctx1.voluntary - self._ctx0.voluntary,
                                  involuntary=ctx1.involuntary - self._ctx0.involuntary),
+            minor_faults=ru1.ru_minflt - self._ru0.ru_minflt,
+            major_faults=ru1.ru_majflt - self._ru0.ru_majflt,
             rss_start=self._rss0, rss_end=mem.rss,
             rss_peak=max(self._rss_peak, mem.rss, clock.rss_peak if clock is not None else 0),
             uss_start=self._uss0, uss_end=mem.uss, uss_peak=max(self._uss_peak, mem.uss),
@@ -489,6 +495,8 @@ class Profile:
                    % (d["elapsed_s"], d["cpu_user_s"], d["cpu_system_s"], d["cpu_percent"]))
         out.append("context switches (all threads): voluntary %d  involuntary %d"
                    % (d["ctx_voluntary"], d["ctx_involuntary"]))
+        out.append("page faults (all threads): minor %d  major %d"
+                   % (d["minor_faults"], d["major_faults"]))
         out.append("rss  start %.1f MiB  peak %.1f MiB  end %.1f MiB   uss peak %.1f MiB   (%d samples)"
                    % (d["rss_start"] / _MIB, d["rss_peak"] / _MIB, d["rss_end"] / _MIB,
                       d["uss_peak"] / _MIB, d["samples"]))

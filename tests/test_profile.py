@@ -56,6 +56,23 @@ def test_ctx_switches_cover_all_threads(tc):
     assert 0 <= d["ctx_main_thread"]["voluntary"] <= ctx1.voluntary - ctx0.voluntary
 
 
+def test_page_faults_count_first_touches(tc):
+    import mmap
+    npages = 2048
+    ps = mmap.PAGESIZE
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    with _profile(tc) as p:
+        m = mmap.mmap(-1, npages * ps)      # fresh anonymous pages: none touched yet
+        for i in range(0, npages * ps, ps):
+            m[i] = 1                        # one first-touch fault per page
+        m.close()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    d = p.as_dict()
+    assert npages <= d["minor_faults"] <= ru1.ru_minflt - ru0.ru_minflt
+    assert 0 <= d["major_faults"] <= ru1.ru_majflt - ru0.ru_majflt
+    assert "page faults (all threads): minor %d" % d["minor_faults"] in p.report()
+
+
 def test_cpu_matches_psutil(tc):
     proc = psutil.Process()
     outer0 = proc.cpu_times()

@@ -75,6 +75,8 @@ def test_workload_clean(wl, workload, allocator):
     if workload == "fork":
         assert r["forks"] >= 1
         assert r["child_failures"] == 0 and r["child_hung"] == 0
+        # Every child was reaped after its fork() returned, timed from the same start.
+        assert 0 < r["fork_ns"] <= r["child_ns"]
     if workload == "churn":
         assert r["rounds"] >= 1 and r["pthreads"] == 2 * r["rounds"]
 
@@ -212,11 +214,18 @@ def test_cli_json_fields(wl, tmp_path):
     for run in doc["runs"]:
         for k in ("workload", "backend", "where", "threads", "ops", "corrupt", "lost", "elapsed_s",
                   "throughput_ops_s", "ratio_to_tcalloc", "per_thread", "cpu_user_s",
-                  "cpu_system_s", "ctx_voluntary", "ctx_involuntary", "rss_peak", "uss_peak",
+                  "cpu_system_s", "ctx_voluntary", "ctx_involuntary", "minor_faults",
+                  "major_faults", "rss_peak", "uss_peak",
                   "rss_series", "thread_cpu", "locks", "hottest_locks", "ok"):
             assert k in run, k
         assert run["ok"] and run["ops"] > 0 and run["corrupt"] == 0 and run["lost"] == 0
         assert run["rss_peak"] >= run["rss_start"] > 0
+        # Every block was written, so its pages were touched: the process faulted.
+        assert run["minor_faults"] > 0 and run["major_faults"] >= 0
+        if run["workload"] == "fork":
+            assert run["forks"] >= 1 and 0 < run["fork_ms"] <= run["child_ms"]
+        else:
+            assert "fork_ms" not in run
         if run["backend"] == "tcalloc":
             assert run["ratio_to_tcalloc"] == 1.0
             assert run["locks"], "tcalloc runs report lock counters"
