@@ -55,6 +55,11 @@ cdef extern from "tc_platform.h" nogil:
     void tc_prefetch(const void *p)
     uint64_t tc_now_ns()
     void tc_spin_backoff(uint64_t *spins, uint64_t limit)
+    void tc_cpu_relax()
+    void tc_futex_wait(int *addr, int val)
+    void tc_futex_wake(int *addr, int n)
+    enum:
+        TC_SPIN_LIMIT
 
     void *tc_os_map(size_t size)
     void *tc_os_map_at(void *hint, size_t size)

@@ -131,7 +131,13 @@ def stats():
     classes = []
     locks = {"page_heap": _lock_dict(&g_heap.lock), "thread_caches": _lock_dict(&g_registry.lock),
              "metadata": _lock_dict(&g_arena.lock), "heap_sampler": _lock_dict(&g_sampler.lock),
-             "background": _lock_dict(&g_bg_lock)}
+             "background": _lock_dict(&g_bg_lock),
+             # Not a lock: moves between a thread cache and the shared stores
+             # that waited for a fork() under way (threadcache_gate_enter).
+             "fork_gate": {"acquisitions": tc_load_u64(&g_registry.gate_waits),
+                           "contended": tc_load_u64(&g_registry.gate_waits),
+                           "spins": tc_load_u64(&g_registry.gate_spins),
+                           "wait_ns": tc_load_u64(&g_registry.gate_wait_ns)}}
     for cl in range(1, g_sizemap.num_classes):
         size = g_sizemap.class_to_size[cl]
         classes.append({

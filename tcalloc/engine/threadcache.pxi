@@ -113,9 +113,15 @@ ctypedef struct ThreadCacheRegistry:
     const uint64_t *heap_commits
     uint64_t transfer_drained_at  # *heap_commits when the transfer caches were last emptied
     # The fork gate (see the header): threads inside a move, and fork()s
-    # between their prepare and parent/child handlers.
+    # between their prepare and parent/child handlers. A thread kept out
+    # sleeps on gate_epoch, which each reopening bumps; what the waits cost
+    # is reported as the "fork_gate" lock's (TCALLOC_LOCK_STATS builds).
     uint64_t movers
     uint64_t forks_pending
+    int gate_epoch
+    uint64_t gate_waits
+    uint64_t gate_spins
+    uint64_t gate_wait_ns
 
 # The gate is a Dekker pair: each side writes its own word, then reads the
 # other's, which needs sequentially consistent order (tc_atomic_* are relaxed).
@@ -123,21 +129,49 @@ cdef extern from *:
     """
     static inline void threadcache_gate_add_sc(uint64_t *p, int64_t v) { __atomic_add_fetch(p, (uint64_t)v, __ATOMIC_SEQ_CST); }
     static inline uint64_t threadcache_gate_load_sc(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void threadcache_gate_bump_sc(int *p) { __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST); }
+    static inline int threadcache_gate_epoch_sc(const int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     """
     void _gate_add "threadcache_gate_add_sc"(uint64_t *p, int64_t v) nogil
     uint64_t _gate_load "threadcache_gate_load_sc"(const uint64_t *p) nogil
+    void _gate_bump "threadcache_gate_bump_sc"(int *p) nogil
+    int _gate_epoch "threadcache_gate_epoch_sc"(const int *p) nogil
 
 cdef inline void threadcache_gate_enter(ThreadCacheRegistry *reg) noexcept nogil:
     """Start a move (no lock held but the ones a move takes); waits while
     a fork() is in progress."""
-    cdef uint64_t spins = 0
     while True:
         _gate_add(&reg.movers, 1)
         if _gate_load(&reg.forks_pending) == 0:
             return
         _gate_add(&reg.movers, -1)
-        while _gate_load(&reg.forks_pending) != 0:
-            tc_spin_backoff(&spins, 64)
+        _gate_wait(reg)
+
+cdef void _gate_wait(ThreadCacheRegistry *reg) noexcept nogil:
+    """Kept out by a fork() under way: spin a little (it may be ending on
+    the other core), then sleep until the parent handler reopens the gate.
+    A fork() takes milliseconds; a thread yielding in a loop for that long
+    took the CPU the forking thread and the child needed (2 workers, a
+    forking thread and its child on 2 cores). No lost wake-up: the epoch is
+    read before forks_pending, and reopening lowers forks_pending before it
+    bumps the epoch (all sequentially consistent), so a thread that saw the
+    gate closed sleeps only on an epoch the reopening has yet to bump, and
+    the kernel checks the epoch again as it queues the sleeper."""
+    cdef uint64_t t0 = tc_now_ns() if TCALLOC_LOCK_STATS else 0
+    cdef uint64_t spins = 0
+    cdef int epoch
+    while spins < TC_SPIN_LIMIT and _gate_load(&reg.forks_pending) != 0:
+        tc_cpu_relax()
+        spins += 1
+    while True:
+        epoch = _gate_epoch(&reg.gate_epoch)
+        if _gate_load(&reg.forks_pending) == 0:
+            break
+        tc_futex_wait(&reg.gate_epoch, epoch)
+    if TCALLOC_LOCK_STATS:
+        tc_atomic_add_u64(&reg.gate_waits, 1)
+        tc_atomic_add_u64(&reg.gate_spins, spins)
+        tc_atomic_add_u64(&reg.gate_wait_ns, tc_now_ns() - t0)
 
 cdef inline void threadcache_gate_exit(ThreadCacheRegistry *reg) noexcept nogil:
     _gate_add(&reg.movers, -1)
@@ -151,8 +185,11 @@ cdef void threadcache_gate_close(ThreadCacheRegistry *reg) noexcept nogil:
         tc_spin_backoff(&spins, 64)
 
 cdef void threadcache_gate_reopen(ThreadCacheRegistry *reg) noexcept nogil:
-    """fork() parent, after the locks are released."""
+    """fork() parent, after the locks are released: wakes the threads kept
+    out (one futex call per fork(), sleepers or not)."""
     _gate_add(&reg.forks_pending, -1)
+    _gate_bump(&reg.gate_epoch)
+    tc_futex_wake(&reg.gate_epoch, 0x7fffffff)
 
 cdef void threadcache_gate_reset(ThreadCacheRegistry *reg) noexcept nogil:
     """fork() child: the other threads are gone, none is moving (one that
