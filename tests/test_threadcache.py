@@ -69,24 +69,32 @@ def test_thread_budget_bounds_the_cache(eng):
     assert p["thread_cache_free_bytes"] == info["size"]
 
 
-def test_a_list_of_big_blocks_holds_256_kib_at_most(eng):
+def test_a_list_of_big_blocks_is_bounded(eng):
     # 3 MiB of 9 KiB blocks freed by one thread: its list keeps at most
     # 256 KiB of them (or one batch), the rest goes to the shared lists,
-    # where its spans can return to the page heap for any size. Of 3 MiB of
+    # where its spans can return to the page heap for any size. Blocks over
+    # 16 KiB: 16 of them, up to 1 MiB (a list of 4 made a thread that churns
+    # them take the shared lists' locks every few operations). Of 3 MiB of
     # 1 KiB blocks, the interpreter's kind of object, the list keeps more:
     # only the byte budget and its overflow rule bound it.
     eng.set_overall_max(32 << 20)
-    for size, cap in ((9216, 256 * 1024), (1024, None)):
+    for size, cap in ((9216, 256 * 1024), (16384, 256 * 1024), (20480, 16 * 20480),
+                      (65536, 1 << 20), (262144, 1 << 20), (1024, None)):
         tc = eng.cache_create()
         cl = eng.class_of(size)
-        eng.cache_free_many(tc, eng.cache_alloc_many(tc, size, (3 << 20) // size))
+        assert eng.class_size(cl) == size
+        blocks = eng.cache_alloc_many(tc, size, (3 << 20) // size)
+        grown = eng.cache_list(tc, cl)["max_length"]      # fetches grew the list to its limit
+        eng.cache_free_many(tc, blocks)
         lst = eng.cache_list(tc, cl)
         held = lst["length"] * size
         if cap is None:
             assert held > 256 * 1024, (size, lst)
         else:
-            assert held <= max(cap, eng.batch(cl) * size), (size, lst)
-            assert lst["max_length"] * size <= max(cap, eng.batch(cl) * size), (size, lst)
+            bound = max(cap, eng.batch(cl) * size)
+            assert held <= bound and max(grown, lst["max_length"]) * size <= bound, (size, lst)
+        if size == 65536:
+            assert grown == 16, grown       # more than 256 KiB of them
         eng.cache_destroy(tc)
 
 

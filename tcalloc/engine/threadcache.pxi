@@ -306,7 +306,9 @@ cdef inline void threadcache_push(ThreadCache *tc, uint32_t cl, void *p) noexcep
 cdef enum:
     kMaxDynamicFreeListLength = 1 << 20   # lists are bounded by the byte budget first
     kBigObject = 1024             # lists of bigger blocks hold at most ...
-    kBigListBytes = 256 * 1024    # ... this many bytes, or one batch (_list_limit)
+    kBigListBytes = 256 * 1024    # ... this many bytes, or
+    kBigListObjects = 16          # ... this many blocks up to
+    kMaxBigListBytes = 1024 * 1024  # ... this many bytes, or one batch (_list_limit)
     kMaxOverages = 3
     kScavengeEvery = 64           # refused growths between two scavenges
     kScavengePeriod = 256         # slow-path events (fetches + overflows) between scavenges
@@ -511,15 +513,24 @@ cdef void _fit_budget(ThreadCache *tc, FreeList *l) noexcept nogil:
 cdef inline uint32_t _list_limit(const FreeList *l) noexcept nogil:
     """The most objects list l may hold. Blocks up to kBigObject (the
     interpreter's objects, whose live sets the cache follows) are bounded by
-    the byte budget alone; bigger ones by kBigListBytes per list, at least a
-    batch: fetching such a block costs little beside writing it, and a list
-    of them parked in one thread is memory no other size can use (pyflakes
-    ends a run with 7 MiB of free 9 KiB parser blocks in its cache)."""
+    the byte budget alone; bigger ones by kBigListBytes per list: a list of
+    them parked in one thread is memory no other size can use (pyflakes
+    ended a run with 7 MiB of free 9 KiB parser blocks in its cache). Lists
+    of blocks over 16 KiB may still hold kBigListObjects, up to
+    kMaxBigListBytes: at 256 KiB a list of 64 KiB blocks held 4, so a
+    thread whose live count of them moved by more than that went to the
+    transfer, central and page-heap locks every few operations (4.5 % of
+    the stress lab's fork workload's operations), and a fork() under way
+    stopped it at the fork gate once per fork. At least a batch."""
+    cdef uint32_t n
     if l.size <= kBigObject:
         return kMaxDynamicFreeListLength
-    if l.batch * l.size >= kBigListBytes:
-        return l.batch
-    return kBigListBytes // l.size
+    n = kBigListBytes // l.size
+    if n < kBigListObjects:
+        n = kMaxBigListBytes // l.size
+        if n > kBigListObjects:
+            n = kBigListObjects
+    return n if n > l.batch else l.batch
 
 cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nogil:
     """Let list l hold newmax objects if the byte budget allows it: as it
