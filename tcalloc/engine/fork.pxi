@@ -4,7 +4,7 @@
 # releases them and reopens the gate; the child resets them and sets aside
 # the caches of the threads it does not have (threadcache_orphan_others),
 # whose contents go back to the shared stores as soon as anything asks
-# (stats(), release_free_memory(), a growing heap), so its figures add up
+# (stats(), release_free_memory(), a failed allocation), so its figures add up
 # and release_free_memory() reaches what those threads had cached.
 
 cdef void _atfork_prepare() noexcept nogil:
