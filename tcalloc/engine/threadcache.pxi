@@ -491,8 +491,8 @@ cdef inline void _scavenge_on_growth(ThreadCache *tc) noexcept nogil:
     # each (the stress lab's fork workload: 740-830 faults and 6.4-7.1 ms of
     # CPU per child, against about 500 and 5.4 ms without it; gperftools'
     # children 540-560 faults); blocks from a growing heap are copied only
-    # as they are used. stats(),
-    # release_free_memory() and a failed allocation's retry take them back.
+    # as they are used. stats(), release_free_memory() and a failed
+    # allocation's retry take them back.
     _scavenge(tc, 1)
     # The transfer caches' batches pin spans too; one thread per step
     # empties them (two that race both do: harmless, the second finds
