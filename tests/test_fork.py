@@ -253,3 +253,72 @@ def test_forks_while_threads_sort_what_their_collections_freed():
     r = last_json(proc)
     assert r["children"] == [0] * 30, "child exit codes ('hung' = deadlock): %s" % r["children"]
     assert r["sorted"] > 0, r
+
+
+REUSE_ORPHANS = """
+    import json, os, threading, time, tcalloc
+    import tct_native as tn
+    POOLS = %r
+    N, SIZE, THREADS = 6000, 512, 4
+    ready, go = [], threading.Event()
+
+    def worker():
+        ps = [tn.malloc(SIZE) for _ in range(N)]
+        for p in ps:
+            tn.free(p)              # this thread's cache keeps them
+        ready.append(1)
+        go.wait()                   # alive at fork(): its cache is orphaned in the child
+
+    ts = [threading.Thread(target=worker) for _ in range(THREADS)]
+    for t in ts:
+        t.start()
+    while len(ready) < THREADS:
+        time.sleep(0.01)
+    s = tcalloc.stats()
+    heap0, cached = s["heap_bytes"], s["thread_cache_free_bytes"]
+    shared = s["central_free_bytes"] + s["transfer_cache_free_bytes"] + s["page_heap_free_bytes"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        # all the free memory of the shared stores, then most of what the
+        # dead threads cached
+        want = (shared + cached * 3 // 4) // SIZE
+        ps = [tn.malloc(SIZE) for _ in range(want)]
+        for i, p in enumerate(ps):
+            tn.fill(p, SIZE, i)
+        ok = all(tn.check(p, SIZE, i) for i, p in enumerate(ps))
+        s = tcalloc.stats()
+        rep = {"growth": s["heap_bytes"] - heap0, "bytes": want * SIZE, "ok": ok,
+               "from_caches": want * SIZE - shared,
+               "gap": s["heap_bytes"] - sum(s[k] for k in POOLS)}
+        for p in ps:
+            tn.free(p)
+        s = tcalloc.stats()
+        rep["gap_after_free"] = s["heap_bytes"] - sum(s[k] for k in POOLS)
+        os.write(w, json.dumps(rep).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    code = wait_child(pid)
+    go.set()
+    for t in ts:
+        t.join()
+    print(json.dumps({"cached": cached, "code": code, "child": json.loads(data) if data else None}))
+"""
+
+
+def test_a_fork_child_reuses_the_blocks_dead_threads_cached():
+    # Four threads each free 3 MiB of 512 B blocks, which their caches keep
+    # (within their budgets), and are alive at fork(). The child, which has
+    # none of those threads, allocates what the shared stores hold free and
+    # three quarters of what the threads cached: it gets the dead threads'
+    # blocks (taken a chain at a time, so only the pages it uses are
+    # copied), and its heap does not grow by what it allocated.
+    r = last_json(run_py(REUSE_ORPHANS % (POOLS,)))
+    assert r["code"] == 0, r
+    c = r["child"]
+    assert c["from_caches"] >= 2 << 20, r         # the dead threads did hold that much
+    assert c["ok"] and c["gap"] == 0 and c["gap_after_free"] == 0, r
+    assert c["growth"] <= c["from_caches"] // 8, r

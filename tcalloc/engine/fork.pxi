@@ -3,9 +3,10 @@
 # under way, then takes every lock in the documented order; the parent
 # releases them and reopens the gate; the child resets them and sets aside
 # the caches of the threads it does not have (threadcache_orphan_others),
-# whose contents go back to the shared stores as soon as anything asks
-# (stats(), release_free_memory(), a failed allocation), so its figures add up
-# and release_free_memory() reaches what those threads had cached.
+# whose blocks its fetches take first, a chain at a time, and whose contents
+# go back to the shared stores as soon as anything asks (stats(),
+# release_free_memory(), a failed allocation), so its figures add up and
+# release_free_memory() reaches what those threads had cached.
 
 cdef void _atfork_prepare() noexcept nogil:
     cdef int cl

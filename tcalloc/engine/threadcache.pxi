@@ -487,12 +487,13 @@ cdef inline void _scavenge_on_growth(ThreadCache *tc) noexcept nogil:
     tc.commits_seen = c
     # Not threadcache_adopt_orphans: in a fork child the dead threads'
     # cached blocks sit on pages shared copy-on-write with the parent, and
-    # taking them back writes a link into every one of them, a page copy
-    # each (the stress lab's fork workload: 740-830 faults and 6.4-7.1 ms of
-    # CPU per child, against about 500 and 5.4 ms without it; gperftools'
-    # children 540-560 faults); blocks from a growing heap are copied only
-    # as they are used. stats(), release_free_memory() and a failed
-    # allocation's retry take them back.
+    # taking them all back writes a link into every one of them, a page
+    # copy each (the stress lab's fork workload: 740-830 faults and 6.4-7.1
+    # ms of CPU per child, against 526-549 and 5.1-5.3 ms since; gperftools'
+    # children 540-560 faults). A fetch takes them a chain at a time
+    # instead (_take_orphaned), so only the pages the child uses are
+    # copied; stats(), release_free_memory() and a failed allocation's
+    # retry take back the rest.
     _scavenge(tc, 1)
     # The transfer caches' batches pin spans too; one thread per step
     # empties them (two that race both do: harmless, the second finds
@@ -560,6 +561,55 @@ cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nog
 
 # ---- the slow paths of pop and push ----------------------------------------
 
+cdef inline void _install_chain(FreeList *l, void *head, uint32_t got) noexcept nogil:
+    """Empty list l takes a NULL-terminated chain of `got` objects and
+    hands out its first (which counts as a malloc: see freelist_mallocs)."""
+    l.head = (<void **>head)[0]
+    if TCALLOC_FREE_KEY:
+        (<void **>head)[1] = NULL
+    tc_store_u32(&l.length, got - 1)
+    l.lowater = 0                    # the list ran empty
+    tc_inc_owned(&l.fetched, <uint64_t>got)
+
+cdef void *_take_orphaned(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t want) noexcept nogil:
+    """In a fork child: fill empty list l with up to `want` objects of class
+    cl from the cache of a thread that did not survive fork()
+    (threadcache_orphan_others) and return one; NULL if none has any. The
+    blocks sit on pages shared copy-on-write with the parent: taking a chain
+    reads its links and writes one (the cut), so a page is copied when the
+    child uses a block, not when it takes it. The whole move is under
+    reg.lock, which fork()'s prepare takes, so a fork() in the child sees
+    the chain on one list or the other. Each link is checked to be a block
+    of the class, as threadcache_adopt_orphans does (a thread frozen in the
+    fast path may have left its list's length off its links). The objects
+    were out of the shared stores already: out_bytes does not change."""
+    cdef ThreadCacheRegistry *reg = tc.reg
+    cdef ThreadCache *o
+    cdef FreeList *ol
+    cdef void *first = NULL
+    cdef void *last = NULL
+    cdef void *q
+    cdef uint32_t n = 0
+    tc_spinlock_lock(&reg.lock)
+    o = reg.orphans
+    while o != NULL and n == 0:
+        ol = &o.lists[cl]
+        q = ol.head
+        first = q
+        while n < want and n < ol.length and q != NULL and _is_block_of(reg, cl, q):
+            last = q
+            n += 1
+            q = (<void **>q)[0]
+        if n:
+            ol.head = q
+            ol.length -= n
+            ol.released += n         # the orphan's objects are conserved (see FreeList)
+            (<void **>last)[0] = NULL
+            _install_chain(l, first, n)
+        o = o.next
+    tc_spinlock_unlock(&reg.lock)
+    return first if n else NULL
+
 cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     """List cl is empty: refill it with up to one batch, return one object."""
     cdef FreeList *l = &tc.lists[cl]
@@ -574,20 +624,19 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     want = l.max_length if l.max_length < l.batch else l.batch
     if want == 0:
         want = 1
-    threadcache_gate_enter(tc.reg)
-    got = transfer_remove_range(&tc.reg.transfer[cl], &head, &tail, <int>want)
-    if got == 0:
+    head = NULL
+    if TC_UNLIKELY(tc_load_relaxed_ptr(<void **>&tc.reg.orphans) != NULL):
+        head = _take_orphaned(tc, l, cl, want)     # a fork child: dead threads' blocks first
+    if head == NULL:
+        threadcache_gate_enter(tc.reg)
+        got = transfer_remove_range(&tc.reg.transfer[cl], &head, &tail, <int>want)
+        if got == 0:
+            threadcache_gate_exit(tc.reg)
+            return NULL
+        (<void **>tail)[0] = NULL
+        _install_chain(l, head, <uint32_t>got)
         threadcache_gate_exit(tc.reg)
-        return NULL
-    (<void **>tail)[0] = NULL
-    l.head = (<void **>head)[0]
-    if TCALLOC_FREE_KEY:
-        (<void **>head)[1] = NULL
-    tc_store_u32(&l.length, <uint32_t>got - 1)
-    l.lowater = 0                    # the list ran empty
-    tc_inc_owned(&l.fetched, <uint64_t>got)   # the one returned counts as a malloc (see freelist_mallocs)
-    threadcache_gate_exit(tc.reg)
-    threadcache_note_out(tc.reg, <uint64_t>got * l.size)
+        threadcache_note_out(tc.reg, <uint64_t>got * l.size)
     tc_inc_owned(&tc.fetches, 1)
     _tick(tc)
     if tc.reg.heap_commits != NULL:
@@ -735,8 +784,9 @@ cdef void threadcache_orphan_others(ThreadCacheRegistry *reg, ThreadCache *keep)
     the threads that did not survive fork() leave the registry's list for
     its orphans, and their budgets go back to the overall budget; `keep`
     (the forking thread's, or NULL) stays. O(threads): what they cached is
-    taken back later, by threadcache_adopt_orphans, when something needs it
-    (stats(), release_free_memory(), a failed allocation), so a child that does
+    handed out by the child's fetches (_take_orphaned), and taken back by
+    threadcache_adopt_orphans when something needs all of it (stats(),
+    release_free_memory(), a failed allocation), so a child that does
     a little and exits (or execs) does not walk megabytes of cached lists,
     and the parent, whose every first write to a page faults while the
     child lives, is not kept waiting (the stress lab's fork workload: 8 %
