@@ -79,6 +79,10 @@ def main(argv=None):
     ap.add_argument("--interval-ms", type=float, default=20.0, help="sleep between forks (default 20)")
     a = ap.parse_args(argv)
     builds = [os.path.abspath(b) for b in a.builds.split(",") if b]
+    for b in builds:
+        if not os.path.isfile(os.path.join(b, "tcalloc", "__init__.py")):
+            ap.error("%s holds no tcalloc package (a checkout after pip install -e . or "
+                     "python devbuild.py)" % b)
     found, missing = find_peers([p for p in a.peers.split(",") if p])
     for m in missing:
         print("peer %s not measured: %s" % (m, why_missing(m)))
