@@ -588,20 +588,15 @@ cdef void *_take_orphaned(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t wa
     cdef FreeList *ol
     cdef void *first = NULL
     cdef void *last = NULL
-    cdef void *q
     cdef uint32_t n = 0
     tc_spinlock_lock(&reg.lock)
     o = reg.orphans
     while o != NULL and n == 0:
         ol = &o.lists[cl]
-        q = ol.head
-        first = q
-        while n < want and n < ol.length and q != NULL and _is_block_of(reg, cl, q):
-            last = q
-            n += 1
-            q = (<void **>q)[0]
+        first = ol.head
+        n = _orphan_run(reg, cl, first, want if want < ol.length else ol.length, &last)
         if n:
-            ol.head = q
+            ol.head = (<void **>last)[0]
             ol.length -= n
             ol.released += n         # the orphan's objects are conserved (see FreeList)
             (<void **>last)[0] = NULL
@@ -779,6 +774,19 @@ cdef bint _is_block_of(ThreadCacheRegistry *reg, uint32_t cl, const void *q) noe
     return (s != NULL and s.location == SPAN_IN_USE and s.sizeclass == cl and <uintptr_t>q < s.bump
             and (<uintptr_t>q - span_addr(s)) % reg.sizemap.class_to_size[cl] == 0)
 
+cdef uint32_t _orphan_run(ThreadCacheRegistry *reg, uint32_t cl, void *q, uint32_t limit,
+                         void **last) noexcept nogil:
+    """How many links from q on, at most limit, are blocks of class cl: an
+    orphaned list (a thread frozen in the fast path may have left its
+    length off its links) is followed only as far as it holds blocks.
+    *last: the last of them (unchanged when none)."""
+    cdef uint32_t n = 0
+    while n < limit and q != NULL and _is_block_of(reg, cl, q):
+        last[0] = q
+        n += 1
+        q = (<void **>q)[0]
+    return n
+
 cdef void threadcache_orphan_others(ThreadCacheRegistry *reg, ThreadCache *keep) noexcept nogil:
     """In a fork child (one thread, locks reset, gate open): the caches of
     the threads that did not survive fork() leave the registry's list for
@@ -824,8 +832,7 @@ cdef void threadcache_adopt_orphans(ThreadCacheRegistry *reg) noexcept nogil:
     counted as in use rather than risk freeing live memory."""
     cdef ThreadCache *tc
     cdef FreeList *l
-    cdef void *q
-    cdef uint32_t n
+    cdef void *last
     cdef int cl
     while tc_load_relaxed_ptr(<void **>&reg.orphans) != NULL:
         # One at a time back onto the registry's list, which
@@ -846,12 +853,7 @@ cdef void threadcache_adopt_orphans(ThreadCacheRegistry *reg) noexcept nogil:
         tc_spinlock_unlock(&reg.lock)
         for cl in range(1, tc.num_classes):
             l = &tc.lists[cl]
-            n = 0
-            q = l.head
-            while q != NULL and n <= l.length and _is_block_of(reg, cl, q):
-                n += 1
-                q = (<void **>q)[0]
-            l.length = n
+            l.length = _orphan_run(reg, cl, l.head, l.length + 1, &last)
         threadcache_destroy(tc)
 
 cdef void threadcache_request_flush_all(ThreadCacheRegistry *reg) noexcept nogil:
