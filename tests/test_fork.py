@@ -137,46 +137,63 @@ def test_multiprocessing_fork_with_interpreter_hook():
 # The stats identity (README): every byte of the heap is in exactly one pool.
 POOLS = ("bytes_in_use", "page_heap_free_bytes", "page_heap_released_bytes", "central_free_bytes",
          "transfer_cache_free_bytes", "thread_cache_free_bytes", "span_overhead_bytes")
+# Defined in the scenarios that fork children and check them:
+# heap_gap(stats()) is 0 when the identity holds; child_report(make) forks,
+# runs make() in the child and returns its exit code and the dict it made.
+CHILD_REPORT = """
+POOLS = %r
+def heap_gap(s):
+    return s["heap_bytes"] - sum(s[k] for k in POOLS)
+
+def child_report(make):
+    import json, os
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.write(w, json.dumps(make()).encode())
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    return wait_child(pid), (json.loads(data) if data else {})
+""" % (POOLS,)
 
 FORK_UNDER_LOAD = """
-    import json, os, tcalloc
+    import json, tcalloc
     import tct_native as tn
-    POOLS = %r
     tn.free(tn.malloc(64))          # the forking thread has a cache of its own
     w = tn.start_workers(8, nslots=256, large_permille=20)
     while w.counts()["ops"] < 20000:
         pass
+    def child():
+        # The child: one thread. What the dead threads had cached must be
+        # back in the shared stores, and every byte accounted for.
+        s = tcalloc.stats()
+        rep = {"caches": s["thread_caches"], "gap": heap_gap(s),
+               "cached": s["thread_cache_free_bytes"]}
+        tcalloc.release_free_memory()
+        s = tcalloc.stats()
+        rep["cached_after_release"] = s["thread_cache_free_bytes"] + s["transfer_cache_free_bytes"]
+        rep["gap_after_release"] = heap_gap(s)
+        rep["exercise_errors"] = tn.child_exercise()
+        rep["gap_after_exercise"] = heap_gap(tcalloc.stats())
+        return rep
+
     reports = []
     for i in range(%d):
-        r, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            # The child: one thread. What the dead threads had cached must be
-            # back in the shared stores, and every byte accounted for.
-            os.close(r)
-            s = tcalloc.stats()
-            rep = {"caches": s["thread_caches"], "gap": s["heap_bytes"] - sum(s[k] for k in POOLS),
-                   "cached": s["thread_cache_free_bytes"]}
-            tcalloc.release_free_memory()
-            s = tcalloc.stats()
-            rep["cached_after_release"] = s["thread_cache_free_bytes"] + s["transfer_cache_free_bytes"]
-            rep["gap_after_release"] = s["heap_bytes"] - sum(s[k] for k in POOLS)
-            rep["exercise_errors"] = tn.child_exercise()
-            s = tcalloc.stats()
-            rep["gap_after_exercise"] = s["heap_bytes"] - sum(s[k] for k in POOLS)
-            os.write(wfd, json.dumps(rep).encode())
-            os._exit(0)
-        os.close(wfd)
-        with os.fdopen(r) as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        reports.append({"status": status, **(json.loads(data) if data else {})})
+        status, rep = child_report(child)
+        reports.append({"status": status, **rep})
     print(json.dumps({"reports": reports, "workers": w.stop()}))
 """
 
 
 def _fork_under_load(debug, nforks):
-    proc = run_py(FORK_UNDER_LOAD % (POOLS, nforks), env={"TCALLOC_DEBUG": "1"} if debug else None)
+    proc = run_py(CHILD_REPORT + textwrap.dedent(FORK_UNDER_LOAD % nforks),
+                  env={"TCALLOC_DEBUG": "1"} if debug else None)
     r = last_json(proc)
     assert r["workers"]["corrupt"] == 0 and r["workers"]["failed"] == 0, r["workers"]
     return r["reports"]
@@ -256,9 +273,8 @@ def test_forks_while_threads_sort_what_their_collections_freed():
 
 
 REUSE_ORPHANS = """
-    import json, os, threading, time, tcalloc
+    import json, threading, time, tcalloc
     import tct_native as tn
-    POOLS = %r
     N, SIZE, THREADS = 6000, 512, 4
     ready, go = [], threading.Event()
 
@@ -277,10 +293,7 @@ REUSE_ORPHANS = """
     s = tcalloc.stats()
     heap0, cached = s["heap_bytes"], s["thread_cache_free_bytes"]
     shared = s["central_free_bytes"] + s["transfer_cache_free_bytes"] + s["page_heap_free_bytes"]
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
+    def child():
         # all the free memory of the shared stores, then most of what the
         # dead threads cached
         want = (shared + cached * 3 // 4) // SIZE
@@ -290,22 +303,17 @@ REUSE_ORPHANS = """
         ok = all(tn.check(p, SIZE, i) for i, p in enumerate(ps))
         s = tcalloc.stats()
         rep = {"growth": s["heap_bytes"] - heap0, "bytes": want * SIZE, "ok": ok,
-               "from_caches": want * SIZE - shared,
-               "gap": s["heap_bytes"] - sum(s[k] for k in POOLS)}
+               "from_caches": want * SIZE - shared, "gap": heap_gap(s)}
         for p in ps:
             tn.free(p)
-        s = tcalloc.stats()
-        rep["gap_after_free"] = s["heap_bytes"] - sum(s[k] for k in POOLS)
-        os.write(w, json.dumps(rep).encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    code = wait_child(pid)
+        rep["gap_after_free"] = heap_gap(tcalloc.stats())
+        return rep
+
+    code, rep = child_report(child)
     go.set()
     for t in ts:
         t.join()
-    print(json.dumps({"cached": cached, "code": code, "child": json.loads(data) if data else None}))
+    print(json.dumps({"cached": cached, "code": code, "child": rep}))
 """
 
 
@@ -316,7 +324,7 @@ def test_a_fork_child_reuses_the_blocks_dead_threads_cached():
     # three quarters of what the threads cached: it gets the dead threads'
     # blocks (taken a chain at a time, so only the pages it uses are
     # copied), and its heap does not grow by what it allocated.
-    r = last_json(run_py(REUSE_ORPHANS % (POOLS,)))
+    r = last_json(run_py(CHILD_REPORT + textwrap.dedent(REUSE_ORPHANS)))
     assert r["code"] == 0, r
     c = r["child"]
     assert c["from_caches"] >= 2 << 20, r         # the dead threads did hold that much
