@@ -104,16 +104,14 @@ def main(argv=None):
         if not xs:
             print("%-10s %-11s %8s" % (w, p, "-"))
             continue
-        s = sorted(xs)
-        t = sorted(tc_ops[w])
-        med = s[len(s) // 2]
+        med, tmed = _median(xs), _median(tc_ops[w])
         ft, fp = _median(faults[(w, "tcalloc")]), _median(faults[(w, p)])
-        summary["%s/%s" % (w, p)] = dict(median=med, min=s[0], max=s[-1], n=len(s),
-                                         tcalloc_ops_s_median=t[len(t) // 2],
+        summary["%s/%s" % (w, p)] = dict(median=med, min=min(xs), max=max(xs), n=len(xs),
+                                         tcalloc_ops_s_median=tmed,
                                          tcalloc_faults_per_kop=ft, peer_faults_per_kop=fp)
         print("%-10s %-11s %7.2fx  %.2f..%.2f %14s  %-15s %d"
-              % (w, p, med, s[0], s[-1], "%.3g" % t[len(t) // 2],
-                 "-" if ft is None or fp is None else "%.0f / %.0f" % (ft, fp), len(s)))
+              % (w, p, med, min(xs), max(xs), "%.3g" % tmed,
+                 "-" if ft is None or fp is None else "%.0f / %.0f" % (ft, fp), len(xs)))
     print("  command: python -m bench.lab_rows --workloads %s --backends %s --runs %d"
           % (a.workloads, a.backends, a.runs))
     if a.json:
