@@ -120,6 +120,36 @@ def test_realloc_preserves_contents_across_small_and_large(comp, capi):
     capi.free(p)
 
 
+def _cached_big_blocks():
+    """Blocks of each size class of 32 KiB or more parked in thread caches."""
+    return {c["size"]: c["spans"] * c["objects_per_span"] - c["central_free_objects"]
+            - c["transfer_free_objects"] - c["objects_in_use"]
+            for c in tcalloc.stats()["size_classes"] if c["size"] >= 32768}
+
+
+def test_a_buffer_grown_by_realloc_leaves_no_block_behind_in_the_cache(comp, capi):
+    # Grown in 1/8 steps from 1 KiB to 1 MiB, as io.StringIO and CPython's
+    # string writers grow their buffers: from 32 KiB on the block moves to
+    # spans of its own, so the blocks it outgrew go back to the page heap
+    # (where they merge and any size reuses them), not one per size class
+    # into this thread's cache, where only that class could use it.
+    before = _cached_big_blocks()
+    n, step = 1024, 1
+    p = capi.malloc(n)
+    comp.fill(p, n, step)
+    while n < 1 << 20:
+        m = n + n // 8 + 6
+        q = capi.realloc(p, m)
+        assert q and capi.usable_size(q) >= m, (n, m)
+        assert comp.check(q, n, step), "realloc %d -> %d lost data" % (n, m)
+        step += 1
+        comp.fill(q, m, step)
+        p, n = q, m
+    after = _cached_big_blocks()
+    capi.free(p)
+    assert after == before, {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
 def test_realloc_null_is_malloc_and_shrink_in_place(capi):
     p = capi.realloc(None, 500)
     assert p and capi.usable_size(p) >= 500

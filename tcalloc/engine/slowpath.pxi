@@ -152,6 +152,9 @@ cdef void _free_large_span(void *p, Span *s) noexcept nogil:
 cdef enum:
     kMoveChunk = 2 << 20            # release-behind step of a moving realloc
     kMoveReleaseMin = 4 << 20       # ... done for large blocks from this size
+    # A realloc that grows a block to this size or more moves it to a span of
+    # its own (a large block), not to a size-class block: see tc_realloc.
+    kReallocSpanFrom = 32 << 10
 
 cdef void _move_large(char *dst, char *src, Span *s) noexcept nogil:
     """Move large block src (span s, about to be freed) into dst, whose span
@@ -272,9 +275,21 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     want = size
     if size > old and size - old < old // 4 and old + old // 4 <= kMaxAllocBytes:
         want = old + old // 4   # realloc chains: grow by at least 25 % to amortise copies
-    q = _malloc(want)
-    if q == NULL and want != size:
-        q = _malloc(size)
+    if size > old and want >= kReallocSpanFrom:
+        # A growing block leaves size classes from kReallocSpanFrom on. Moved
+        # through classes, a buffer grown step by step (a StringIO, a JSON
+        # writer) left one freed block in every class it passed, parked in
+        # this thread's cache where no other size can use it: 0.8 MiB for a
+        # chain from 32 to 256 KiB. A span grows in place when the pages
+        # after it are free, and the one it leaves goes back to the page
+        # heap, where it merges and any size reuses it.
+        q = _malloc_large(want, 1)
+        if q == NULL and want != size:
+            q = _malloc_large(size, 1)
+    else:
+        q = _malloc(want)
+        if q == NULL and want != size:
+            q = _malloc(size)
     if q == NULL:
         return NULL       # the old block is untouched, as C requires
     if cl == 0 and size > old and old >= kMoveReleaseMin and not g_debug:
