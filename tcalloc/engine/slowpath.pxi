@@ -279,7 +279,7 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
         # A growing block leaves size classes from kReallocSpanFrom on. Moved
         # through classes, a buffer grown step by step (a StringIO, a JSON
         # writer) left one freed block in every class it passed, parked in
-        # this thread's cache where no other size can use it: 0.8 MiB for a
+        # this thread's cache where no other size can use it: 0.73 MiB for a
         # chain from 32 to 256 KiB. A span grows in place when the pages
         # after it are free, and the one it leaves goes back to the page
         # heap, where it merges and any size reuses it.
