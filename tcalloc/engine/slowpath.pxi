@@ -250,6 +250,7 @@ cdef size_t tc_usable_size(void *ptr) noexcept nogil:
 
 cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     cdef size_t old, want, npages
+    cdef bint span
     cdef uint32_t cl
     cdef Span *s
     cdef void *q
@@ -275,21 +276,17 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     want = size
     if size > old and size - old < old // 4 and old + old // 4 <= kMaxAllocBytes:
         want = old + old // 4   # realloc chains: grow by at least 25 % to amortise copies
-    if size > old and want >= kReallocSpanFrom:
-        # A growing block leaves size classes from kReallocSpanFrom on. Moved
-        # through classes, a buffer grown step by step (a StringIO, a JSON
-        # writer) left one freed block in every class it passed, parked in
-        # this thread's cache where no other size can use it: 0.73 MiB for a
-        # chain from 32 to 256 KiB. A span grows in place when the pages
-        # after it are free, and the one it leaves goes back to the page
-        # heap, where it merges and any size reuses it.
-        q = _malloc_large(want, 1)
-        if q == NULL and want != size:
-            q = _malloc_large(size, 1)
-    else:
-        q = _malloc(want)
-        if q == NULL and want != size:
-            q = _malloc(size)
+    # A growing block leaves size classes from kReallocSpanFrom on. Moved
+    # through classes, a buffer grown step by step (a StringIO, a JSON
+    # writer) left one freed block in every class it passed, parked in this
+    # thread's cache where no other size can use it: 0.73 MiB for a chain
+    # from 32 to 256 KiB. A span grows in place when the pages after it are
+    # free, and the one it leaves goes back to the page heap, where it
+    # merges and any size reuses it.
+    span = size > old and want >= kReallocSpanFrom
+    q = _malloc_large(want, 1) if span else _malloc(want)
+    if q == NULL and want != size:
+        q = _malloc_large(size, 1) if span else _malloc(size)
     if q == NULL:
         return NULL       # the old block is untouched, as C requires
     if cl == 0 and size > old and old >= kMoveReleaseMin and not g_debug:
