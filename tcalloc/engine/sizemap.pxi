@@ -37,15 +37,28 @@ cdef inline uint32_t sizemap_class(const SizeMap *m, size_t size) noexcept nogil
 # 2^k/8) up to 256 KiB: a request never gets more than max(15 B, 1/8 of its
 # block) of slack. Every power of two is a class, so aligned allocation up to
 # the page size can pick a class whose objects are naturally aligned.
+# One more class, kPageSize + kPageHeaderSlack: a page-sized buffer with a
+# header of its own is common, and CPython's compiler arena (PyArena) is
+# made of 8192 + 32 B blocks. The arena of a script run as `python
+# script.py` lives until the script ends (pythonrun.c frees it after
+# running the module), so a big script keeps hundreds of them: 685 in
+# pyperformance's regex_v8, where the 9216 B class they took before left
+# 0.65 MiB of slack beside glibc's exact fit.
 # Pages per span: the fewest pages (at least 2, so span metadata stays under
 # 1 % of the heap) whose tail left over after the last object is at most 1/8
-# of the span. Batch: 64 KiB worth of objects, clamped to 2..64 (64, not
-# gperftools' 32: a cold heap, an interpreter building new objects, fetches
-# every object it allocates, and each fetch costs ~550 instructions of
-# locking and bookkeeping besides the objects; 64 halves that share).
+# of the span, 1/32 for blocks of one to two pages: there 1/8 let the 9216 B
+# class leave 4 KiB of every 5-page span of 4 (regex_v8 peaked with 0.76
+# MiB of span tails), and it would give the 8448 B class a 7-page span of 6.
+# A bigger span costs no more memory up front: its objects are carved as
+# they are used (central.pxi).
+# Batch: 64 KiB worth of objects, clamped to 2..64 (64, not gperftools' 32:
+# a cold heap, an interpreter building new objects, fetches every object it
+# allocates, and each fetch costs ~550 instructions of locking and
+# bookkeeping besides the objects; 64 halves that share).
 
 cdef enum:
     kMinSpanPages = 2
+    kPageHeaderSlack = 256      # the class after kPageSize (see above)
     kBatchBytes = 65536
     kMaxBatch = 64
     kMinBatch = 2
@@ -61,9 +74,10 @@ cdef inline uint32_t _batch_for(uint32_t size) noexcept nogil:
 cdef inline uint32_t _pages_for(uint32_t size) noexcept nogil:
     cdef size_t pages = kMinSpanPages
     cdef size_t span_bytes
+    cdef int tail_shift = 5 if kPageSize < size < 2 * kPageSize else 3
     while True:
         span_bytes = pages << kPageShift
-        if span_bytes >= size and (span_bytes % size) <= (span_bytes >> 3):
+        if span_bytes >= size and (span_bytes % size) <= (span_bytes >> tail_shift):
             return <uint32_t>pages
         pages += 1
 
@@ -98,6 +112,9 @@ cdef int sizemap_init(SizeMap *m) noexcept nogil:
         for i in range(1, per + 1):
             sizes[n] = base + i * step
             n += 1
+            if sizes[n - 1] == kPageSize:
+                sizes[n] = kPageSize + kPageHeaderSlack
+                n += 1
         base *= 2
     if n > kMaxClasses or sizes[n - 1] != kMaxSmallSize:
         return -1
