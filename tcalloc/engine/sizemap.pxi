@@ -49,8 +49,10 @@ cdef inline uint32_t sizemap_class(const SizeMap *m, size_t size) noexcept nogil
 # of the span, 1/32 for blocks of one to two pages: there 1/8 let the 9216 B
 # class leave 4 KiB of every 5-page span of 4 (regex_v8 peaked with 0.76
 # MiB of span tails), and it would give the 8448 B class a 7-page span of 6.
-# A bigger span costs no more memory up front: its objects are carved as
-# they are used (central.pxi).
+# A bigger span of fresh pages costs no more memory: its objects are
+# carved as they are used (central.pxi). One made of freed pages holds them
+# all: xml_etree_generate's worker, run alone, peaked 0.3 MiB higher with
+# these spans, though 0.3 MiB lower under pyperf (bench/README.md).
 # Batch: 64 KiB worth of objects, clamped to 2..64 (64, not gperftools' 32:
 # a cold heap, an interpreter building new objects, fetches every object it
 # allocates, and each fetch costs ~550 instructions of locking and
