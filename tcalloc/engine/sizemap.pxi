@@ -50,9 +50,9 @@ cdef inline uint32_t sizemap_class(const SizeMap *m, size_t size) noexcept nogil
 # class leave 4 KiB of every 5-page span of 4 (regex_v8 peaked with 0.76
 # MiB of span tails), and it would give the 8448 B class a 7-page span of 6.
 # A bigger span of fresh pages costs no more memory: its objects are
-# carved as they are used (central.pxi). One made of freed pages holds them
-# all: xml_etree_generate's worker, run alone, peaked 0.3 MiB higher with
-# these spans, though 0.3 MiB lower under pyperf (bench/README.md).
+# carved as they are used (central.pxi); one made of freed pages holds them
+# all. With this table xml_etree_generate's worker, run alone, peaked 0.2-0.3
+# MiB higher, while every worker under pyperf peaked lower (bench/README.md).
 # Batch: 64 KiB worth of objects, clamped to 2..64 (64, not gperftools' 32:
 # a cold heap, an interpreter building new objects, fetches every object it
 # allocates, and each fetch costs ~550 instructions of locking and
