@@ -66,6 +66,8 @@ cdef extern from "tc_platform.h" nogil:
     int tc_os_unmap(void *p, size_t size)
     int tc_os_release(void *p, size_t size)
     int tc_os_move(void *src, void *dst, size_t size)
+    int tc_os_range_mapped(void *p, size_t size)
+    int tc_os_restore_after_move(void *dst, size_t size)
     long tc_os_mapping_count()
     bint tc_os_any_resident(void *p, size_t size)
     void tc_os_fill_resident(void *p, size_t size, int byte)

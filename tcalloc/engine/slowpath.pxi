@@ -168,7 +168,7 @@ cdef void _move_large(char *dst, char *src, Span *s) noexcept nogil:
     cdef size_t n = s.npages << kPageShift
     cdef size_t off = 0, step
     cdef bint released = 1
-    cdef int err
+    cdef int err, rc
     cdef long maps
     cdef int64_t left = tc_load_i64(&g_page_moves_left)
     if TC_UNLIKELY(tc_load_u64(&g_sampler.nlive) != 0):
@@ -179,13 +179,19 @@ cdef void _move_large(char *dst, char *src, Span *s) noexcept nogil:
         if maps >= 0 and maps < kPageMoveMaps:
             left = kPageMoveRound   # a new round: the mappings have room
     if left > 0:
-        if tc_os_move(src, dst, n) == 0:
+        rc = tc_os_move(src, dst, n)
+        if rc == 0:
             tc_store_i64(&g_page_moves_left, left - 1)
             tc_atomic_add_u64(&g_moved_bytes, n)
             pageheap_delete_released(&g_heap, s, 0)
             return
+        if rc == -2:
+            tc_fatal_ptr("realloc(): a failed page move unmapped heap pages that another "
+                         "mapping then took", dst)
         if tc_get_errno() == EINVAL or tc_get_errno() == ENOSYS:
             tc_store_i64(&g_page_moves_left, -1)  # the kernel lacks the flag
+        # Else (EFAULT from a kernel that moves one mapping at a time, or
+        # ENOMEM): dst is mapped again, and the copy below does the move.
     tc_set_errno(err)
     while off < n:
         step = n - off if n - off < kMoveChunk else kMoveChunk

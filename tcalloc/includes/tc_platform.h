@@ -189,20 +189,54 @@ static inline int tc_os_unmap(void *p, size_t size) { return munmap(p, size); }
 /* Give pages back: RSS drops now, the range reads as zeros when touched again. */
 static inline int tc_os_release(void *p, size_t size) { return madvise(p, size, MADV_DONTNEED); }
 
+/* 0 if every OS page of [p, p+size) is mapped (p page aligned), -1 if any
+ * is not: mincore fails with ENOMEM on a range with a hole in it. */
+static inline int tc_os_range_mapped(void *p, size_t size) {
+    unsigned char vec[4096];
+    size_t os_page = (size_t)sysconf(_SC_PAGESIZE), chunk = sizeof(vec) * os_page, off, len;
+    for (off = 0; off < size; off += chunk) {
+        len = size - off < chunk ? size - off : chunk;
+        if (mincore((char *)p + off, len, vec) != 0 && errno == ENOMEM)
+            return -1;
+    }
+    return 0;
+}
+
+/* After a page move to dst failed: make [dst, dst+size) mapped again.
+ * Linux 5.7 to at least 6.6 (newer ones check first) unmap the destination
+ * of mremap(MREMAP_FIXED) before they check the source, so a source that
+ * spans two mappings (the pages of an earlier move stay a mapping of their
+ * own) fails with EFAULT and leaves a hole where dst was, and so does any
+ * failure that comes after that unmap. 0 if dst is whole again (left alone,
+ * or the hole mapped anew: it reads as zeros), -1 if part of the hole is now
+ * another mapping's (a thread's mmap took it meanwhile): those addresses
+ * belong to tcalloc's heap, which the caller cannot give up without losing
+ * track of its pages. */
+static inline int tc_os_restore_after_move(void *dst, size_t size) {
+    if (tc_os_map_at(dst, size) == dst)
+        return 0;                   /* the whole range was a hole */
+    return tc_os_range_mapped(dst, size);
+}
+
 /* Move the pages of [src, src+size) to [dst, dst+size) without copying
  * them (both page aligned, not overlapping, inside tcalloc's mappings): the
  * page tables move, src stays mapped and reads as zeros, with no resident
- * pages. 0 on success; -1 with errno otherwise (EINVAL before Linux 5.7,
- * which lacks MREMAP_DONTUNMAP), and then nothing has moved. */
+ * pages. 0 on success. -1 with errno otherwise (EINVAL before Linux 5.7,
+ * which lacks MREMAP_DONTUNMAP): nothing has moved and dst is mapped (its
+ * contents undefined). -2 if dst could not be mapped again after the
+ * failure (tc_os_restore_after_move): the caller must abort. */
 #if defined(MREMAP_FIXED) && !defined(MREMAP_DONTUNMAP)
 #define MREMAP_DONTUNMAP 4      /* Linux 5.7; older headers lack the name */
 #endif
 static inline int tc_os_move(void *src, void *dst, size_t size) {
 #ifdef MREMAP_FIXED               /* mremap's flags: Linux, with _GNU_SOURCE */
     void *r = mremap(src, size, size, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
-    if (r == MAP_FAILED) return -1;
-    if (r != dst) { errno = EINVAL; return -1; }   /* cannot happen with MREMAP_FIXED */
-    return 0;
+    int err;
+    if (r == dst) return 0;
+    err = r == MAP_FAILED ? errno : EINVAL;   /* another address: cannot happen with MREMAP_FIXED */
+    if (tc_os_restore_after_move(dst, size) != 0) return -2;
+    errno = err;
+    return -1;
 #else
     (void)src; (void)dst; (void)size;
     errno = ENOSYS;

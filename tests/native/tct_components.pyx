@@ -155,6 +155,33 @@ def resident_bytes(uintptr_t addr, size_t n):
     import mmap
     return pages * mmap.PAGESIZE
 
+def restore_after_move(str case):
+    """tc_os_restore_after_move (includes/tc_platform.h) on a 16-page range
+    dst, left as a failed page move may leave it: "intact" (still mapped,
+    holding 7s), "hole" (unmapped, as Linux 5.7 to at least 6.6 leave the destination
+    of a move whose source spans two mappings), or "taken" (unmapped, then
+    its second half mapped by someone else). Returns (result, whether dst is
+    wholly mapped afterwards, dst's first and last bytes or None)."""
+    cdef size_t n = 16 * 4096
+    cdef char *region = <char *>tc_os_map(3 * n)     # dst in the middle, mapped neighbours
+    cdef char *dst
+    cdef int rc
+    if region == NULL:
+        raise MemoryError()
+    dst = region + n
+    memset(dst, 7, n)
+    if case == "hole" or case == "taken":
+        tc_os_unmap(dst, n)
+    if case == "taken" and tc_os_map_at(dst + n // 2, n // 2) == NULL:
+        tc_os_unmap(region, 3 * n)
+        raise OSError("could not map the second half of the hole")
+    try:
+        rc = tc_os_restore_after_move(dst, n)
+        mapped = tc_os_range_mapped(dst, n) == 0
+        return rc, mapped, ((dst[0], dst[n - 1]) if mapped else None)
+    finally:
+        tc_os_unmap(region, 3 * n)
+
 def sort_addrs(list values):
     """threadcache_sort_addrs on a copy of values (ints below 2**64): the
     sorted list, and whether the scratch half was written past n."""
