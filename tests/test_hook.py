@@ -131,6 +131,35 @@ def test_realloc_across_install_and_uninstall():
     assert r.returncode == 0, r.stderr
 
 
+def test_threads_installing_at_once_wrap_the_allocator_once():
+    # install() reads each domain's allocator and then writes it, with
+    # Python code between (where another thread may run). Eight threads
+    # calling it at once, switching as often as the interpreter lets them:
+    # none may take tcalloc's own wrapper for the allocator it wraps (whose
+    # free would call itself for ever: every free of a block made before the
+    # hook hung). The blocks made before are then freed, through the wrapper.
+    p = run_py("""
+        import sys, threading, tcalloc
+        sys.setswitchinterval(1e-6)
+        old = [bytes(100 + i % 50) for i in range(20000)]
+        old_dicts = [{i: i} for i in range(5000)]
+        barrier = threading.Barrier(8)
+        def go():
+            barrier.wait()
+            tcalloc.install()
+        ts = [threading.Thread(target=go) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        del old, old_dicts
+        new = [bytes(100) for _ in range(1000)]
+        print("ok", tcalloc._engine.active_domains())
+    """, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "ok ('raw', 'mem', 'obj')" in p.stdout, p.stdout
+
+
 def test_domains_argument():
     r = run_py("""
         import tcalloc, tcalloc.hook as h

@@ -164,3 +164,37 @@ def test_debug_mode_reuses_pages_for_another_size_class_without_false_alarm():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr)
+
+
+# Under the interpreter hook, a free that is not a small tcalloc block goes to
+# a large block's span or, if it is none, to the allocator tcalloc wraps (the
+# blocks made before install()). A large tcalloc block freed twice, or a
+# pointer into one, must still get tcalloc's abort naming the pointer, not be
+# handed to pymalloc and glibc (which crashed with SIGSEGV and no message).
+HOOK_CASES = {
+    "double_free_large": "api.PyMem_Free(p); bad = p; print('ptr=%#x' % bad, flush=True); api.PyMem_Free(bad)",
+    "interior_large": "bad = p + 3 * 8192; print('ptr=%#x' % bad, flush=True); api.PyMem_Free(bad)",
+    "realloc_freed_large": ("api.PyMem_Free(p); bad = p; print('ptr=%#x' % bad, flush=True); "
+                            "api.PyMem_Realloc(bad, 2 << 20)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOOK_CASES))
+def test_detected_under_the_interpreter_hook(case):
+    code = ("import ctypes, tcalloc\n"
+            "api = ctypes.pythonapi\n"
+            "api.PyMem_Malloc.restype = ctypes.c_void_p\n"
+            "api.PyMem_Malloc.argtypes = [ctypes.c_size_t]\n"
+            "api.PyMem_Free.restype = None\n"
+            "api.PyMem_Free.argtypes = [ctypes.c_void_p]\n"
+            "api.PyMem_Realloc.restype = ctypes.c_void_p\n"
+            "api.PyMem_Realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]\n"
+            "old = api.PyMem_Malloc(100)             # the wrapped allocator's block\n"
+            "tcalloc.install(['mem'])\n"
+            "p = api.PyMem_Malloc(1 << 20)\n"
+            "api.PyMem_Free(old)                      # still goes where it came from\n"
+            "%s\n"
+            "print('survived', flush=True)\n" % HOOK_CASES[case])
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(False), capture_output=True,
+                          text=True, timeout=60)
+    assert_aborted_naming_pointer(proc, case)

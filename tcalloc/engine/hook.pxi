@@ -75,14 +75,23 @@ _HOOK_NAMES = ("raw", "mem", "obj")
 # names its HookDomain itself and ignores ctx. Ignoring ctx is what lets
 # install() swap our functions into an allocator struct another layer holds
 # (tracemalloc's saved allocator, the debug hooks' inner one) one pointer at a
-# time, while other threads call through it: any mix of old and new function
-# pointers with the struct's ctx, which never changes, is a valid allocator.
+# time, while other threads call through it (with the struct's ctx, which
+# never changes). Our free and realloc take the previous allocator's blocks
+# too, and the previous ones cannot take ours, so they go in first: from
+# then on any mix of old and new malloc and calloc is a valid allocator.
 
 cdef inline void *_h_malloc_off(HookDomain *d, size_t size) noexcept nogil:
     return d.prev.malloc(d.prev.ctx, size)
 
 cdef inline void *_h_calloc_off(HookDomain *d, size_t nelem, size_t elsize) noexcept nogil:
     return d.prev.calloc(d.prev.ctx, nelem, elsize)
+
+cdef inline bint _on_heap_page(const void *p) noexcept nogil:
+    """Is p on a page of tcalloc's heap that a span has covered? Then it is
+    no block of the previous allocator's: heap pages stay mapped once a span
+    has covered them. A large block freed twice, or a pointer into one,
+    passes the two tests before this one."""
+    return pagemap_span(&g_heap.pagemap, <uintptr_t>p >> kPageShift) != NULL
 
 cdef void _h_free_other(void *dom, void *p) noexcept nogil:
     """Not a small tcalloc block: a large one, or the previous allocator's.
@@ -94,6 +103,8 @@ cdef void _h_free_other(void *dom, void *p) noexcept nogil:
     s = _large_span(p)
     if s != NULL:
         _free_large_span(p, s)
+    elif _on_heap_page(p):
+        _fatal_bad_pointer(p, kOpFree)     # as tcalloc's own free says it, not the other's crash
     else:
         d.prev.free(d.prev.ctx, p)
 
@@ -112,6 +123,8 @@ cdef void *_h_realloc(HookDomain *d, void *p, size_t size) noexcept nogil:
     if p == NULL:
         return _malloc(size) if tc_load_int(&d.active) else _h_malloc_off(d, size)
     if pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift) == 0 and _large_span(p) == NULL:
+        if _on_heap_page(p):
+            _fatal_bad_pointer(p, kOpRealloc)
         return d.prev.realloc(d.prev.ctx, p, size)
     if tc_load_int(&d.active):
         return tc_realloc(p, size)
@@ -155,10 +168,10 @@ cdef void _hook_entry_points(int i, PyMemAllocatorEx *a, bint active) noexcept:
     into a, one release store each, after g_hook[i] is filled (a may be
     live: see above). ctx is left as it is."""
     cdef PyMemAllocatorEx *e = &_HOOK_ENTRY[i]
+    tc_store_release_ptr(<void **>&a.free, <void *>e.free)
+    tc_store_release_ptr(<void **>&a.realloc, <void *>e.realloc)
     tc_store_release_ptr(<void **>&a.malloc, <void *>(_h_malloc_on if active else e.malloc))
     tc_store_release_ptr(<void **>&a.calloc, <void *>(_h_calloc_on if active else e.calloc))
-    tc_store_release_ptr(<void **>&a.realloc, <void *>e.realloc)
-    tc_store_release_ptr(<void **>&a.free, <void *>e.free)
 
 cdef bint _hook_is_ours(int i, const PyMemAllocatorEx *a) noexcept:
     """Does a hold domain i's wrapper (active or not)?"""
@@ -266,6 +279,14 @@ cdef void _hook_place(int i, PyMemAllocatorEx *slot, PyMemAllocatorEx *cur, bint
         PyMem_SetAllocator(_HOOK_DOMAINS[i], cur)
 
 
+# install() and uninstall() read a domain's allocator, then write it, with
+# Python code between (imports, os.environ) where another thread may run: two
+# at once could take tcalloc's own wrapper for the allocator it wraps, whose
+# free would then call itself. They take this lock (`_thread`: built in).
+import _thread
+_hook_lock = _thread.allocate_lock()
+
+
 def install(domains=("raw", "mem", "obj")):
     """Route the interpreter's allocations in ``domains`` through tcalloc.
 
@@ -276,23 +297,25 @@ def install(domains=("raw", "mem", "obj")):
     underneath the layers CPython puts on top of the allocator: its debug
     hooks (``PYTHONMALLOC=debug``, ``-X dev``) keep checking every block,
     and tracemalloc, if it is tracing, keeps tracing every block (and
-    ``tracemalloc.stop()`` leaves tcalloc in place).
+    ``tracemalloc.stop()`` leaves tcalloc in place). Calls from several
+    threads at once (of this and uninstall()) take turns.
     """
     cdef list todo = _hook_parse(domains)
     cdef PyMemAllocatorEx cur
     cdef PyMemAllocatorEx *slot
     cdef int i
-    for i in todo:
-        if g_hook[i].wrapped:
-            if not tc_load_int(&g_hook[i].active):
-                _hook_switch(i, 1)
-            continue
-        slot = _base_slot(i, &cur)
-        g_hook[i].prev = cur
-        tc_store_int(&g_hook[i].active, 1)
-        g_hook[i].wrapped = 1
-        _hook_place(i, slot, &cur, 1)
-    _gc_hook_sync()
+    with _hook_lock:
+        for i in todo:
+            if g_hook[i].wrapped:
+                if not tc_load_int(&g_hook[i].active):
+                    _hook_switch(i, 1)
+                continue
+            slot = _base_slot(i, &cur)
+            g_hook[i].prev = cur
+            tc_store_int(&g_hook[i].active, 1)
+            g_hook[i].wrapped = 1
+            _hook_place(i, slot, &cur, 1)
+        _gc_hook_sync()
 
 
 def uninstall(domains=("raw", "mem", "obj")):
@@ -304,11 +327,13 @@ def uninstall(domains=("raw", "mem", "obj")):
     lookup more. Idempotent. Raises RuntimeError if another layer (not
     CPython's debug hooks or tracemalloc) was installed over tcalloc's.
     """
+    cdef list todo = _hook_parse(domains)
     cdef int i
-    for i in _hook_parse(domains):
-        if g_hook[i].wrapped and tc_load_int(&g_hook[i].active):
-            _hook_switch(i, 0)
-    _gc_hook_sync()
+    with _hook_lock:
+        for i in todo:
+            if g_hook[i].wrapped and tc_load_int(&g_hook[i].active):
+                _hook_switch(i, 0)
+        _gc_hook_sync()
 
 
 def installed():

@@ -10,6 +10,9 @@
 # freed, so a reader sees either NULL or a whole node. Entries for a span's
 # interior pages may be stale once it is freed: only boundary pages of free
 # and large spans, and every page of small-object spans, are kept current.
+# But every page the heap has mapped has an entry (set when the heap grows,
+# never reset), and heap pages are never unmapped: a page with no span is
+# not tcalloc's (the interpreter hook sends its frees to the allocator it wraps).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
