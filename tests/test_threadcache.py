@@ -227,18 +227,25 @@ def test_global_short_lived_python_threads(comp):
     assert s1["thread_cache_free_bytes"] <= s0["thread_cache_free_bytes"]
 
 
+def _scavenged_full_list(eng, n):
+    """A private cache whose 64 B list took n freed blocks (the byte budget
+    out of the way), then a scavenge: a period that starts with it full."""
+    eng.set_per_thread_max(64 << 20)
+    eng.set_overall_max(64 << 20)
+    tc = eng.cache_create()
+    cl = eng.class_of(64)
+    eng.cache_free_many(tc, eng.cache_alloc_many(tc, 64, n))
+    eng.cache_scavenge(tc)
+    return tc, cl
+
+
 def test_a_list_being_drained_keeps_its_objects_at_a_periodic_scavenge(eng):
     # An interpreter builds new objects out of a list of freed ones. A
     # periodic scavenge then must not give that list away, even when a few
     # frees of the same class come between the pops (the collector's
     # callbacks allocate and free a dict). Once the list stops draining, the
     # next scavenge gives back half of what lay idle.
-    eng.set_per_thread_max(64 << 20)
-    eng.set_overall_max(64 << 20)
-    tc = eng.cache_create()
-    cl = eng.class_of(64)
-    eng.cache_free_many(tc, eng.cache_alloc_many(tc, 64, 8000))
-    eng.cache_scavenge(tc)                 # the period starts with the full list
+    tc, cl = _scavenged_full_list(eng, 8000)
     full = eng.cache_list(tc, cl)["length"]
     assert full > 4000
     live = []
@@ -255,6 +262,23 @@ def test_a_list_being_drained_keeps_its_objects_at_a_periodic_scavenge(eng):
     assert eng.cache_list(tc, cl)["length"] <= drained // 2 + 1, "an idle list kept its objects"
     assert eng.cache_info(tc)["fetches"] == fetches
     eng.cache_free_many(tc, live)
+
+
+def test_a_scavenge_leaves_no_list_longer_than_its_limit(eng):
+    # A list that was nearly emptied and filled again since the last
+    # scavenge has a low-water mark of 2: the scavenge gives back one object
+    # but lowers the limit by a batch. It must give back down to the new
+    # limit too: the byte budget holds because a list never holds more than
+    # its max_length (threadcache.pxi, ThreadCache.capacity).
+    tc, cl = _scavenged_full_list(eng, 3000)
+    full = eng.cache_list(tc, cl)
+    assert full["length"] > full["max_length"] - eng.batch(cl) + 1, full
+    eng.cache_free_many(tc, eng.cache_alloc_many(tc, 64, full["length"] - 2))
+    assert eng.cache_list(tc, cl)["length"] == full["length"]
+    eng.cache_scavenge(tc)
+    after = eng.cache_list(tc, cl)
+    assert after["max_length"] < full["max_length"], after
+    assert after["length"] <= after["max_length"], after
 
 
 def test_address_sort_after_a_collection_orders_every_kind_of_run(comp):

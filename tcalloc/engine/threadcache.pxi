@@ -443,10 +443,12 @@ cdef void _scavenge(ThreadCache *tc, bint periodic) noexcept nogil:
         low = freelist_lowater(l)
         if low > 0 and not (periodic and l.length < l.scavenged_at):
             drop = low // 2 if low > 1 else 1
-            _release(tc, l, cl, drop)
             newmax = l.max_length - drop if l.max_length > drop else 0
             if l.max_length > l.batch and newmax > l.max_length - l.batch:
                 newmax = l.max_length - l.batch
+            if l.length > newmax + drop:
+                drop = l.length - newmax    # a list holds no more than its max_length
+            _release(tc, l, cl, drop)
             _set_max_length(tc, l, newmax)
         l.lowater = l.length
         l.scavenged_at = l.length
