@@ -25,6 +25,26 @@ def test_set_get_round_trip_across_leaf_boundaries(comp):
     assert pm.get(leaf + 2) == (0, 0)
 
 
+def test_heap_bits_mark_exactly_the_ranges_given(comp):
+    # The bits that tell the interpreter hook which addresses are the heap's:
+    # ranges starting and ending inside a byte of bits, spanning whole
+    # bytes, and crossing a leaf boundary, marked exactly (pages just
+    # outside stay unmarked), and never cleared by marking a neighbour.
+    pm = comp.PrivatePagemap()
+    leaf = 1 << 18
+    ranges = [(3, 2), (13, 30), (64, 64), (leaf - 5, 17), (5 * leaf + 8, 1), (7 * leaf - 64, 128)]
+    marked = set()
+    for start, n in ranges:
+        pm.mark_heap(start, n)
+        marked.update(range(start, start + n))
+    probe = set()
+    for start, n in ranges:
+        probe.update(range(start - 9, start + n + 9))
+    for page in sorted(p for p in probe if p >= 0):
+        assert pm.is_heap(page) == (page in marked), page
+    assert not pm.is_heap(9 * leaf), "a page with no leaf"
+
+
 def test_ensure_creates_each_node_once(comp):
     pm = comp.PrivatePagemap()
     leaf = comp.PAGEMAP_LEAF_PAGES

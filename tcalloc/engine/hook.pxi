@@ -87,11 +87,11 @@ cdef inline void *_h_calloc_off(HookDomain *d, size_t nelem, size_t elsize) noex
     return d.prev.calloc(d.prev.ctx, nelem, elsize)
 
 cdef inline bint _on_heap_page(const void *p) noexcept nogil:
-    """Is p on a page of tcalloc's heap? Every page the heap maps names a
-    span from then on and is never unmapped (pagemap.pxi), so such a p is
-    no block of the previous allocator's. A large block freed twice, or a
-    pointer into one, gets past the two tests before this one to here."""
-    return pagemap_span(&g_heap.pagemap, <uintptr_t>p >> kPageShift) != NULL
+    """Is p on a page of tcalloc's heap (mapped for it, and never unmapped:
+    pagemap.pxi)? Then it is no block of the previous allocator's. A large
+    block freed twice, or a pointer into one, gets past the two tests before
+    this one to here."""
+    return pagemap_is_heap(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
 
 cdef void _h_free_other(void *dom, void *p) noexcept nogil:
     """Not a small tcalloc block: a large one, or the previous allocator's.

@@ -420,7 +420,7 @@ cdef bint _limit_allows(PageHeap *h, size_t n) noexcept nogil:
 cdef int _grow(PageHeap *h, size_t n) noexcept nogil:
     """Map at least n more pages from the OS (filed as returned: not resident)."""
     cdef size_t ask = n if n > kMinGrowPages else kMinGrowPages
-    cdef size_t nbytes, lead, i
+    cdef size_t nbytes, lead
     cdef uintptr_t raw, aligned
     cdef Span *s
     if ask > n and h.limit_bytes != 0 and h.limit_hard:
@@ -455,12 +455,7 @@ cdef int _grow(PageHeap *h, size_t n) noexcept nogil:
     if s == NULL:
         tc_os_unmap(<void *>aligned, nbytes)
         return 0
-    # Every page of the heap names a span from here on (stale later, never
-    # NULL again): an address inside it, even inside a block or on a page
-    # never used, is then known for tcalloc's (pagemap.pxi). 8 bytes of
-    # pagemap per 8 KiB page mapped.
-    for i in range(ask):
-        pagemap_set(&h.pagemap, s.start + i, s)
+    pagemap_mark_heap(&h.pagemap, s.start, ask)   # a bit per page (pagemap.pxi)
     s.location = SPAN_ON_RETURNED
     s.needzero = 0
     tc_store_u64(&h.system_bytes, h.system_bytes + nbytes)   # read by _bg_poll without the lock

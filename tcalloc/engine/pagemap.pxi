@@ -1,7 +1,7 @@
 # Pagemap: radix tree from page id (48-bit address >> 13 = 35 bits) to the
 # Span that holds the page and, for small-object spans, the size class.
 # Two levels, 17 + 18 bits: free() pays two dependent loads. The root is
-# embedded (1 MiB of zero pages, untouched until used); a leaf (2.25 MiB,
+# embedded (1 MiB of zero pages, untouched until used); a leaf (2.28 MiB,
 # covering 2 GiB of address space) comes from the metadata arena when the
 # heap first grows there, and only its touched pages become resident.
 #
@@ -10,9 +10,10 @@
 # freed, so a reader sees either NULL or a whole node. Entries for a span's
 # interior pages may be stale once it is freed: only boundary pages of free
 # and large spans, and every page of small-object spans, are kept current.
-# But every page the heap has mapped has an entry (set when the heap grows,
-# never reset), and heap pages are never unmapped: a page with no span is
-# not tcalloc's (the interpreter hook sends its frees to the allocator it wraps).
+# A bit per page marks the pages the heap has mapped (set when it grows,
+# never cleared: heap pages are never unmapped), so any address is known for
+# tcalloc's or not, even inside a block or on a page never used: the
+# interpreter hook sends frees of the others to the allocator it wraps.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
@@ -21,10 +22,12 @@ cdef enum:
     kPagemapRootBits = 17          # 17 + 18 = 35 = 48 - 13
     kPagemapLeafLen = 1 << kPagemapLeafBits
     kPagemapRootLen = 1 << kPagemapRootBits
+    kPagemapHeapBytes = 1 << (kPagemapLeafBits - 3)   # a leaf's heap bits
 
 ctypedef struct PagemapLeaf:
     uint8_t sizeclass[kPagemapLeafLen]    # first: free() reads only this
     Span *span[kPagemapLeafLen]
+    uint8_t heap[kPagemapHeapBytes]       # bit per page: mapped for the heap
 
 ctypedef struct Pagemap:
     PagemapLeaf *root[kPagemapRootLen]
@@ -59,6 +62,35 @@ cdef inline void pagemap_set(Pagemap *pm, uintptr_t page, Span *s) noexcept nogi
 cdef inline void pagemap_set_class(Pagemap *pm, uintptr_t page, uint32_t cl) noexcept nogil:
     cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
     tc_store_u8(&leaf.sizeclass[page & (kPagemapLeafLen - 1)], <uint8_t>cl)
+
+cdef inline bint pagemap_is_heap(const Pagemap *pm, uintptr_t page) noexcept nogil:
+    """Has the heap mapped `page` (pagemap_mark_heap)?"""
+    cdef PagemapLeaf *leaf = pagemap_leaf(pm, page)
+    cdef uintptr_t i = page & (kPagemapLeafLen - 1)
+    if leaf == NULL:
+        return 0
+    return (tc_load_u8(&leaf.heap[i >> 3]) >> (i & 7)) & 1
+
+cdef void pagemap_mark_heap(Pagemap *pm, uintptr_t start, size_t npages) noexcept nogil:
+    """Mark pages [start, start+npages) as the heap's, for good. The nodes
+    must exist (pagemap_ensure). Writers hold the page-heap lock; a reader
+    racing with the marking asks about pages nobody has been given yet."""
+    cdef uintptr_t page = start
+    cdef uintptr_t end = start + npages
+    cdef uintptr_t i, n
+    cdef PagemapLeaf *leaf
+    while page < end:
+        leaf = pagemap_leaf(pm, page)
+        i = page & (kPagemapLeafLen - 1)
+        if (i & 7) == 0 and end - page >= 8:
+            n = (end - page) >> 3                 # whole bytes, within this leaf
+            if n > (kPagemapLeafLen - i) >> 3:
+                n = (kPagemapLeafLen - i) >> 3
+            memset(&leaf.heap[i >> 3], 0xFF, n)
+            page += n << 3
+        else:
+            tc_store_u8(&leaf.heap[i >> 3], tc_load_u8(&leaf.heap[i >> 3]) | <uint8_t>(1 << (i & 7)))
+            page += 1
 
 # ---- implementation --------------------------------------------------------
 

@@ -103,11 +103,13 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     st.limit_hard = g_heap.limit_hard
     tc_spinlock_unlock(&g_heap.lock)
     # In use: every arena allocation except pagemap leaves, plus the leaf
-    # entries of heap pages (a class byte and a span pointer each). A leaf is
-    # mapped whole (2.25 MiB for 2 GiB of address space) but only the entries
-    # of pages the heap owns are ever written, so only those are resident.
+    # entries of heap pages (a class byte, a span pointer and a heap bit
+    # each). A leaf is mapped whole (2.28 MiB for 2 GiB of address space) but
+    # only the entries of pages the heap owns are ever written, so only
+    # those are resident.
     st.metadata = (tc_load_u64(&g_arena.used_bytes) - node_bytes
-                   + (st.heap_bytes >> kPageShift) * (1 + sizeof(void *)))
+                   + (st.heap_bytes >> kPageShift) * (1 + sizeof(void *))
+                   + (st.heap_bytes >> kPageShift) // 8)
     st.metadata_mapped = tc_load_u64(&g_arena.mapped_bytes)
     st.bytes_in_use = st.small_in_use + st.large_in_use
 

@@ -270,6 +270,14 @@ cdef class PrivatePagemap:
         """(value, class); (0, 0) where no node exists."""
         return (<uintptr_t>pagemap_span(self.pm, page), pagemap_sizeclass(self.pm, page))
 
+    def mark_heap(self, uintptr_t start, size_t npages):
+        if pagemap_ensure(self.pm, start, npages) != 0:
+            raise MemoryError()
+        pagemap_mark_heap(self.pm, start, npages)
+
+    def is_heap(self, uintptr_t page):
+        return bool(pagemap_is_heap(self.pm, page))
+
     @property
     def node_bytes(self):
         return self.pm.node_bytes
