@@ -466,8 +466,10 @@ cdef int _resize(Buffer b, Py_ssize_t n) except -1:
 
 
 def _from_bytes(data, zero, alignment):
+    # Sized by the buffer it copies, not by len(data): an object whose
+    # __len__ says less than its buffer holds would overrun the block.
     cdef const unsigned char[::1] src = data
-    cdef Buffer b = alloc(len(data), zero=zero, alignment=alignment)
+    cdef Buffer b = alloc(src.shape[0], zero=zero, alignment=alignment)
     if src.shape[0]:
         memcpy(b._ptr, &src[0], <size_t>src.shape[0])
     return b

@@ -234,6 +234,22 @@ def test_pickle_by_value():
     assert isinstance(c, Buffer) and bytes(c) == b"0123456789" and c.address != b.address
 
 
+def test_unpickling_sizes_the_copy_by_the_buffer_not_by_len():
+    # Buffer's unpickler (reachable from any pickle) copies the object's
+    # buffer. An object whose __len__ says less than its buffer holds used to
+    # get a block of len() bytes and the whole buffer copied into it, past
+    # its end (a crash a few allocations later).
+    class Short(bytearray):
+        def __len__(self):
+            return 16
+    reduce_fn, args = alloc(4).__reduce__()
+    c = reduce_fn(Short(b"\xab" * 4096), *args[1:])
+    assert isinstance(c, Buffer) and len(c) == 4096 and bytes(c) == b"\xab" * 4096
+    neighbours = [alloc(16) for _ in range(64)]
+    memoryview(neighbours[0])[:] = b"x" * 16
+    assert bytes(c) == b"\xab" * 4096
+
+
 def test_buffer_init_twice_refused():
     b = Buffer(8)
     with pytest.raises(TypeError):
