@@ -486,6 +486,62 @@ def test_run_puts_regrtest_workers_on_tcalloc(tmp_path):
     assert r.returncode == 0 and "SUCCESS" in out, out[-3000:]
 
 
+def test_run_children_of_another_interpreter_start_quietly(tmp_path):
+    # The environment run passes on reaches every interpreter the program
+    # starts, some without tcalloc (a system python3, another venv): they
+    # must start as they would have, not print an import error each time.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    other = venv / "bin" / "python"
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import os, subprocess, sys
+        from tcalloc._site import HERE
+        env = dict(os.environ, PYTHONPATH=HERE)      # the hook's directory, not tcalloc's
+        r = subprocess.run([sys.argv[1], "-c", "print('child ran')"], env=env,
+                           capture_output=True, text=True)
+        print(r.returncode, r.stdout.strip(), repr(r.stderr))
+    """))
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", str(script), str(other)], env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "0 child ran ''", (r.stdout, r.stderr[-2000:])
+
+
+def test_run_children_report_errors_in_their_own_sitecustomize(tmp_path):
+    # An import error inside the program's own sitecustomize is reported at
+    # a child's start as plain python reports it, not swallowed by the
+    # hook's sitecustomize that runs it.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import no_such_module_for_the_hook_test\n")
+    env = dict(ENV, PYTHONPATH=str(site) + os.pathsep + ENV["PYTHONPATH"])
+    plain = subprocess.run([sys.executable, "-c", "print('ran')"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert "no_such_module_for_the_hook_test" in plain.stderr, plain.stderr
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys
+        r = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True)
+        print(r.stdout.strip(), repr(r.stderr))
+    """))
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", str(script)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ran " + repr(plain.stderr), (r.stdout, plain.stderr)
+
+
+def test_propagate_keeps_the_pythonpath_entries_it_did_not_add():
+    from tcalloc._site import HERE, propagate
+    env = {"PYTHONPATH": os.pathsep.join(["", "/x", HERE, "/y"])}   # "" is the current directory
+    propagate(["obj"], env)
+    assert env["PYTHONPATH"].split(os.pathsep) == [HERE, "", "/x", "/y"]
+    assert env["TCALLOC_RUN_DOMAINS"] == "obj"
+    env = {}
+    propagate(["raw", "obj"], env)
+    assert env == {"PYTHONPATH": HERE, "TCALLOC_RUN_DOMAINS": "raw,obj"}
+
+
 def test_run_children_keep_their_own_sitecustomize(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def propagate(domains, environ=os.environ):
     """Make child interpreters started with `environ` install tcalloc's hook."""
     old = environ.get("PYTHONPATH", "")
-    parts = [p for p in old.split(os.pathsep) if p and os.path.abspath(p) != HERE]
+    # Empty entries stay: an empty entry is the current directory.
+    parts = [p for p in old.split(os.pathsep) if not p or os.path.abspath(p) != HERE] if old else []
     environ["PYTHONPATH"] = os.pathsep.join([HERE] + parts)
     environ["TCALLOC_RUN_DOMAINS"] = ",".join(domains)

@@ -14,7 +14,15 @@ def _install():
     domains = os.environ.get("TCALLOC_RUN_DOMAINS", "")
     if not domains:
         return
-    import tcalloc
+    try:
+        import tcalloc
+    except ImportError as e:
+        # Another interpreter the program started (a system python3, a
+        # venv's) inherits the environment but has no tcalloc: it runs as it
+        # would have, without an error at each start.
+        if (e.name or "").split(".")[0] == "tcalloc":
+            return
+        raise
     tcalloc.install(domains.split(","))
 
 
@@ -27,8 +35,9 @@ def _chain():
     try:
         import importlib
         importlib.import_module("sitecustomize")
-    except ImportError:
-        pass
+    except ImportError as e:
+        if e.name != "sitecustomize":
+            raise       # from inside the other sitecustomize: site reports it, as without us
     finally:
         sys.path[:] = saved
         if mod is not None and "sitecustomize" not in sys.modules:
