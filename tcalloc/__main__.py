@@ -232,6 +232,16 @@ def _run(argv):
                          "directory\n" % a.script)
         return 2
 
+    if a.heap_profile:
+        # Resolved now: the program may change directory. Checked now: a
+        # profile that cannot be written should not cost a whole run first.
+        a.heap_profile = os.path.abspath(a.heap_profile)
+        where = os.path.dirname(a.heap_profile)
+        if not os.path.isdir(where) or not os.access(where, os.W_OK):
+            sys.stderr.write("python -m tcalloc: --heap-profile: cannot write in %r (no such "
+                             "directory, or not writable)\n" % where)
+            return 2
+
     import tcalloc
     why = _check_limit()
     if why:
@@ -246,16 +256,24 @@ def _run(argv):
     from tcalloc._site import propagate
     propagate(a.domains)
     kept = None
+    failed = False
+    # sys.path[0] is what the interpreter put there for this start (the
+    # current directory under `python -m tcalloc`, the bin directory under
+    # the `tcalloc` script): it becomes what it would be for the program.
+    # With -P (safe_path) nothing was put there, and nothing is.
+    first = not getattr(sys.flags, "safe_path", False)
     try:
         if a.module is not None:
-            # As `python -m`: sys.path[0] is the current directory (set already,
-            # since we were started with -m); runpy sets sys.argv[0] to the file.
+            # As `python -m`: runpy sets sys.argv[0] to the file.
             import runpy
             sys.argv = [a.module] + prog_args
+            if first:
+                sys.path[0] = os.getcwd()
             kept = runpy.run_module(a.module, run_name="__main__", alter_sys=True)
         elif a.code is not None:
             sys.argv = ["-c"] + prog_args
-            sys.path[0] = ""
+            if first:
+                sys.path[0] = ""
             main = type(sys)("__main__")
             saved = sys.modules["__main__"]
             sys.modules["__main__"] = main
@@ -267,17 +285,23 @@ def _run(argv):
         else:
             sys.argv = [a.script] + prog_args
             import runpy
-            sys.path[0] = os.path.dirname(os.path.abspath(a.script))
+            if first:
+                sys.path[0] = os.path.dirname(os.path.abspath(a.script))
             kept = runpy.run_path(a.script, run_name="__main__")
     finally:
         # The program's globals (kept) are still alive here: the figures are
-        # the program's at its end, not after teardown.
-        if a.stats:
-            _print_stats()
-        if a.heap_profile:
-            _write_heap_profiles(a.heap_profile)
+        # the program's at its end, not after teardown. A failure to report
+        # them is said, and does not replace the program's own exit.
+        try:
+            if a.stats:
+                _print_stats()
+            if a.heap_profile:
+                _write_heap_profiles(a.heap_profile)
+        except OSError as e:
+            sys.stderr.write("python -m tcalloc: could not write the report: %s\n" % e)
+            failed = True
         del kept
-    return 0
+    return 1 if failed else 0
 
 
 def _stats(a):

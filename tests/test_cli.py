@@ -117,6 +117,48 @@ def test_run_c_exception_exits_1_with_traceback(tmp_path):
     assert "KeyError: 'boom'" in r.stderr
 
 
+def test_run_heap_profile_that_cannot_be_written_fails_before_the_program(tmp_path):
+    r = tc("run", "--heap-profile", str(tmp_path / "no" / "such" / "h.pb.gz"), "-c",
+           "print('ran')", cwd=tmp_path)
+    assert r.returncode == 2 and "ran" not in r.stdout, (r.stdout, r.stderr)
+    assert "--heap-profile: cannot write in" in r.stderr, r.stderr
+
+
+def test_run_heap_profile_goes_where_it_was_named_and_keeps_the_exit_status(tmp_path):
+    # A relative path names a file in the directory run started in, whatever
+    # directory the program ends in; the program's exit status stays its
+    # own even when the profile cannot be written at the end.
+    (tmp_path / "elsewhere").mkdir()
+    r = tc("run", "--heap-profile", "h.pb.gz", "-c",
+           "import os, sys; os.chdir('elsewhere'); sys.exit(3)", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert (tmp_path / "h.pb.gz").exists() and not (tmp_path / "elsewhere" / "h.pb.gz").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    r = tc("run", "--heap-profile", str(out / "h.pb.gz"), "-c",
+           "import shutil, sys; shutil.rmtree(%r); sys.exit(3)" % str(out), cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert "could not write the report" in r.stderr, r.stderr
+    out.mkdir()                       # a program that succeeds: the lost report is a failure
+    r = tc("run", "--heap-profile", str(out / "h.pb.gz"), "-c",
+           "import shutil; shutil.rmtree(%r)" % str(out), cwd=tmp_path)
+    assert r.returncode == 1 and "could not write the report" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_the_tcalloc_script_runs_a_module_from_the_current_directory(tmp_path):
+    # Under the installed `tcalloc` script, sys.path[0] is the script's bin
+    # directory, not the current one: `run -m` must find modules where
+    # `python -m` would.
+    script = os.path.join(os.path.dirname(sys.executable), "tcalloc")
+    if not os.path.exists(script):
+        pytest.skip("no tcalloc console script next to %s" % sys.executable)
+    (tmp_path / "mymod_for_run.py").write_text("import sys; print('mod ran', sys.argv[1:])\n")
+    r = subprocess.run([script, "run", "-m", "mymod_for_run", "x"], cwd=tmp_path,
+                       env=dict(BASE_ENV), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "mod ran ['x']"
+
+
 def test_program_options_are_the_programs(tmp_path):
     # Options end at the program: --stats after the script belongs to it.
     script = tmp_path / "p.py"
