@@ -17,6 +17,7 @@ stacks), ``pprof()`` (gzipped profile.proto, for ``go tool pprof``) and
 ``flamegraph(path)`` (a self-contained SVG); ``write(path)`` picks one of
 these by the file's extension.
 """
+import _thread
 import os
 import time
 import zlib
@@ -227,6 +228,16 @@ def peak_heap_profile():
     return Profile("peak", _samples(_engine._sampler_peak()), _engine.get_sample_rate())
 
 
+# The open allocation_profile blocks, in the order they opened, and the
+# sampling rate before the first of them changed it. Blocks in different
+# threads may close in any order: the rate is the latest open block's, and
+# goes back to what it was when the last one closes (a block closing first
+# must not turn sampling off under another's feet).
+_blocks_lock = _thread.allocate_lock()
+_open_blocks = []
+_rate_before = None        # set while a block has changed the rate
+
+
 class allocation_profile:
     """Everything sampled inside the ``with`` block, freed or not::
 
@@ -235,35 +246,51 @@ class allocation_profile:
         print(prof.top())
 
     If sampling is off it is turned on at `rate` (default 2 MiB) for the
-    block, and off again after; blocks may nest."""
+    block, and off again after; blocks may nest, and blocks in several
+    threads may overlap: the rate is the latest open block's, and is put
+    back when the last one closes."""
 
     def __init__(self, rate=None):
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
-            raise ValueError("rate must be a positive int number of bytes or None, got %r" % (rate,))
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
+            raise TypeError("rate must be an int number of bytes or None, not %s"
+                            % type(rate).__name__)
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be a positive number of bytes or None, got %r" % (rate,))
         self._rate = rate
+        self._want = 0
         self._start = None
-        self._restore = None
         self._t0 = 0.0
         self.profile = Profile("allocations", [], 0)
 
     def __enter__(self):
-        if self._start is not None:
-            raise RuntimeError("this allocation_profile is already open")
-        cur = _engine.get_sample_rate()
-        if cur == 0 or (self._rate is not None and self._rate != cur):
-            self._restore = cur
-            _engine.set_sample_rate(self._rate or DEFAULT_SAMPLE_RATE)
-        self.profile.rate = _engine.get_sample_rate()
-        self._t0 = time.monotonic()
-        self._start = _engine._sampler_log_open()
+        global _rate_before
+        with _blocks_lock:
+            if self._start is not None:
+                raise RuntimeError("this allocation_profile is already open")
+            cur = _engine.get_sample_rate()
+            self._want = self._rate or cur or DEFAULT_SAMPLE_RATE
+            if self._want != cur:
+                if _rate_before is None:
+                    _rate_before = cur
+                _engine.set_sample_rate(self._want)
+            _open_blocks.append(self)
+            self.profile.rate = _engine.get_sample_rate()
+            self._t0 = time.monotonic()
+            self._start = _engine._sampler_log_open()
         return self.profile
 
     def __exit__(self, *exc):
-        recs = _engine._sampler_log_close(self._start)
-        self._start = None
-        if self._restore is not None:
-            _engine.set_sample_rate(self._restore)
-            self._restore = None
+        global _rate_before
+        with _blocks_lock:
+            recs = _engine._sampler_log_close(self._start)
+            self._start = None
+            _open_blocks.remove(self)
+            if _rate_before is not None:
+                want = _open_blocks[-1]._want if _open_blocks else _rate_before
+                if _engine.get_sample_rate() != want:
+                    _engine.set_sample_rate(want)
+                if not _open_blocks:
+                    _rate_before = None
         self.profile.samples = _samples(recs)
         self.profile.duration = time.monotonic() - self._t0
         return False

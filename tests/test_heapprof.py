@@ -273,6 +273,30 @@ def test_allocation_profile_sees_freed_blocks_with_lifetimes():
 def test_allocation_profile_checks_its_rate():
     with pytest.raises(ValueError, match="rate"):
         tcalloc.allocation_profile(rate=0)
+    for bad in ("2M", 1.5, True):
+        with pytest.raises(TypeError, match="rate"):
+            tcalloc.allocation_profile(rate=bad)
+
+
+@needs_python_frames
+def test_allocation_profiles_that_overlap_keep_sampling_until_the_last_closes():
+    # Two blocks (as two threads would open them) that close in the order
+    # they opened: the first to close must not turn sampling off under the
+    # other, which still sees what is allocated after; the last puts the
+    # rate back.
+    assert tcalloc.get_sample_rate() == 0
+    a = tcalloc.allocation_profile(rate=RATE)
+    b = tcalloc.allocation_profile()
+    pa = a.__enter__()
+    pb = b.__enter__()
+    a.__exit__(None, None, None)
+    assert tcalloc.get_sample_rate() == RATE
+    gone = _small_site(20000)
+    del gone
+    b.__exit__(None, None, None)
+    assert tcalloc.get_sample_rate() == 0
+    assert sum(s.bytes for s in pb.samples if _site(s) == "_small_site") == pytest.approx(2e6, rel=0.25)
+    assert not [s for s in pa.samples if _site(s) == "_small_site"]
 
 
 # ---- formats ------------------------------------------------------------------------
