@@ -38,6 +38,7 @@ cdef class BufferPool:
     cdef Py_ssize_t _nfresh      # acquisitions that needed a new block from tcalloc
     cdef object __weakref__      # the fork handler keeps a weak set of live pools
 
+    cdef int _check_init(self) except -1
     cdef int _refuse(self, Py_ssize_t nbytes, Py_ssize_t grown_from) except -1
     cdef void _trim_to_limit(self) noexcept nogil
     cdef void _commit(self, Py_ssize_t nbytes) noexcept nogil

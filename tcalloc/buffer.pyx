@@ -533,16 +533,27 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
     # this pool in the same thread: so no Python object is made, and no
     # Python code runs, while the lock is held.
 
-    def __cinit__(self, buffer_size=_DEFAULT_BUFFER_SIZE, *, max_bytes=None, zero=False,
-                  max_cached=None):
-        cdef Py_ssize_t bs = _as_setting(buffer_size, "buffer_size")
-        cdef Py_ssize_t mc
-        cdef bint z = _as_flag(zero, "zero")
+    def __cinit__(self, *args, **kwargs):
+        # Only the lock, so that a subclass's constructor may take arguments
+        # of its own: the settings are __init__'s.
+        self._lock = <tc_spinlock_t *>_tc.aligned_alloc(64, sizeof(tc_spinlock_t))
+        if self._lock == NULL:
+            raise MemoryError("tcalloc: cannot allocate the pool's lock")
+        tc_spinlock_init(self._lock)
+        _live_pools.add(self)
+
+    def __init__(self, buffer_size=_DEFAULT_BUFFER_SIZE, *, max_bytes=None, zero=False,
+                 max_cached=None):
+        cdef Py_ssize_t bs, mc, limit = -1
+        cdef bint z
+        if self._cache != NULL:
+            raise TypeError("BufferPool.__init__ may be called only once")
+        bs = _as_setting(buffer_size, "buffer_size")
+        z = _as_flag(zero, "zero")
         if bs == 0:
             raise ValueError("buffer_size must be > 0, got 0")
-        self._limit = -1
         if max_bytes is not None:
-            self._limit = _as_setting(max_bytes, "max_bytes")
+            limit = _as_setting(max_bytes, "max_bytes")
         if max_cached is None:
             mc = _DEFAULT_CACHED_BYTES // bs
             mc = 4 if mc < 4 else (1024 if mc > 1024 else mc)
@@ -550,21 +561,19 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
             mc = _as_setting(max_cached, "max_cached")
             if mc > (1 << 24):
                 raise ValueError(f"max_cached must be at most {1 << 24}, got {mc}")
+        self._cache = <void **>_tc.malloc(<size_t>(mc if mc else 1) * sizeof(void *))
+        if self._cache == NULL:
+            raise MemoryError("tcalloc: cannot allocate the pool's bookkeeping")
+        self._limit = limit
         self.buffer_size = bs
         self.max_cached = mc
         self.zero = z
-        self._lock = <tc_spinlock_t *>_tc.aligned_alloc(64, sizeof(tc_spinlock_t))
-        self._cache = <void **>_tc.malloc(<size_t>(mc if mc else 1) * sizeof(void *))
-        if self._lock == NULL or self._cache == NULL:
-            raise MemoryError("tcalloc: cannot allocate the pool's bookkeeping")
-        tc_spinlock_init(self._lock)
-        _live_pools.add(self)
 
-    def __init__(self, buffer_size=_DEFAULT_BUFFER_SIZE, *, max_bytes=None, zero=False,
-                 max_cached=None):
-        # __cinit__ did the work (it runs even for subclasses that skip
-        # __init__); this gives the class its introspectable signature.
-        pass
+    cdef int _check_init(self) except -1:
+        if self._cache == NULL:
+            raise TypeError(f"{type(self).__name__}: BufferPool.__init__ was not called "
+                            "(a subclass's __init__ must call super().__init__(...))")
+        return 0
 
     def __dealloc__(self):
         # Buffers out hold a reference to the pool, so none is out now.
@@ -598,6 +607,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
         (the pool's figures are then unchanged), TypeError for a non-integer
         size, ValueError for a negative one.
         """
+        self._check_init()
         return self._acquire(self.buffer_size if size is None else _as_size(size, "size"))
 
     def get_buffer(self, sizehint=-1):
@@ -605,6 +615,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
         bytes, or of ``sizehint`` bytes if that is larger. -1 (what asyncio
         passes), 0 or None: any size, so ``buffer_size``."""
         cdef Py_ssize_t h
+        self._check_init()
         if sizehint is None:
             return self._acquire(self.buffer_size)
         if PyLong_CheckExact(sizehint):      # fast path: asyncio calls this per read

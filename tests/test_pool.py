@@ -262,6 +262,31 @@ def test_buffer_in_a_cycle_through_a_pool_subclass():
     assert ref() is None
 
 
+def test_a_pool_subclass_may_take_arguments_of_its_own():
+    # The settings are __init__'s, so a subclass's constructor may have its
+    # own signature; one that forgets super().__init__() gets a clear error
+    # from the pool, and a second __init__ is refused.
+    class NamedPool(BufferPool):
+        def __init__(self, name, size):
+            super().__init__(size, max_bytes=4 * size)
+            self.name = name
+    p = NamedPool("net", 512)
+    assert (p.name, p.buffer_size, p.max_bytes) == ("net", 512, 2048)
+    with p.acquire() as b:
+        assert len(b) == 512
+    with pytest.raises(TypeError, match="only once"):
+        BufferPool.__init__(p, 1024)
+    assert p.buffer_size == 512
+
+    class Forgetful(BufferPool):
+        def __init__(self, name):
+            self.name = name
+    f = Forgetful("x")
+    for call in (f.acquire, f.get_buffer):
+        with pytest.raises(TypeError, match="super"):
+            call()
+
+
 def test_get_buffer_sizes():
     p = BufferPool(1024)
     assert len(p.get_buffer(-1)) == 1024
