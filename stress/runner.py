@@ -178,13 +178,15 @@ def run_child(spec, library, on_progress=None, timeout=None):
     threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True).start()
     t0 = time.monotonic()
     rec = None
+    killed = False
     while True:
+        if time.monotonic() - t0 > timeout:
+            proc.kill()           # checked on every line too: a chatty child cannot outlive it
+            killed = True
+            break
         try:
             line = lines.get(timeout=0.2)
         except queue.Empty:
-            if time.monotonic() - t0 > timeout:
-                proc.kill()
-                break
             continue
         if line is None:
             break
@@ -200,6 +202,12 @@ def run_child(spec, library, on_progress=None, timeout=None):
                    error="child process %s (exit %s)%s" % (
                        "timed out" if time.monotonic() - t0 > timeout else "failed", rc,
                        (": " + " | ".join(tail)) if tail else ""))
+    elif (rc != 0 or killed) and not rec.get("error"):
+        # The result line came, but the child did not end cleanly after it
+        # (heap corruption found at exit, a hang in teardown): not a clean run.
+        tail = stderr.strip().splitlines()[-3:]
+        rec["error"] = "child process %s after its result (exit %s)%s" % (
+            "timed out" if killed else "failed", rc, (": " + " | ".join(tail)) if tail else "")
     rec["where"] = "child"
     rec["library"] = library
     if library and rec.get("preloaded") is False and not rec.get("error"):

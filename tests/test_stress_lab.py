@@ -251,6 +251,22 @@ def test_peers_run_in_children_with_preload(wl, tmp_path):
             assert run["ok"] and run["ratio_to_tcalloc"] is not None
 
 
+def test_a_peer_child_that_fails_after_its_result_is_not_a_clean_run(wl, tmp_path):
+    # A child can print its result and then die at exit (heap corruption
+    # found at shutdown, say): a preloaded library whose destructor exits 7
+    # stands in for that. The run must be reported as failed, not ok.
+    from tcalloc.stress.runner import run_child
+    src = tmp_path / "exit7.c"
+    src.write_text("#include <unistd.h>\n"
+                   "__attribute__((destructor)) static void bye(void) { _exit(7); }\n")
+    lib = tmp_path / "libexit7.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    rec = run_child(dict(workload="larson", backend="system", threads=1, duration=0.1, ops=None,
+                         min_size=None, max_size=None, seed=1), str(lib))
+    assert not rec["ok"], rec
+    assert "after its result (exit 7)" in rec["problems"][0], rec["problems"]
+
+
 def test_cli_plot(wl, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"
