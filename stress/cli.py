@@ -31,7 +31,7 @@ def _size(text):
             break
     try:
         v = int(float(t) * mult)
-    except ValueError:
+    except (ValueError, OverflowError):         # "x", "nan"; "inf", "1e400"
         raise argparse.ArgumentTypeError("not a size: %r (use e.g. 64, 4K, 2M)" % text)
     if v < 1 or v > MAX_SIZE_LIMIT:
         raise argparse.ArgumentTypeError("size must be between 1 and 1G, not %r" % text)
@@ -63,14 +63,14 @@ def _threads(text):
     return list(dict.fromkeys(vals))
 
 
-def _positive(kind):
+def _positive(kind, most):
     def parse(text):
         try:
             v = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError("not a number: %r" % text)
-        if v <= 0:
-            raise argparse.ArgumentTypeError("must be > 0, not %r" % text)
+        if not 0 < v <= most:                   # also refuses nan
+            raise argparse.ArgumentTypeError("must be > 0 and at most %g, not %r" % (most, text))
         return v
     return parse
 
@@ -96,9 +96,9 @@ def build_parser(prog=None):
     p.add_argument("--threads", type=_threads, default=[2], metavar="N[,N...]",
                    help="worker thread counts (default 2)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--duration", type=_positive(float), default=None, metavar="SECONDS",
+    g.add_argument("--duration", type=_positive(float, 86400), default=None, metavar="SECONDS",
                    help="seconds per run (default %.1f, --quick %.2f)" % (DEFAULT_DURATION, QUICK_DURATION))
-    g.add_argument("--ops", type=_positive(int), default=None, metavar="N",
+    g.add_argument("--ops", type=_positive(int, 10 ** 12), default=None, metavar="N",
                    help="operations per worker thread instead of a duration")
     p.add_argument("--min-size", type=_size, default=None, metavar="BYTES",
                    help="smallest block (default: per workload, e.g. 8 for mixed)")
@@ -108,7 +108,7 @@ def build_parser(prog=None):
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw throughput against threads and RSS over time (needs matplotlib)")
-    p.add_argument("--soak", type=_positive(float), default=None, metavar="MINUTES",
+    p.add_argument("--soak", type=_positive(float, 7 * 24 * 60), default=None, metavar="MINUTES",
                    help="long run on tcalloc (or --backends): report corrupt blocks and whether "
                         "RSS stays flat once warm")
     p.add_argument("--quick", action="store_true", help="short runs (%.2f s each)" % QUICK_DURATION)
@@ -121,6 +121,16 @@ def build_parser(prog=None):
 def _check_args(p, a, found, missing):
     if a.min_size is not None and a.max_size is not None and a.max_size < a.min_size:
         p.error("--max-size (%d) is smaller than --min-size (%d)" % (a.max_size, a.min_size))
+    if (a.min_size is None) != (a.max_size is None):
+        # One bound given: the other is each workload's own.
+        defaults = _workloads().DEFAULTS
+        for w in a.workloads:
+            lo = defaults[w]["min_size"] if a.min_size is None else a.min_size
+            hi = defaults[w]["max_size"] if a.max_size is None else a.max_size
+            if hi < lo:
+                p.error("%s would run sizes %d..%d (its own are %d..%d); give both "
+                        "--min-size and --max-size" % (w, lo, hi, defaults[w]["min_size"],
+                                                       defaults[w]["max_size"]))
     if a.backends is not None:
         absent = [b for b in a.backends if b in PEERS and b not in found]
         if absent:
@@ -130,6 +140,8 @@ def _check_args(p, a, found, missing):
             d = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(d):
                 p.error("%s: directory %s does not exist" % (opt, d))
+            if os.path.isdir(path) or not os.access(d, os.W_OK):
+                p.error("%s: cannot write %s (a directory, or in one not writable)" % (opt, path))
     if a.plot:
         if not a.plot.lower().endswith(".png"):
             p.error("--plot writes a PNG file; give a name ending in .png")

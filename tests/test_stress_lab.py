@@ -183,6 +183,13 @@ def _stress(*args, timeout=300):
     ["--min-size", "100", "--max-size", "10"], ["--ops", "5", "--duration", "1"],
     ["--json", "/nonexistent-dir/x.json"], ["--plot", "/nonexistent-dir/x.png"],
     ["--plot", "x.svg"], ["--soak", "1", "--ops", "10"], ["--bogus"],
+    # values that parse as floats but are no size or time (they gave a
+    # traceback, or runs that all failed with exit 1)
+    ["--max-size", "inf"], ["--min-size", "1e400"], ["--duration", "nan"],
+    ["--duration", "inf"], ["--duration", "1e12"], ["--ops", "100000000000000000000000"],
+    ["--soak", "nan"],
+    # one bound past a workload's own other bound; a directory for --json
+    ["--workloads", "cache-thrash", "--min-size", "100"], ["--json", "/"],
 ])
 def test_cli_rejects_bad_options(wl, capsys, args):
     from tcalloc.stress.cli import main
