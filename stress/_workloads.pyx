@@ -259,9 +259,15 @@ cdef inline void wl_note_live(wl_worker *w, int64_t d) noexcept nogil:
     # (a shared add per op would contend in the small-block workloads) and
     # flushed at WL_LIVE_SLACK bytes, so it is exact to that per thread.
     w.live_delta += d
-    if w.sh.live != NULL and (w.live_delta >= WL_LIVE_SLACK or w.live_delta <= -WL_LIVE_SLACK):
+    if w.live_delta >= WL_LIVE_SLACK or w.live_delta <= -WL_LIVE_SLACK:
+        wl_flush_live(w)
+
+cdef inline void wl_flush_live(wl_worker *w) noexcept nogil:
+    """Add what w holds beyond the meter's last reading to it (a worker at its
+    end, the driver after setting up or tearing down)."""
+    if w.live_delta and w.sh.live != NULL:
         tc_atomic_add_u64(w.sh.live, <uint64_t>w.live_delta)
-        w.live_delta = 0
+    w.live_delta = 0
 
 cdef inline uint64_t wl_new_key(wl_worker *w, const void *p, size_t n) noexcept nogil:
     # (thread, sequence) is unique within the run; mixing in the seed,
@@ -665,9 +671,7 @@ cdef void *wl_thread_main(void *arg) noexcept nogil:
     if w.unreported and sh.progress != NULL:
         tc_atomic_add_u64(sh.progress, w.unreported)
     w.unreported = 0
-    if w.live_delta and sh.live != NULL:
-        tc_atomic_add_u64(sh.live, <uint64_t>w.live_delta)
-    w.live_delta = 0
+    wl_flush_live(w)
     # This thread's own CPU time and context switches (a churn worker slot
     # adds up the pthreads of all rounds).
     if getrusage(RUSAGE_THREAD, &ru) == 0:
@@ -787,6 +791,7 @@ cdef int wl_setup(wl_shared *sh) noexcept nogil:
             return 12
         for i in range(T):      # allocated back to back by one thread
             wl_alloc(sh.driver, &sh.objs[i], wl_size(&sh.driver.rng, sh.min_size, sh.max_size), False)
+        wl_flush_live(sh.driver)
     elif sh.kind == K_CHURN:
         sh.nobjs = T * sh.survivors
         sh.objs = <wl_block *>libc_calloc(sh.nobjs, sizeof(wl_block))
@@ -818,6 +823,8 @@ cdef void wl_teardown(wl_shared *sh) noexcept nogil:
     if sh.batches != NULL and d != NULL:
         for i in range(sh.nbatches):
             wl_release_array(d, sh.batches[i].b, sh.batches[i].n)
+    if d != NULL:
+        wl_flush_live(d)        # the meter reads 0 after the run
     libc_free(sh.batches)
     libc_free(sh.full.items)
     libc_free(sh.empty.items)

@@ -113,6 +113,17 @@ def test_live_meter_follows_the_blocks_held(wl):
     assert prog.live_bytes == 0
 
 
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_live_meter_reads_zero_after_every_workload(wl, workload):
+    # Small blocks too: what the driver allocates in setup and frees in
+    # teardown (blocks the workers left live) goes through the meter as
+    # well, so it ends at exactly 0 whatever the workload.
+    prog = wl.Progress()
+    r = wl.run(workload, "tcalloc", threads=2, ops=3000, seed=3, progress=prog)
+    _assert_clean(r)
+    assert prog.live_bytes == 0, (workload, prog.live_bytes)
+
+
 def test_more_threads_than_cores(wl):
     r = wl.run("xmalloc", "tcalloc", threads=6, ops=3000)
     _assert_clean(r)
