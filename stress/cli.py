@@ -183,13 +183,33 @@ def _run_spec(spec, found, isolate, progress):
     return rec
 
 
+def _halves(values):
+    """The peak of the first half of the passes (its warm level: the first
+    pass alone is no level, as every pass runs other seeds) and of the
+    second half (None while there is one pass)."""
+    w = (len(values) + 1) // 2
+    return max(values[:w]), (max(values[w:]) if values[w:] else None)
+
+
+def _heap_verdict(heaps):
+    """(warm peak, later peak, slack, flat) of tcalloc's heap, one value per
+    pass: flat while the later peak stays within max(8 MiB, 10 %) of the
+    warm one; None with one pass. A heap that leaks keeps growing into the
+    second half; one that plateaus (a plateau that varies with the seed
+    included) does not."""
+    warm, later = _halves(heaps)
+    slack = max(8 << 20, int(0.10 * warm))
+    return warm, later, slack, (None if later is None else later <= warm + slack)
+
+
 def _soak(a, backends, found, progress, out):
     """Cycle through the workloads until the time is up, and judge tcalloc by
     its own figures, not by the process's RSS (which the lab's own run
     records grow): after every run, the bytes tcalloc has in use must be back
     where they were (no block lost), and the heap tcalloc holds from the OS
-    after a warm-up pass (every workload has run once) must stay within
-    max(8 MiB, 10 %) of its warm peak. Process RSS is reported, not judged."""
+    in the second half of the passes must stay within max(8 MiB, 10 %) of
+    its peak in the first half (_heap_verdict). Process RSS is reported, not
+    judged."""
     minutes = a.soak
     per_run = a.duration or 2.0
     end = time.monotonic() + minutes * 60.0
@@ -197,7 +217,7 @@ def _soak(a, backends, found, progress, out):
     for s in specs:
         s["duration"] = per_run
     runs, passes = [], 0
-    warm_heap = warm_rss = None
+    heaps, rsss = [], []
     print("soak: %.1f min, %d runs per pass of %.1f s each, backends %s"
           % (minutes, len(specs), per_run, ", ".join(backends)), file=out)
     while time.monotonic() < end or passes == 0:
@@ -209,8 +229,9 @@ def _soak(a, backends, found, progress, out):
         runs += pass_runs
         heap = max([r["tc_committed"] for r in pass_runs if "tc_committed" in r] or [0])
         rss = max(r.get("rss_peak") or 0 for r in pass_runs)
-        if passes == 0:
-            warm_heap, warm_rss = heap, rss
+        heaps.append(heap)
+        rsss.append(rss)
+        warm_heap = _halves(heaps)[0]
         print("pass %3d  %5.1f min  ops %s  corrupt %d  lost %d  tcalloc blocks leaked %d B  "
               "failed runs %d  tcalloc heap %s (warm %s)  process RSS peak %s"
               % (passes, minutes - max(0.0, end - time.monotonic()) / 60.0,
@@ -223,12 +244,9 @@ def _soak(a, backends, found, progress, out):
         out.flush()
         passes += 1
     judged = any("tc_committed" in r for r in runs)
-    later = [r["tc_committed"] for r in runs if r["pass"] > 0 and "tc_committed" in r]
-    later_heap = max(later) if later else None
-    slack = max(8 << 20, int(0.10 * (warm_heap or 0)))
-    flat = None if later_heap is None else later_heap <= warm_heap + slack
+    warm_heap, later_heap, slack, flat = _heap_verdict(heaps)
     leaked = sum(r.get("tc_in_use_delta", 0) for r in runs)
-    later_rss = max([r.get("rss_peak") or 0 for r in runs if r["pass"] > 0] or [0]) or None
+    warm_rss, later_rss = _halves(rsss)
     verdict = dict(minutes=minutes, passes=passes, runs=len(runs),
                    corrupt=sum(r.get("corrupt", 0) for r in runs),
                    lost=sum(r.get("lost", 0) for r in runs),

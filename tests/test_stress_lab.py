@@ -294,6 +294,19 @@ def test_cli_plot(wl, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_soak_judges_a_heap_that_plateaus_flat_and_one_that_leaks_grown():
+    from tcalloc.stress.cli import _heap_verdict
+    MIB = 1 << 20
+    # A mixed soak's passes, each with its own seed: a plateau whose first
+    # pass happened to be low (it was judged "GREW by 10.2M" against it).
+    warm, later, slack, flat = _heap_verdict([int(x * MIB) for x in (83.6, 92.2, 93.8, 89.9, 93.8)])
+    assert flat is True and warm == int(93.8 * MIB)
+    # A heap that grows 5 MiB a pass keeps growing into the second half.
+    assert _heap_verdict([(80 + 5 * i) * MIB for i in range(6)])[3] is False
+    # One pass: nothing to compare yet.
+    assert _heap_verdict([90 * MIB])[1:] == (None, 9 * MIB, None)
+
+
 def test_cli_soak_reports(wl, tmp_path):
     out = tmp_path / "s.json"
     r = _stress("--soak", "0.01", "--workloads", "larson,churn", "--duration", "0.2",
