@@ -15,7 +15,6 @@ import threading
 import time
 
 IN_PROCESS = ("tcalloc", "system")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _reset_heap():
@@ -145,21 +144,32 @@ def run_in_process(spec, on_progress=None):
     return finish(rec)
 
 
-def run_child(spec, library, on_progress=None, timeout=None):
-    """Run spec in `python -m tcalloc.stress._child` (LD_PRELOAD=library when given)."""
+def child_env(library):
+    """The environment of a child run: the tcalloc this process runs (a
+    build under test on PYTHONPATH, not another install) comes first on the
+    child's path, and LD_PRELOAD is the peer library or nothing. Only the
+    directory that holds the tcalloc package goes on the path, never the
+    package's own directory: there tcalloc/numpy.py and tcalloc/profile.py
+    would be the child's `numpy` and `profile`."""
     import tcalloc
-    # The child imports the tcalloc this process runs: a build under test on
-    # PYTHONPATH, not the checkout this lab's code sits in. Its working
-    # directory is that build's too, as `-m` puts it first on sys.path.
-    tc_dir = os.path.dirname(os.path.abspath(tcalloc.__file__))
-    tc_root = os.path.dirname(tc_dir)
+    tc_root = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [tc_root, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        [tc_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if library:
         env["LD_PRELOAD"] = library
     else:
         env.pop("LD_PRELOAD", None)
+    return env
+
+
+def run_child(spec, library, on_progress=None, timeout=None):
+    """Run spec in `python -m tcalloc.stress._child` (LD_PRELOAD=library when given)."""
+    import tcalloc
+    tc_dir = os.path.dirname(os.path.abspath(tcalloc.__file__))
+    tc_root = os.path.dirname(tc_dir)
+    env = child_env(library)
+    # The working directory is that build's too: `-m` puts it first on sys.path.
     if timeout is None:
         # Generous: a hung fork child alone may take child_timeout_s (10 s).
         timeout = _time_limit(spec) + 10.0

@@ -77,6 +77,24 @@ def test_lab_runs_from_a_plain_install_elsewhere(dists, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "larson" in r.stdout and "tcalloc" in r.stdout
+    # The same from a child process (--isolate, as every peer runs).
+    r = subprocess.run([py, "-m", "tcalloc.stress", "--workloads", "larson", "--backends",
+                        "tcalloc", "--threads", "2", "--ops", "2000", "--isolate"], cwd=work,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # A child's path must not hold the package's own directory, whose
+    # numpy.py and profile.py would then shadow numpy and the standard
+    # library's profile in the child.
+    check = textwrap.dedent("""
+        import os, subprocess, sys, tcalloc
+        from tcalloc.stress.runner import child_env
+        out = subprocess.run([sys.executable, "-c", "import profile; print(profile.__file__)"],
+                             env=child_env(None), capture_output=True, text=True, check=True).stdout
+        assert os.path.dirname(out.strip()) != os.path.dirname(tcalloc.__file__), out
+    """)
+    r = subprocess.run([py, "-c", check], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("source", ["tcalloc/_engine.pyx", "tcalloc/buffer.pyx",
