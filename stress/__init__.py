@@ -7,7 +7,10 @@ jemalloc and mimalloc in child processes started with LD_PRELOAD (the same
 workload code, whose "system" malloc is then the peer). Every block is
 filled with a pattern and checked before it is freed; a corrupt, lost,
 misaligned or failed block, or a failed/hung fork child, fails the run and
-makes the command exit 1. Usage errors exit 2.
+makes the command exit 1. So does a hung run: its workers complete no
+operation for 60 s, or a timed run has not ended 60 s plus four times its
+duration after it started (a run of ``--ops`` has no time limit while it
+progresses). Usage errors exit 2.
 
 ``--json FILE`` writes::
 
@@ -32,8 +35,9 @@ rss_series ([seconds, bytes] samples), thread_cpu (per thread seen by the
 sampler), locks and hottest_locks (tcalloc only: per lock acquisitions,
 contended, spins, wait_ns; hottest with wait_share = wait / wall time and
 wait_share_threads = wait / (wall time x threads)), ok, error, and for fork:
-forks, child_failures, child_hung, fork_ms (mean time the parent spent
-inside fork()), child_ms (mean time from fork() to the child reaped); for
+forks, child_failures, child_hung, children_reaped (failed ones too), fork_ms
+(mean time the parent spent inside fork()), child_ms (mean time from fork()
+to a child reaped); for
 churn: rounds, pthreads.
 """
 

@@ -207,6 +207,7 @@ cdef struct wl_shared:
     uint64_t child_hung
     uint64_t fork_ns              # the driver's time inside fork(), summed
     uint64_t child_ns             # fork() to the child reaped, summed over reaped children
+    uint64_t children_reaped      # children that exited (failed ones too) and were reaped
     uint64_t rounds
     uint64_t elapsed_ns
 
@@ -615,6 +616,7 @@ cdef void fork_driver(wl_shared *sh) noexcept nogil:
             got = waitpid(pid, &status, WNOHANG)
             if got == pid:
                 sh.child_ns += tc_now_ns() - t0
+                sh.children_reaped += 1
                 if not WIFEXITED(status) or WEXITSTATUS(status) != 0:
                     sh.child_failures += 1
                 break
@@ -956,8 +958,9 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
     Returns a dict: ops, allocs, frees, reallocs, bytes, corrupt, lost,
     misaligned, failed, elapsed_ns, threads, per_thread (list of dicts), and
     for fork: forks, child_failures, child_hung, fork_ns (the parent's time
-    inside fork(), summed) and child_ns (fork() to the child reaped, summed
-    over the children reaped); for churn: rounds.
+    inside fork(), summed), child_ns (fork() to the child reaped, summed
+    over the children reaped) and children_reaped (those that exited, with
+    any status; the hung ones are killed and not counted); for churn: rounds.
     lost = blocks allocated that the run never got back to free; corrupt and
     lost are bugs, always 0 for a correct allocator.
     """
@@ -1054,7 +1057,7 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
     res["lost"] = res["allocs"] - res["frees"]
     if workload == "fork":
         res.update(forks=sh.forks, child_failures=sh.child_failures, child_hung=sh.child_hung,
-                   fork_ns=sh.fork_ns, child_ns=sh.child_ns)
+                   fork_ns=sh.fork_ns, child_ns=sh.child_ns, children_reaped=sh.children_reaped)
     if workload == "churn":
         res["rounds"] = sh.rounds
         res["pthreads"] = sum(p["pthreads"] for p in per)

@@ -99,7 +99,8 @@ def build_parser(prog=None):
     g.add_argument("--duration", type=_positive(float, 86400), default=None, metavar="SECONDS",
                    help="seconds per run (default %.1f, --quick %.2f)" % (DEFAULT_DURATION, QUICK_DURATION))
     g.add_argument("--ops", type=_positive(int, 10 ** 12), default=None, metavar="N",
-                   help="operations per worker thread instead of a duration")
+                   help="operations per worker thread instead of a duration (no time "
+                        "limit: a run is hung only once it makes no progress for 60 s)")
     p.add_argument("--min-size", type=_size, default=None, metavar="BYTES",
                    help="smallest block (default: per workload, e.g. 8 for mixed)")
     p.add_argument("--max-size", type=_size, default=None, metavar="BYTES",

@@ -45,14 +45,43 @@ class RunHung(RuntimeError):
     caller reports what it has and ends the process."""
 
 
-def _time_limit(spec):
-    return 60.0 + 4 * (spec.get("duration") or 30.0)
+# A run whose workers complete no operation for this long is hung. The
+# counter moves every 256 operations per worker, and a fork child that hangs
+# stalls only the driver, never the workers.
+STALL_S = 60.0
+
+
+class Watchdog:
+    """When a run counts as hung: no progress for spec["stall_s"] (default
+    STALL_S) seconds, or, for a timed run, no end within 60 s plus four times
+    its duration. A run of a number of operations has no time limit of its
+    own: on a slow machine, or with many operations, it may take hours.
+    `slack` seconds are added to both (a parent watching a child that has
+    its own watchdog). `clock` is for tests."""
+
+    def __init__(self, spec, slack=0.0, clock=time.monotonic):
+        self.clock = clock
+        self.start = self.moved = clock()
+        self.ops = None
+        self.stall = spec.get("stall_s", STALL_S) + slack
+        self.limit = None if spec.get("ops") else 60.0 + 4 * (spec.get("duration") or 30.0) + slack
+
+    def check(self, ops):
+        """None while the run is alive, else why it is hung."""
+        now = self.clock()
+        if ops != self.ops:
+            self.ops, self.moved = ops, now
+        if self.limit is not None and now - self.start > self.limit:
+            return "did not finish within %.0f s" % self.limit
+        if now - self.moved > self.stall:
+            return "made no progress for %.0f s" % self.stall
+        return None
 
 
 def execute(spec, allocator, engine, on_progress=None, poll=0.2):
     """Run spec (dict: workload, threads, duration or ops, min_size, max_size,
     seed) with the given allocator under a Profile; returns the run record.
-    Raises RunHung when the run does not finish within its time limit."""
+    Raises RunHung when the run is hung (see Watchdog)."""
     from . import _workloads as wl
     from tcalloc.profile import Profile
 
@@ -75,15 +104,16 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
     with Profile(interval=0.05, engine=engine) as p:
         th = threading.Thread(target=target, name="stress " + spec["workload"], daemon=True)
         th.start()
-        limit = _time_limit(spec)
+        dog = Watchdog(spec)
         while th.is_alive():
             th.join(poll)
+            ops = prog.ops
             if on_progress:
-                on_progress(prog.ops, time.monotonic() - t0)
-            if time.monotonic() - t0 > limit:
-                raise RunHung("%s on %s did not finish within %.0f s (stuck at %d ops: "
-                              "deadlock or lost wakeup in the allocator?)"
-                              % (spec["workload"], spec["backend"], limit, prog.ops))
+                on_progress(ops, time.monotonic() - t0)
+            why = dog.check(ops)
+            if why:
+                raise RunHung("%s on %s %s (stuck at %d ops: deadlock or lost wakeup in "
+                              "the allocator?)" % (spec["workload"], spec["backend"], why, ops))
     prof = p.as_dict()
     rec = dict(workload=spec["workload"], backend=spec["backend"], threads=spec["threads"],
                error=box.get("e"))
@@ -92,7 +122,7 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
         rec.update({k: v for k, v in r.items()
                     if k not in ("workload", "allocator", "elapsed_ns", "fork_ns", "child_ns")})
         if "fork_ns" in r:
-            reaped = r["forks"] - r["child_failures"] - r["child_hung"]
+            reaped = r["children_reaped"]   # child_ns sums these, failed ones too
             rec["fork_ms"] = r["fork_ns"] / r["forks"] / 1e6 if r["forks"] else None
             rec["child_ms"] = r["child_ns"] / reaped / 1e6 if reaped > 0 else None
         rec["elapsed_s"] = r["elapsed_ns"] / 1e9
@@ -163,16 +193,16 @@ def child_env(library):
     return env
 
 
-def run_child(spec, library, on_progress=None, timeout=None):
+def run_child(spec, library, on_progress=None):
     """Run spec in `python -m tcalloc.stress._child` (LD_PRELOAD=library when given)."""
     import tcalloc
     tc_dir = os.path.dirname(os.path.abspath(tcalloc.__file__))
     tc_root = os.path.dirname(tc_dir)
     env = child_env(library)
     # The working directory is that build's too: `-m` puts it first on sys.path.
-    if timeout is None:
-        # Generous: a hung fork child alone may take child_timeout_s (10 s).
-        timeout = _time_limit(spec) + 10.0
+    # The child's own watchdog reports a hang; this one, 10 s later, kills a
+    # child too stuck to report (or stuck after its result, in teardown).
+    dog = Watchdog(spec, slack=10.0)
     proc = subprocess.Popen([sys.executable, "-m", "tcalloc.stress._child", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=tc_root)
@@ -188,11 +218,12 @@ def run_child(spec, library, on_progress=None, timeout=None):
     threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True).start()
     t0 = time.monotonic()
     rec = None
-    killed = False
+    killed = None
+    ops = 0
     while True:
-        if time.monotonic() - t0 > timeout:
-            proc.kill()           # checked on every line too: a chatty child cannot outlive it
-            killed = True
+        killed = dog.check(ops)   # on every line too: a chatty child cannot outlive it
+        if killed:
+            proc.kill()
             break
         try:
             line = lines.get(timeout=0.2)
@@ -200,8 +231,10 @@ def run_child(spec, library, on_progress=None, timeout=None):
             continue
         if line is None:
             break
-        if line.startswith("progress ") and on_progress:
-            on_progress(int(line.split()[1]), time.monotonic() - t0)
+        if line.startswith("progress "):
+            ops = int(line.split()[1])
+            if on_progress:
+                on_progress(ops, time.monotonic() - t0)
         elif line.startswith("result "):
             rec = json.loads(line[len("result "):])
     rc = proc.wait()
@@ -210,14 +243,14 @@ def run_child(spec, library, on_progress=None, timeout=None):
         tail = stderr.strip().splitlines()[-3:]
         rec = dict(workload=spec["workload"], backend=spec["backend"], threads=spec["threads"],
                    error="child process %s (exit %s)%s" % (
-                       "timed out" if time.monotonic() - t0 > timeout else "failed", rc,
+                       "killed: it " + killed if killed else "failed", rc,
                        (": " + " | ".join(tail)) if tail else ""))
     elif (rc != 0 or killed) and not rec.get("error"):
         # The result line came, but the child did not end cleanly after it
         # (heap corruption found at exit, a hang in teardown): not a clean run.
         tail = stderr.strip().splitlines()[-3:]
         rec["error"] = "child process %s after its result (exit %s)%s" % (
-            "timed out" if killed else "failed", rc, (": " + " | ".join(tail)) if tail else "")
+            "killed: it " + killed if killed else "failed", rc, (": " + " | ".join(tail)) if tail else "")
     rec["where"] = "child"
     rec["library"] = library
     if library and rec.get("preloaded") is False and not rec.get("error"):

@@ -75,6 +75,7 @@ def test_workload_clean(wl, workload, allocator):
     if workload == "fork":
         assert r["forks"] >= 1
         assert r["child_failures"] == 0 and r["child_hung"] == 0
+        assert r["children_reaped"] == r["forks"]
         # Every child was reaped after its fork() returned, timed from the same start.
         assert 0 < r["fork_ns"] <= r["child_ns"]
     if workload == "churn":
@@ -269,20 +270,96 @@ def test_peers_run_in_children_with_preload(wl, tmp_path):
             assert run["ok"] and run["ratio_to_tcalloc"] is not None
 
 
+def _preload_lib(tmp_path, name, code):
+    """A shared library built from C code, to preload in a lab child."""
+    src = tmp_path / (name + ".c")
+    src.write_text(code)
+    lib = tmp_path / ("lib%s.so" % name)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True)
+    return str(lib)
+
+
+def test_fork_children_that_fail_count_in_their_mean_life(wl, tmp_path):
+    # A preloaded malloc that fails in fork children for the one size the
+    # workload asks for: every child exits 2 (allocation failed), is reaped,
+    # and its life is in child_ns, so it is in child_ms's divisor too.
+    from tcalloc.stress.runner import run_child
+    lib = _preload_lib(tmp_path, "childfail", "#include <stddef.h>\n#include <unistd.h>\n"
+                       "void *__libc_malloc(size_t);\n"
+                       "static pid_t parent;\n"
+                       "__attribute__((constructor)) static void init(void) { parent = getpid(); }\n"
+                       "void *malloc(size_t n) {\n"
+                       "    if (n == 12345 && getpid() != parent) return NULL;\n"
+                       "    return __libc_malloc(n);\n}\n")
+    rec = run_child(dict(workload="fork", backend="system", threads=1, ops=None, duration=0.3,
+                         min_size=12345, max_size=12345, seed=1), lib)
+    assert not rec["ok"] and rec["child_failures"] == rec["forks"] > 0, rec
+    assert rec["children_reaped"] == rec["forks"] and rec["child_hung"] == 0, rec
+    assert rec["child_ms"] is not None and rec["child_ms"] > 0
+
+
 def test_a_peer_child_that_fails_after_its_result_is_not_a_clean_run(wl, tmp_path):
     # A child can print its result and then die at exit (heap corruption
     # found at shutdown, say): a preloaded library whose destructor exits 7
     # stands in for that. The run must be reported as failed, not ok.
     from tcalloc.stress.runner import run_child
-    src = tmp_path / "exit7.c"
-    src.write_text("#include <unistd.h>\n"
-                   "__attribute__((destructor)) static void bye(void) { _exit(7); }\n")
-    lib = tmp_path / "libexit7.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    lib = _preload_lib(tmp_path, "exit7", "#include <unistd.h>\n"
+                       "__attribute__((destructor)) static void bye(void) { _exit(7); }\n")
     rec = run_child(dict(workload="larson", backend="system", threads=1, duration=0.1, ops=None,
                          min_size=None, max_size=None, seed=1), str(lib))
     assert not rec["ok"], rec
     assert "after its result (exit 7)" in rec["problems"][0], rec["problems"]
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_watchdog_lets_a_long_run_of_ops_go_on_while_it_progresses():
+    from tcalloc.stress.runner import STALL_S, Watchdog
+    clock = _Clock()
+    dog = Watchdog(dict(workload="larson", ops=10 ** 9), clock=clock)
+    for i in range(1000):          # ten hours, progressing every 36 s
+        clock.t += 36.0
+        assert dog.check(i) is None, clock.t
+    clock.t += STALL_S + 0.5
+    assert dog.check(999) == "made no progress for %.0f s" % STALL_S
+
+
+def test_watchdog_ends_a_timed_run_at_its_limit_and_a_stalled_one_early():
+    from tcalloc.stress.runner import Watchdog
+    clock = _Clock()
+    dog = Watchdog(dict(workload="larson", duration=10.0), clock=clock)
+    for i in range(99):            # 99 s of progress: within 60 s + 4 x 10 s
+        clock.t += 1.0
+        assert dog.check(i) is None
+    clock.t += 2.0
+    assert dog.check(100) == "did not finish within 100 s"
+    dog = Watchdog(dict(workload="larson", duration=10.0, stall_s=2.0), clock=clock)
+    assert dog.check(5) is None
+    clock.t += 2.5
+    assert dog.check(5) == "made no progress for 2 s"
+
+
+def test_a_child_whose_workers_are_stuck_is_reported_hung(wl, tmp_path):
+    # A preloaded malloc that blocks for ever on one size, the only size the
+    # workers ask for: their progress stops, the child's watchdog reports it
+    # and ends the child, and the run fails with what it said.
+    from tcalloc.stress.runner import run_child
+    lib = _preload_lib(tmp_path, "stuck", "#include <stddef.h>\n#include <unistd.h>\n"
+                       "void *__libc_malloc(size_t);\n"
+                       "void *malloc(size_t n) {\n"
+                       "    while (n == 12345) pause();\n"
+                       "    return __libc_malloc(n);\n}\n")
+    rec = run_child(dict(workload="larson", backend="system", threads=2, ops=10 ** 6,
+                         duration=None, min_size=12345, max_size=12345, seed=1, stall_s=1.0),
+                    str(lib))
+    assert not rec["ok"], rec
+    assert "larson on system made no progress for 1 s" in rec["problems"][0], rec["problems"]
 
 
 def test_cli_plot(wl, tmp_path):
