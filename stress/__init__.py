@@ -37,8 +37,7 @@ contended, spins, wait_ns; hottest with wait_share = wait / wall time and
 wait_share_threads = wait / (wall time x threads)), ok, error, and for fork:
 forks, child_failures, child_hung, children_reaped (failed ones too), fork_ms
 (mean time the parent spent inside fork()), child_ms (mean time from fork()
-to a child reaped); for
-churn: rounds, pthreads.
+to a child reaped); for churn: rounds, pthreads.
 """
 
 JSON_VERSION = 1
