@@ -18,7 +18,9 @@ nobody asked for.
 
 Sizes are a whole number of bytes or a number with a unit: ``512k``,
 ``64MiB``, ``2G``, ``1.5GB``. Units are binary, as in other allocators'
-settings and in ``ulimit``: k = K = KB = KiB = 1024, and so on to T.
+settings and in ``ulimit``: k = K = KB = KiB = 1024, and so on to T. A
+fraction is rounded down to whole bytes; one that comes to less than a byte
+(``0.0001k``) is refused rather than read as 0 (none, off).
 Booleans are 1/0, true/false, yes/no, on/off (any case); empty means unset.
 Variables read when tcalloc is built (TCALLOC_DEBUG_BUILD, TCALLOC_FREE_KEY,
 ...) are not settings of a running process; an unknown ``TCALLOC_*`` name
@@ -69,6 +71,10 @@ def parse_size(text, name="size", limit=MAX_SIZE):
         whole, _, frac = num.partition(".")
         # Exact decimal arithmetic: 1.5G is 1610612736, not a float's neighbour.
         value = (int(whole or "0") * 10 ** len(frac) + int(frac or "0")) * scale // 10 ** len(frac)
+        if value == 0 and int(whole or "0") + int(frac or "0"):
+            # 0 means "none" or "off" to most settings: the opposite of a
+            # small value asked for.
+            raise ValueError("%s=%r is less than a byte" % (name, text))
     if value > limit:
         raise ValueError("%s=%r is more than %d bytes" % (name, text, limit))
     return value

@@ -243,13 +243,13 @@ def test_console_script_is_installed():
 @pytest.mark.parametrize("text,value", [
     ("0", 0), ("4096", 4096), ("4096b", 4096), ("512k", 512 << 10), ("512K", 512 << 10),
     ("64MiB", 64 << 20), ("64MB", 64 << 20), ("64 m", 64 << 20), ("2G", 2 << 30),
-    ("1.5GB", 3 << 29), (".5k", 512), ("1T", 1 << 40)])
+    ("1.5GB", 3 << 29), (".5k", 512), ("1T", 1 << 40), ("0.0k", 0), ("0.3k", 307)])
 def test_sizes_take_the_usual_units(text, value):
     assert _config.parse_size(text, "X") == value
 
 
 @pytest.mark.parametrize("text", ["-1", "", "2 giga", "1.5", "0x10", "1e9", "10ib", "G", "9e99",
-                                  "99999999999T"])
+                                  "99999999999T", "0.0001k", ".0009K"])
 def test_bad_sizes_are_refused_naming_the_value(text):
     with pytest.raises(ValueError, match=re.escape("X=%r" % text)):
         _config.parse_size(text, "X")
