@@ -94,8 +94,12 @@ cdef int sizemap_init(SizeMap *m) noexcept nogil:
     # 16-byte steps to 128. No 8-byte class: every block has the second
     # word the free-block key lives in (double-free detection on every
     # class), and is 16-byte aligned, as C's malloc promises on x86-64.
+    # Each write checks the bound first: a table edited to more classes than
+    # kMaxClasses fails init instead of writing past `sizes`.
     s = 16
     while s <= 128:
+        if n >= kMaxClasses:
+            return -1
         sizes[n] = s
         n += 1
         s += 16
@@ -112,13 +116,15 @@ cdef int sizemap_init(SizeMap *m) noexcept nogil:
         per = 4 if kCoarseFrom <= base < kCoarseTo else 8
         step = base // per
         for i in range(1, per + 1):
+            if n + 1 >= kMaxClasses:        # room for the extra class after kPageSize
+                return -1
             sizes[n] = base + i * step
             n += 1
             if sizes[n - 1] == kPageSize:
                 sizes[n] = kPageSize + kPageHeaderSlack
                 n += 1
         base *= 2
-    if n > kMaxClasses or sizes[n - 1] != kMaxSmallSize:
+    if sizes[n - 1] != kMaxSmallSize:
         return -1
     m.num_classes = n
     for cl in range(1, n):
