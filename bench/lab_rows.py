@@ -75,8 +75,8 @@ def main(argv=None):
                  if not r.get("error") and not r.get("corrupt") and not r.get("lost")}
         line = []
         for (w, b), r in clean.items():
-            if (w, b) in faults and r.get("minor_faults") is not None and r.get("ops"):
-                faults[(w, b)].append(1000.0 * r["minor_faults"] / r["ops"])
+            if (w, b) in faults and r.get("minor_faults_per_kop") is not None:
+                faults[(w, b)].append(r["minor_faults_per_kop"])
         for w in workloads:
             t = clean.get((w, "tcalloc"))
             if t:

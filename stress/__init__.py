@@ -30,7 +30,8 @@ misaligned, failed, elapsed_s, throughput_ops_s, ratio_to_tcalloc (None
 without a tcalloc run of the same workload and threads), per_thread (per
 worker: ops, allocs, frees, corrupt, cpu_user_s, cpu_system_s,
 ctx_voluntary, ctx_involuntary), cpu_user_s, cpu_system_s, ctx_voluntary,
-ctx_involuntary, minor_faults, major_faults (all threads), rss_start, rss_peak, rss_end, uss_peak,
+ctx_involuntary, minor_faults, major_faults (all threads), minor_faults_per_kop
+(minor faults per 1000 ops), rss_start, rss_peak, rss_end, uss_peak,
 rss_series ([seconds, bytes] samples), thread_cpu (per thread seen by the
 sampler), locks and hottest_locks (tcalloc only: per lock acquisitions,
 contended, spins, wait_ns; hottest with wait_share = wait / wall time and

@@ -109,9 +109,9 @@ def profile_lines(r):
                "rss peak %s  uss peak %s"
                % (r["cpu_user_s"], r["cpu_system_s"], r["ctx_voluntary"], r["ctx_involuntary"],
                   fmt_mib(r["rss_peak"]), fmt_mib(r["uss_peak"])))
-    if r.get("minor_faults") is not None and r.get("ops"):
+    if r.get("minor_faults_per_kop") is not None:
         out.append("  page faults minor %d (%.1f per 1000 ops)  major %d"
-                   % (r["minor_faults"], 1000.0 * r["minor_faults"] / r["ops"], r["major_faults"]))
+                   % (r["minor_faults"], r["minor_faults_per_kop"], r["major_faults"]))
     per = r.get("per_thread") or []
     if per:
         out.append("  per worker thread: " + ", ".join(

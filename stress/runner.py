@@ -131,6 +131,8 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
               "minor_faults", "major_faults",
               "rss_start", "rss_peak", "rss_end", "uss_start", "uss_peak", "rss_series", "samples"):
         rec[k] = prof[k]
+    rec["minor_faults_per_kop"] = (1000.0 * rec["minor_faults"] / rec["ops"]
+                                   if rec["minor_faults"] is not None and rec.get("ops") else None)
     rec["thread_cpu"] = prof["threads"]
     if engine:
         # tcalloc's own figures, which the lab's Python records do not touch

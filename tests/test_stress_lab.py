@@ -241,6 +241,7 @@ def test_cli_json_fields(wl, tmp_path):
         assert run["rss_peak"] >= run["rss_start"] > 0
         # Every block was written, so its pages were touched: the process faulted.
         assert run["minor_faults"] > 0 and run["major_faults"] >= 0
+        assert run["minor_faults_per_kop"] == 1000.0 * run["minor_faults"] / run["ops"]
         if run["workload"] == "fork":
             assert run["forks"] >= 1 and 0 < run["fork_ms"] <= run["child_ms"]
         else:
