@@ -285,4 +285,5 @@ cdef int _init() except -1:
 _init()
 
 _C_API = PyCapsule_New(<void *>&g_capi, b"tcalloc._C_API", NULL)
+_MAX_ALLOC_BYTES = kMaxAllocBytes     # for MemoryError messages (tcalloc.buffer)
 _C_API_EXT = PyCapsule_New(<void *>&g_ext, b"tcalloc._C_API_EXT", NULL)

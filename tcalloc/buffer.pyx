@@ -215,6 +215,10 @@ def _nomem_message(n, align):
     exact = f" ({n} bytes)" if n >= 1024 else ""
     aligned = f" aligned to {align}" if align else ""
     try:
+        from tcalloc._engine import _MAX_ALLOC_BYTES
+        if n > _MAX_ALLOC_BYTES:
+            return (f"cannot allocate {size}{exact}{aligned}: more than tcalloc's largest "
+                    f"block ({_human(_MAX_ALLOC_BYTES)})")
         limit = _hard_limit()
         if limit:
             import tcalloc
@@ -225,6 +229,7 @@ def _nomem_message(n, align):
                         f"{_human(limit)} is reached ({_human(committed)} committed)")
             return (f"cannot allocate {size}{exact}{aligned}; tcalloc's hard memory limit of "
                     f"{_human(limit)} is not reached ({_human(committed)} committed)")
+        return f"cannot allocate {size}{exact}{aligned}: the operating system refused the memory"
     except Exception:
         pass            # no memory left for the details either: say what failed
     return f"cannot allocate {size}{exact}{aligned}"
@@ -548,10 +553,11 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
         cdef bint z
         if self._cache != NULL:
             raise TypeError("BufferPool.__init__ may be called only once")
-        bs = _as_setting(buffer_size, "buffer_size")
+        v = _as_int(buffer_size, "buffer_size")
+        if v <= 0:
+            raise ValueError(f"buffer_size must be > 0, got {v}")
+        bs = _as_setting(v, "buffer_size")
         z = _as_flag(zero, "zero")
-        if bs == 0:
-            raise ValueError("buffer_size must be > 0, got 0")
         if max_bytes is not None:
             limit = _as_setting(max_bytes, "max_bytes")
         if max_cached is None:

@@ -351,28 +351,35 @@ def test_hard_limit_memoryerror_names_limit_and_use():
     assert r["pool_figures"] == [0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("limit", [None, (0, False), (64 << 20, False)])
-def test_memoryerror_without_hard_limit_is_plain(monkeypatch, limit):
+@pytest.mark.parametrize("limit", [None, (0, False), (64 << 20, False), ((1 << 63) - 1, True)])
+def test_memoryerror_says_why(monkeypatch, limit):
     # get_memory_limit() returns None when no limit is set (newer engines) or
     # (0, False) (older ones); a soft limit never makes an allocation fail.
+    # Past tcalloc's largest block, that is the reason, whatever the limit.
     monkeypatch.setattr(tcalloc, "get_memory_limit", lambda: limit)
     with pytest.raises(MemoryError) as ei:
         alloc(1 << 62)
-    assert str(ei.value) == "cannot allocate 4.0 EiB (4611686018427387904 bytes)"
+    assert str(ei.value) == ("cannot allocate 4.0 EiB (4611686018427387904 bytes): more than "
+                             "tcalloc's largest block (64.0 TiB)")
     with pytest.raises(MemoryError) as ei:
         alloc(1 << 62, alignment=4096)
     assert str(ei.value) == ("cannot allocate 4.0 EiB (4611686018427387904 bytes) "
-                             "aligned to 4096")
+                             "aligned to 4096: more than tcalloc's largest block (64.0 TiB)")
+    if limit is None or not limit[1]:
+        # Within the largest block, a failure without a hard limit is the
+        # system's (the message alone: whether the system refuses 32 TiB
+        # depends on the machine).
+        assert tcalloc.buffer._nomem_message(1 << 45, 0) == (
+            "cannot allocate 32.0 TiB (35184372088832 bytes): the operating system refused "
+            "the memory")
 
 
 def test_memoryerror_blames_a_hard_limit_only_when_it_is_the_cause(monkeypatch):
     # A hard limit far above the request: the failure is the system's, but
     # the message still shows the limit and the use.
     monkeypatch.setattr(tcalloc, "get_memory_limit", lambda: ((1 << 63) - 1, True))
-    with pytest.raises(MemoryError) as ei:
-        alloc(1 << 61)
-    msg = str(ei.value)
-    assert msg.startswith("cannot allocate 2.0 EiB (2305843009213693952 bytes); tcalloc's "
+    msg = tcalloc.buffer._nomem_message(1 << 45, 0)
+    assert msg.startswith("cannot allocate 32.0 TiB (35184372088832 bytes); tcalloc's "
                           "hard memory limit of 8.0 EiB is not reached ("), msg
     assert re.search(r"\((\d+ bytes|\d+\.\d (KiB|MiB|GiB)) committed\)$", msg), msg
 

@@ -17,6 +17,7 @@ USER_PYX = r'''
 from libc.stdint cimport uintptr_t
 from tcalloc._engine cimport tc_malloc, tc_free
 from tcalloc.capi cimport TcallocCAPI, TcallocCAPI_Import
+from tcalloc.buffer cimport Buffer, BufferPool
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -69,6 +70,10 @@ cdef void *worker(void *arg) noexcept nogil:
             tc_free(blocks[i])                    # either API frees either's blocks
     return NULL
 
+def pool_buffer_size(BufferPool pool, Buffer b):
+    """The cimported classes' typed fields, without Python attribute look-ups."""
+    return pool.buffer_size, len(b)
+
 def run(int nthreads, bint use_capsule):
     """Allocate from nthreads pthreads, no GIL anywhere; returns (done, errors)."""
     cdef pthread_t tids[16]
@@ -115,7 +120,10 @@ from setuptools import setup, Extension
 from Cython.Build import cythonize
 name = sys.argv.pop(1)
 setup(script_args=["build_ext", "--inplace", "-q"],
-      ext_modules=cythonize([Extension(name, [name + ".pyx"], include_dirs=[tcalloc.get_include()])],
+      # -Werror: the shipped headers and .pxd files must not warn in a user's
+      # build (a static function a user never calls, say).
+      ext_modules=cythonize([Extension(name, [name + ".pyx"], include_dirs=[tcalloc.get_include()],
+                                       extra_compile_args=["-Wall", "-Werror"])],
                             include_path=[tcalloc.get_pxd_dir()], language_level=3, quiet=True))
 '''
 
@@ -153,6 +161,8 @@ def test_cython_extension_allocates_in_nogil_threads(tmp_path):
             done, errors = tc_user.run(8, capsule)
             assert (done, errors) == (8 * 20000, 0), (done, errors)
         assert tcalloc.stats()["bytes_in_use"] <= before + (1 << 20)
+        pool = tcalloc.BufferPool(4096)
+        assert tc_user.pool_buffer_size(pool, pool.acquire(100)) == (4096, 100)
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

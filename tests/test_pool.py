@@ -139,7 +139,8 @@ def test_max_cached_bound_and_release_unused():
 
 
 @pytest.mark.parametrize("kw,exc,what", [
-    (dict(buffer_size=0), ValueError, "buffer_size"), (dict(buffer_size=-1), ValueError, "buffer_size"),
+    (dict(buffer_size=0), ValueError, "buffer_size must be > 0, got 0"),
+    (dict(buffer_size=-1), ValueError, "buffer_size must be > 0, got -1"),
     (dict(buffer_size=1.5), TypeError, "buffer_size"), (dict(buffer_size=True), TypeError, "buffer_size"),
     (dict(buffer_size=None), TypeError, "buffer_size"), (dict(buffer_size=2**63), ValueError, "buffer_size"),
     (dict(max_bytes=-5), ValueError, "max_bytes"), (dict(max_bytes="1"), TypeError, "max_bytes"),

@@ -300,8 +300,10 @@ static inline void tc_os_fill_resident(void *p, size_t size, int byte) {
 }
 
 /* ---- fatal errors ------------------------------------------------------- */
-/* Heap corruption: say what and where on stderr without allocating, then abort. */
-static void __attribute__((noreturn, noinline, cold)) tc_fatal_ptr(const char *what, const void *ptr) {
+/* Heap corruption: say what and where on stderr without allocating, then abort.
+   unused: a user's extension that cimports tcalloc.buffer includes this header
+   and never calls it (-Werror builds). */
+static void __attribute__((noreturn, noinline, cold, unused)) tc_fatal_ptr(const char *what, const void *ptr) {
     char buf[256];
     static const char hex[] = "0123456789abcdef";
     size_t n = 0;
