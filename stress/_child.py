@@ -1,4 +1,6 @@
-"""Child process of the stress lab: ``python -m tcalloc.stress._child SPEC_JSON``.
+"""Child process of the stress lab, started by ``runner.run_child`` (which
+runs ``main(SPEC_JSON)`` without the working directory on sys.path; by hand:
+``python -m tcalloc.stress._child SPEC_JSON``).
 
 Runs one workload with the C library's malloc (under LD_PRELOAD that is the
 peer allocator; without it and with backend "tcalloc", tcalloc) and prints

@@ -176,18 +176,40 @@ def run_in_process(spec, on_progress=None):
     return finish(rec)
 
 
+# The child's command line. `-c`, not `-m`: `-m` puts the working directory
+# first on sys.path, where a checkout's tcalloc/ would win over the one under
+# test; `-c` puts "" there, which the child drops before any import.
+CHILD_BOOT = ("import sys\n"
+              "if sys.path and sys.path[0] == '':\n"
+              "    del sys.path[0]\n"
+              "from tcalloc.stress._child import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _in_site_dirs(path):
+    import site
+    dirs = list(getattr(site, "getsitepackages", lambda: [])())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    real = os.path.realpath(path)
+    return any(os.path.realpath(d) == real for d in dirs)
+
+
 def child_env(library):
-    """The environment of a child run: the tcalloc this process runs (a
-    build under test on PYTHONPATH, not another install) comes first on the
-    child's path, and LD_PRELOAD is the peer library or nothing. Only the
-    directory that holds the tcalloc package goes on the path, never the
-    package's own directory: there tcalloc/numpy.py and tcalloc/profile.py
-    would be the child's `numpy` and `profile`."""
+    """The environment of a child run: LD_PRELOAD is the peer library or
+    nothing, and the child imports the tcalloc this process runs. A build
+    under test (on PYTHONPATH, a checkout) goes first on the child's path:
+    the directory that holds the tcalloc package, never the package's own
+    directory, where tcalloc/numpy.py and tcalloc/profile.py would be the
+    child's `numpy` and `profile`. An installed tcalloc is in a site
+    directory, which the child has on its path anyway, after the standard
+    library: putting it on PYTHONPATH would move it ahead."""
     import tcalloc
     tc_root = os.path.dirname(os.path.dirname(os.path.abspath(tcalloc.__file__)))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [tc_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if not _in_site_dirs(tc_root):
+        env["PYTHONPATH"] = os.pathsep.join(
+            [tc_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if library:
         env["LD_PRELOAD"] = library
     else:
@@ -196,18 +218,16 @@ def child_env(library):
 
 
 def run_child(spec, library, on_progress=None):
-    """Run spec in `python -m tcalloc.stress._child` (LD_PRELOAD=library when given)."""
+    """Run spec in a child process (CHILD_BOOT, tcalloc.stress._child), with
+    LD_PRELOAD=library when given."""
     import tcalloc
     tc_dir = os.path.dirname(os.path.abspath(tcalloc.__file__))
-    tc_root = os.path.dirname(tc_dir)
     env = child_env(library)
-    # The working directory is that build's too: `-m` puts it first on sys.path.
     # The child's own watchdog reports a hang; this one, 10 s later, kills a
     # child too stuck to report (or stuck after its result, in teardown).
     dog = Watchdog(spec, slack=10.0)
-    proc = subprocess.Popen([sys.executable, "-m", "tcalloc.stress._child", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=tc_root)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_BOOT, json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = queue.Queue()
 
     def reader():

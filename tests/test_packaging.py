@@ -84,13 +84,18 @@ def test_lab_runs_from_a_plain_install_elsewhere(dists, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # A child's path must not hold the package's own directory, whose
     # numpy.py and profile.py would then shadow numpy and the standard
-    # library's profile in the child.
+    # library's profile in the child; nor the site directory ahead of the
+    # standard library (PYTHONPATH), where any backport installed there
+    # would shadow the standard module.
     check = textwrap.dedent("""
         import os, subprocess, sys, tcalloc
         from tcalloc.stress.runner import child_env
+        env = child_env(None)
         out = subprocess.run([sys.executable, "-c", "import profile; print(profile.__file__)"],
-                             env=child_env(None), capture_output=True, text=True, check=True).stdout
+                             env=env, capture_output=True, text=True, check=True).stdout
         assert os.path.dirname(out.strip()) != os.path.dirname(tcalloc.__file__), out
+        site_dir = os.path.dirname(os.path.dirname(tcalloc.__file__))
+        assert site_dir not in env.get("PYTHONPATH", "").split(os.pathsep), env["PYTHONPATH"]
     """)
     r = subprocess.run([py, "-c", check], cwd=work, env=env, capture_output=True, text=True,
                        timeout=120)
