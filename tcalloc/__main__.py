@@ -87,7 +87,7 @@ def _parser():
     target = r.add_mutually_exclusive_group(required=True)
     target.add_argument("-m", dest="module", metavar="module", help="run a library module as a script")
     target.add_argument("-c", dest="code", metavar="code", help="run code given as a string")
-    target.add_argument("script", nargs="?", help="path of the script to run")
+    target.add_argument("script", nargs="?", help="path of the script to run (-: read it from stdin)")
     r.add_argument("args", nargs="*", help="arguments for the program (sys.argv[1:])")
 
     sub.add_parser("stress", add_help=False, help="the stress and contention lab "
@@ -222,12 +222,22 @@ def _write_heap_profiles(path):
     sys.stderr.write("tcalloc: heap profiles written to %s and %s\n" % (path, peak_path(path)))
 
 
+def _program_frames(tb):
+    """tb without its first frames, those of this module and of runpy, which
+    started the program: a traceback then reads as under python."""
+    import runpy
+    ours = (_program_frames.__code__.co_filename, runpy.run_path.__code__.co_filename)
+    while tb is not None and tb.tb_frame.f_code.co_filename in ours:
+        tb = tb.tb_next
+    return tb
+
+
 def _run(argv):
     own, prog_args = _split_run(argv)
     a = _parse_run_simply(own)
     if a is None:
         a = _parser()[1].parse_args(own)    # exits 2 with run's usage on a bad option
-    if a.script is not None and not os.path.exists(a.script):
+    if a.script is not None and a.script != "-" and not os.path.exists(a.script):
         sys.stderr.write("python -m tcalloc: can't open file %r: [Errno 2] No such file or "
                          "directory\n" % a.script)
         return 2
@@ -270,15 +280,19 @@ def _run(argv):
             if first:
                 sys.path[0] = os.getcwd()
             kept = runpy.run_module(a.module, run_name="__main__", alter_sys=True)
-        elif a.code is not None:
-            sys.argv = ["-c"] + prog_args
+        elif a.code is not None or a.script == "-":
+            # -c code, or the program read from stdin (`run -`), as python does
+            if a.code is not None:
+                source, sys.argv, name = a.code, ["-c"] + prog_args, "<string>"
+            else:
+                source, sys.argv, name = sys.stdin.read(), ["-"] + prog_args, "<stdin>"
             if first:
                 sys.path[0] = ""
             main = type(sys)("__main__")
             saved = sys.modules["__main__"]
             sys.modules["__main__"] = main
             try:
-                exec(compile(a.code, "<string>", "exec"), main.__dict__)
+                exec(compile(source, name, "exec"), main.__dict__)
             finally:
                 kept = main.__dict__
                 sys.modules["__main__"] = saved
@@ -288,6 +302,18 @@ def _run(argv):
             if first:
                 sys.path[0] = os.path.dirname(os.path.abspath(a.script))
             kept = runpy.run_path(a.script, run_name="__main__")
+    except Exception as e:
+        # As python reports it: the program's frames only, through
+        # sys.excepthook (the program may have set its own), and exit 1.
+        failed = True
+        tb = _program_frames(e.__traceback__)
+        if tb is None and isinstance(e, ImportError) and a.module is not None:
+            # runpy found no module to run (python: "No module named x")
+            sys.stderr.write("python -m tcalloc: %s\n" % e)
+        else:
+            # with_traceback too: the default hook prints e.__traceback__
+            sys.excepthook(type(e), e.with_traceback(tb), tb)
+        del e, tb
     finally:
         # The program's globals (kept) are still alive here: the figures are
         # the program's at its end, not after teardown. A failure to report
