@@ -22,6 +22,8 @@ progresses). Usage errors exit 2.
      "peers": {"found": {name: library path}, "missing": [names]},
      "runs": [RUN, ...],
      "failures": number of runs that are not ok,
+     "interrupted": true when Ctrl-C ended the suite early (then the runs
+                    done so far are reported and written, and it exits 130),
      "soak": {...} (only with --soak)}
 
 where each RUN has: workload, backend, where ("in-process" or "child"),

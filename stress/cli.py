@@ -302,6 +302,7 @@ def main(argv=None, out=None, prog=None):
     t0 = time.monotonic()
     soak = None
     hung = False
+    interrupted = False
     if a.soak is not None:
         from .runner import RunHung
         try:
@@ -330,6 +331,12 @@ def main(argv=None, out=None, prog=None):
                                         threads=spec["threads"], error="hung: %s" % e)))
                 hung = True
                 break
+            except KeyboardInterrupt:
+                # Ctrl-C: what finished is reported and written, as usual.
+                progress.done("  interrupted during run %d of %d (%s on %s): not counted"
+                              % (i + 1, len(specs), spec["workload"], spec["backend"]))
+                interrupted = True
+                break
     add_ratios(runs)
     wall = time.monotonic() - t0
     failures = sum(not r["ok"] for r in runs)
@@ -344,6 +351,8 @@ def main(argv=None, out=None, prog=None):
     print(summary_table(runs), file=out)
     if failures:
         print("\n%d run(s) FAILED" % failures, file=out)
+    if interrupted:
+        print("\nINTERRUPTED: %d of %d runs done" % (len(runs), len(specs)), file=out)
     if a.json:
         doc = dict(version=JSON_VERSION, command=[sys.executable, "-m", "tcalloc.stress"] + list(
                        sys.argv[1:] if argv is None else argv),
@@ -355,7 +364,7 @@ def main(argv=None, out=None, prog=None):
                                ops=a.ops, min_size=a.min_size, max_size=a.max_size,
                                seed=a.seed, isolate=a.isolate),
                    peers=dict(found=found, missing=missing),
-                   runs=runs, failures=failures)
+                   runs=runs, failures=failures, interrupted=interrupted)
         if soak is not None:
             doc["soak"] = soak
         with open(a.json, "w") as f:
@@ -364,10 +373,12 @@ def main(argv=None, out=None, prog=None):
     if a.plot:
         plot(runs, a.plot)
         print("plot written to %s" % a.plot, file=out)
-    if hung:
+    if hung or interrupted:
         out.flush()
         sys.stderr.flush()
-        os._exit(1)     # the stuck threads would block a normal interpreter exit
+        # Stuck threads, or an interrupted run's, would block a normal
+        # interpreter exit. 130: killed by SIGINT, as shells report it.
+        os._exit(1 if hung else 130)
     if soak is not None and (soak["heap_flat"] is False or soak["corrupt"] or soak["lost"]
                              or soak["tcalloc_leaked_bytes"]):
         return 1

@@ -242,23 +242,28 @@ def run_child(spec, library, on_progress=None):
     rec = None
     killed = None
     ops = 0
-    while True:
-        killed = dog.check(ops)   # on every line too: a chatty child cannot outlive it
-        if killed:
-            proc.kill()
-            break
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        if line.startswith("progress "):
-            ops = int(line.split()[1])
-            if on_progress:
-                on_progress(ops, time.monotonic() - t0)
-        elif line.startswith("result "):
-            rec = json.loads(line[len("result "):])
+    try:
+        while True:
+            killed = dog.check(ops)   # on every line too: a chatty child cannot outlive it
+            if killed:
+                proc.kill()
+                break
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if line.startswith("progress "):
+                ops = int(line.split()[1])
+                if on_progress:
+                    on_progress(ops, time.monotonic() - t0)
+            elif line.startswith("result "):
+                rec = json.loads(line[len("result "):])
+    except BaseException:
+        proc.kill()               # Ctrl-C in the parent: the child goes too
+        proc.wait()
+        raise
     rc = proc.wait()
     stderr = errs[0] if errs else ""
     if rec is None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -310,6 +311,42 @@ def test_a_peer_child_that_fails_after_its_result_is_not_a_clean_run(wl, tmp_pat
                          min_size=None, max_size=None, seed=1), str(lib))
     assert not rec["ok"], rec
     assert "after its result (exit 7)" in rec["problems"][0], rec["problems"]
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_ctrl_c_reports_and_writes_the_runs_done(wl, tmp_path, isolate):
+    # SIGINT to the lab alone (not its process group): an isolated run's
+    # child must go too.
+    import signal
+    import psutil
+    out = tmp_path / "r.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "tcalloc.stress", "--workloads", "larson",
+                          "--backends", "tcalloc,system", "--threads", "1,2", "--duration", "1",
+                          "--json", str(out)] + (["--isolate"] if isolate else []),
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        for line in p.stderr:           # the first run's line, then Ctrl-C in the second
+            if line.strip().endswith(" ok"):
+                break
+        children = psutil.Process(p.pid).children()
+        deadline = time.monotonic() + 10
+        while isolate and not children and time.monotonic() < deadline:
+            time.sleep(0.02)            # the second run's child is starting
+            children = psutil.Process(p.pid).children()
+        assert children or not isolate
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, stdout + stderr
+    gone, alive = psutil.wait_procs(children, timeout=0)  # reaped before the lab exits
+    assert not alive, alive
+    assert "interrupted during run 2 of 4" in stderr, stderr
+    assert "Summary (1 runs" in stdout and "INTERRUPTED: 1 of 4 runs done" in stdout, stdout
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True and len(doc["runs"]) == 1 and doc["runs"][0]["ok"]
 
 
 class _Clock:
