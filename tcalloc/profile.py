@@ -39,7 +39,10 @@ Collected over the block:
 
 The samplers' own (small) CPU time is part of the process totals and left
 out of the verdict. A thread that starts and ends between two native ticks
-is only in the process totals.
+is only in the process totals. Threads started through ``threading``
+during the profile are known to be Python threads from their start (a
+``threading.setprofile`` hook that runs once per new thread and then puts
+back the program's own hook, if any).
 """
 
 from __future__ import annotations
@@ -242,6 +245,51 @@ def _thread_names() -> Dict[int, str]:
     return names
 
 
+# Threads started through `threading` while a profile runs: each one, as it
+# starts, is known to be a Python thread by its native id, even if it ends
+# before the Python sampler (which needs the GIL those threads keep busy)
+# ever sees it in threading.enumerate(). A threading profile hook does it:
+# it runs once in each new thread, records it, and puts back the hook that
+# was there before (the program's own, or none). _starts_lock guards
+# _active and _prev_hook.
+_active: "set[Profile]" = set()
+_prev_hook: Any = None
+_starts_lock: Any = None
+
+
+def _on_thread_start(frame: Any, event: str, arg: Any) -> Any:
+    import sys
+    import threading
+    t = threading.current_thread()
+    prev = _prev_hook
+    for p in list(_active):
+        p._note_thread(t.native_id, t.name)
+    sys.setprofile(prev)
+    if prev is not None:
+        return prev(frame, event, arg)
+    return None
+
+
+def _watch_thread_starts(p: "Profile", on: bool) -> None:
+    global _prev_hook, _starts_lock
+    import threading
+    if _starts_lock is None:
+        _starts_lock = threading.Lock()     # first use: under the GIL, no race
+    with _starts_lock:
+        if on:
+            if not _active:
+                _prev_hook = (threading.getprofile() if hasattr(threading, "getprofile")
+                              else getattr(threading, "_profile_hook", None))
+                threading.setprofile(_on_thread_start)
+            _active.add(p)
+        else:
+            _active.discard(p)
+            current = (threading.getprofile() if hasattr(threading, "getprofile")
+                       else getattr(threading, "_profile_hook", None))
+            if not _active and current is _on_thread_start:
+                threading.setprofile(_prev_hook)
+
+
 def _comm(tid: int) -> str:
     try:
         with open("/proc/self/task/%d/comm" % tid) as f:
@@ -316,6 +364,7 @@ class Profile:
             self._clock.start()
         except (ImportError, OSError):     # not Linux: psutil's per-thread figures only
             self._clock = None
+        _watch_thread_starts(self, True)
         self._sampler = threading.Thread(target=self._sample_loop,
                                          name="tcalloc.profile sampler", daemon=True)
         self._running = True
@@ -335,6 +384,14 @@ class Profile:
             if uss is not None:
                 self._uss_peak = max(self._uss_peak, uss)
             self._series.append(((time.perf_counter_ns() - self._t0) / 1e9, rss))
+
+    def _note_thread(self, tid: Optional[int], name: str) -> None:
+        """A Python thread that started during the profile (in that thread)."""
+        if tid is None:
+            return
+        with self._lock:
+            self._python_ids.add(tid)
+            self._names[tid] = name
 
     def _sample_once(self, full: bool = False) -> None:
         now = time.monotonic()
@@ -384,6 +441,7 @@ class Profile:
             raise RuntimeError("profile not running")
         self._stop.set()
         self._sampler.join()
+        _watch_thread_starts(self, False)
         self._sample_once(full=True)
         if self._clock is not None:
             self._clock.stop()

@@ -347,3 +347,41 @@ def test_thread_clock_counts_a_thread_the_python_sampler_never_saw(tc):
     assert clock.rss_peak > 0
     with pytest.raises(RuntimeError):
         clock.stop()
+
+
+def test_a_python_thread_that_lives_between_two_samples_is_known_as_one(tc):
+    # Ticks every 5 s: neither sampler sees the thread, which starts and
+    # ends within the block. It is known to be a Python thread (and by its
+    # name) from its start, as threads that keep the GIL busy are, whose
+    # short lives the Python sampler may never see: they count in the GIL
+    # verdict.
+    with _profile(tc, interval=5.0) as p:
+        t = threading.Thread(target=lambda: None, name="brief")
+        t.start()
+        t.join()
+    assert t.native_id in p._python_ids
+    assert p._names[t.native_id] == "brief"
+
+
+def test_a_programs_own_threading_profile_hook_is_kept(tc):
+    import sys
+    calls = []
+
+    def hook(frame, event, arg):
+        calls.append((threading.current_thread().name, event))
+        sys.setprofile(None)
+    threading.setprofile(hook)
+    try:
+        with _profile(tc):
+            assert threading.getprofile() is not hook     # the profile's, for now
+            t = threading.Thread(target=lambda: None, name="inside")
+            t.start()
+            t.join()
+        assert threading.getprofile() is hook
+        t = threading.Thread(target=lambda: None, name="after")
+        t.start()
+        t.join()
+    finally:
+        threading.setprofile(None)
+    # (the profile's own sampler thread gets it too, as any new thread does)
+    assert [c[0] for c in calls if c[0] != "tcalloc.profile sampler"] == ["inside", "after"], calls
