@@ -47,7 +47,8 @@ f = r["forks"]
 out = dict(ok=not (r["corrupt"] or r["lost"] or r["child_failures"] or r["child_hung"]),
            ops_s=r["ops"] / (r["elapsed_ns"] / 1e9), forks=f,
            faults_per_fork=(ru1.ru_minflt - ru0.ru_minflt) / f,
-           fork_ms=r["fork_ns"] / f / 1e6, child_ms=r["child_ns"] / f / 1e6)
+           fork_ms=r["fork_ns"] / f / 1e6,
+           child_ms=r["child_ns"] / max(r["children_reaped"], 1) / 1e6)
 if st0 is not None:
     st1 = tcalloc.stats()["locks"]["fork_gate"]
     out["gate_waits_per_fork"] = (st1["contended"] - st0["contended"]) / f

@@ -23,7 +23,8 @@ progresses). Usage errors exit 2.
      "runs": [RUN, ...],
      "failures": number of runs that are not ok,
      "interrupted": true when Ctrl-C ended the suite early (then the runs
-                    done so far are reported and written, and it exits 130),
+                    done so far are reported and written, and the lab dies
+                    by SIGINT, as python does),
      "soak": {...} (only with --soak)}
 
 where each RUN has: workload, backend, where ("in-process" or "child"),

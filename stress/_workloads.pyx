@@ -92,7 +92,8 @@ cdef extern from *:
 
 cdef enum:
     WL_MAX_THREADS = 256
-    WL_PROGRESS_EVERY = 256     # ops between updates of the shared progress counter
+    WL_PROGRESS_EVERY = 256     # ops between updates of the shared progress counter,
+    WL_PROGRESS_BYTES = 16 << 20  # or bytes: 256 ops of 1 GiB blocks take minutes
     WL_LIVE_SLACK = 1 << 20     # bytes a thread's live-meter change may wait before it is added
     WL_BATCH = 32               # xmalloc: blocks per batch handed producer -> consumer
     WL_RING = 1024              # prodcons: ring capacity (power of two)
@@ -158,6 +159,7 @@ cdef struct wl_worker:
     uint64_t seq
     uint64_t tick
     uint64_t unreported   # ops not yet added to the progress counter
+    uint64_t unreported_bytes  # and the bytes they allocated
     int64_t live_delta    # bytes allocated minus freed, not yet added to the live meter
     wl_counts c
     wl_block *local       # this worker's slot array (larson, mixed, churn, fork)
@@ -249,10 +251,12 @@ cdef inline void wl_count_op(wl_worker *w, size_t n) noexcept nogil:
     w.c.ops += 1
     w.c.bytes += n
     w.unreported += 1
-    if w.unreported >= WL_PROGRESS_EVERY:
+    w.unreported_bytes += n
+    if w.unreported >= WL_PROGRESS_EVERY or w.unreported_bytes >= WL_PROGRESS_BYTES:
         if w.sh.progress != NULL:
             tc_atomic_add_u64(w.sh.progress, w.unreported)
         w.unreported = 0
+        w.unreported_bytes = 0
 
 cdef inline void wl_note_live(wl_worker *w, int64_t d) noexcept nogil:
     # The live meter: what the workload holds, read beside RSS to tell the

@@ -164,9 +164,15 @@ def _specs(a, backends):
                            min_size=a.min_size, max_size=a.max_size, seed=a.seed)
 
 
+def _label(spec):
+    return "%-13s %-10s %2d thr" % (spec["workload"], spec["backend"], spec["threads"])
+
+
 def _run_spec(spec, found, isolate, progress):
+    """One run; its line is the caller's to print (_run_line), once the run
+    is counted: a Ctrl-C after the line must not lose the run."""
     from .runner import run_child, run_in_process
-    label = "%-13s %-10s %2d thr" % (spec["workload"], spec["backend"], spec["threads"])
+    label = _label(spec)
 
     def on_progress(ops, elapsed):
         progress.update("  %s  %6.1f s  %s ops" % (label, elapsed, fmt_rate(ops)))
@@ -178,18 +184,22 @@ def _run_spec(spec, found, isolate, progress):
         rec = run_child(spec, None, on_progress)
     else:
         rec = run_in_process(spec, on_progress)
-    progress.done("  %s  %s ops/s  peak RSS %s  %s" % (
-        label, fmt_rate(rec.get("throughput_ops_s")), fmt_mib(rec.get("rss_peak")),
-        "ok" if rec["ok"] else "FAIL: " + "; ".join(rec["problems"])))
     return rec
+
+
+def _run_line(progress, spec, rec):
+    progress.done("  %s  %s ops/s  peak RSS %s  %s" % (
+        _label(spec), fmt_rate(rec.get("throughput_ops_s")), fmt_mib(rec.get("rss_peak")),
+        "ok" if rec["ok"] else "FAIL: " + "; ".join(rec["problems"])))
 
 
 def _halves(values):
     """The peak of the first half of the passes (its warm level: the first
     pass alone is no level, as every pass runs other seeds) and of the
-    second half (None while there is one pass)."""
+    second half (None while there is one pass; 0 and None with none, a soak
+    interrupted in its first pass)."""
     w = (len(values) + 1) // 2
-    return max(values[:w]), (max(values[w:]) if values[w:] else None)
+    return max(values[:w], default=0), (max(values[w:]) if values[w:] else None)
 
 
 def _heap_verdict(heaps):
@@ -221,34 +231,42 @@ def _soak(a, backends, found, progress, out):
     heaps, rsss = [], []
     print("soak: %.1f min, %d runs per pass of %.1f s each, backends %s"
           % (minutes, len(specs), per_run, ", ".join(backends)), file=out)
-    while time.monotonic() < end or passes == 0:
-        pass_runs = []
-        for s in specs:
-            rec = _run_spec(dict(s, seed=a.seed + passes), found, a.isolate, progress)
-            rec["pass"] = passes
-            pass_runs.append(rec)
+    interrupted = False
+    pass_runs = []
+    try:
+        while time.monotonic() < end or passes == 0:
+            for s in specs:
+                rec = _run_spec(dict(s, seed=a.seed + passes), found, a.isolate, progress)
+                rec["pass"] = passes
+                pass_runs.append(rec)
+                _run_line(progress, s, rec)
+            heap = max([r["tc_committed"] for r in pass_runs if "tc_committed" in r] or [0])
+            rss = max(r.get("rss_peak") or 0 for r in pass_runs)
+            # One assignment: a Ctrl-C lands before or after it, never
+            # between the pass's figures.
+            runs, heaps, rsss, done, pass_runs, passes = (
+                runs + pass_runs, heaps + [heap], rsss + [rss], pass_runs, [], passes + 1)
+            print("pass %3d  %5.1f min  ops %s  corrupt %d  lost %d  tcalloc blocks leaked %d B  "
+                  "failed runs %d  tcalloc heap %s (warm %s)  process RSS peak %s"
+                  % (passes - 1, minutes - max(0.0, end - time.monotonic()) / 60.0,
+                     fmt_rate(sum(r.get("ops", 0) for r in done)),
+                     sum(r.get("corrupt", 0) for r in done),
+                     sum(r.get("lost", 0) for r in done),
+                     sum(r.get("tc_in_use_delta", 0) for r in done),
+                     sum(not r["ok"] for r in done), fmt_mib(heap), fmt_mib(_halves(heaps)[0]),
+                     fmt_mib(rss)), file=out)
+            out.flush()
+    except KeyboardInterrupt:
+        # Ctrl-C: the passes done are judged and reported; the runs of the
+        # unfinished pass are reported, not judged.
+        progress.done("  interrupted during pass %d: its runs are not judged" % passes)
         runs += pass_runs
-        heap = max([r["tc_committed"] for r in pass_runs if "tc_committed" in r] or [0])
-        rss = max(r.get("rss_peak") or 0 for r in pass_runs)
-        heaps.append(heap)
-        rsss.append(rss)
-        warm_heap = _halves(heaps)[0]
-        print("pass %3d  %5.1f min  ops %s  corrupt %d  lost %d  tcalloc blocks leaked %d B  "
-              "failed runs %d  tcalloc heap %s (warm %s)  process RSS peak %s"
-              % (passes, minutes - max(0.0, end - time.monotonic()) / 60.0,
-                 fmt_rate(sum(r.get("ops", 0) for r in pass_runs)),
-                 sum(r.get("corrupt", 0) for r in pass_runs),
-                 sum(r.get("lost", 0) for r in pass_runs),
-                 sum(r.get("tc_in_use_delta", 0) for r in pass_runs),
-                 sum(not r["ok"] for r in pass_runs), fmt_mib(heap), fmt_mib(warm_heap),
-                 fmt_mib(rss)), file=out)
-        out.flush()
-        passes += 1
+        interrupted = True
     judged = any("tc_committed" in r for r in runs)
     warm_heap, later_heap, slack, flat = _heap_verdict(heaps)
     leaked = sum(r.get("tc_in_use_delta", 0) for r in runs)
     warm_rss, later_rss = _halves(rsss)
-    verdict = dict(minutes=minutes, passes=passes, runs=len(runs),
+    verdict = dict(minutes=minutes, passes=passes, runs=len(runs), interrupted=interrupted,
                    corrupt=sum(r.get("corrupt", 0) for r in runs),
                    lost=sum(r.get("lost", 0) for r in runs),
                    failed_runs=sum(not r["ok"] for r in runs),
@@ -311,6 +329,7 @@ def main(argv=None, out=None, prog=None):
             print("soak: HUNG: %s" % e, file=out)
             out.flush()
             os._exit(1)
+        interrupted = soak["interrupted"]
     else:
         specs = list(_specs(a, backends))
         dur = specs[0]["duration"] if specs else None
@@ -324,6 +343,7 @@ def main(argv=None, out=None, prog=None):
             progress.update("[%d/%d]" % (i + 1, len(specs)))
             try:
                 runs.append(_run_spec(spec, found, a.isolate, progress))
+                _run_line(progress, spec, runs[-1])
             except RunHung as e:
                 # Its threads are stuck in this process: report and end the suite.
                 progress.done("  HUNG: %s" % e)
@@ -333,8 +353,7 @@ def main(argv=None, out=None, prog=None):
                 break
             except KeyboardInterrupt:
                 # Ctrl-C: what finished is reported and written, as usual.
-                progress.done("  interrupted during run %d of %d (%s on %s): not counted"
-                              % (i + 1, len(specs), spec["workload"], spec["backend"]))
+                progress.done("  interrupted: %d of %d runs done" % (len(runs), len(specs)))
                 interrupted = True
                 break
     add_ratios(runs)
@@ -352,7 +371,9 @@ def main(argv=None, out=None, prog=None):
     if failures:
         print("\n%d run(s) FAILED" % failures, file=out)
     if interrupted:
-        print("\nINTERRUPTED: %d of %d runs done" % (len(runs), len(specs)), file=out)
+        print("\nINTERRUPTED: %s" % ("after %d passes" % soak["passes"] if soak is not None
+                                     else "%d of %d runs done" % (len(runs), len(specs))),
+              file=out)
     if a.json:
         doc = dict(version=JSON_VERSION, command=[sys.executable, "-m", "tcalloc.stress"] + list(
                        sys.argv[1:] if argv is None else argv),
@@ -367,8 +388,15 @@ def main(argv=None, out=None, prog=None):
                    runs=runs, failures=failures, interrupted=interrupted)
         if soak is not None:
             doc["soak"] = soak
-        with open(a.json, "w") as f:
-            json.dump(doc, f, indent=1)
+        # Whole or not at all: a second Ctrl-C must not leave half a file.
+        tmp = "%s.%d.tmp" % (a.json, os.getpid())
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, indent=1)
+            os.replace(tmp, a.json)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         print("results written to %s" % a.json, file=out)
     if a.plot:
         plot(runs, a.plot)
@@ -376,8 +404,15 @@ def main(argv=None, out=None, prog=None):
     if hung or interrupted:
         out.flush()
         sys.stderr.flush()
+        if interrupted and not hung:
+            # Die by SIGINT, as python does after an uncaught Ctrl-C: a shell
+            # running the lab in a loop stops too (an exit status of 130
+            # would mean the program handled it).
+            import signal
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         # Stuck threads, or an interrupted run's, would block a normal
-        # interpreter exit. 130: killed by SIGINT, as shells report it.
+        # interpreter exit.
         os._exit(1 if hung else 130)
     if soak is not None and (soak["heap_flat"] is False or soak["corrupt"] or soak["lost"]
                              or soak["tcalloc_leaked_bytes"]):

@@ -63,7 +63,7 @@ class Watchdog:
         self.clock = clock
         self.start = self.moved = clock()
         self.ops = None
-        self.stall = spec.get("stall_s", STALL_S) + slack
+        self.stall = (spec.get("stall_s") or STALL_S) + slack
         self.limit = None if spec.get("ops") else 60.0 + 4 * (spec.get("duration") or 30.0) + slack
 
     def check(self, ops):
@@ -235,14 +235,15 @@ def run_child(spec, library, on_progress=None):
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=reader, daemon=True).start()
     errs = []
-    threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True).start()
     t0 = time.monotonic()
     rec = None
     killed = None
     ops = 0
     try:
+        threading.Thread(target=reader, daemon=True).start()
+        err_reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)
+        err_reader.start()
         while True:
             killed = dog.check(ops)   # on every line too: a chatty child cannot outlive it
             if killed:
@@ -260,11 +261,12 @@ def run_child(spec, library, on_progress=None):
                     on_progress(ops, time.monotonic() - t0)
             elif line.startswith("result "):
                 rec = json.loads(line[len("result "):])
+        rc = proc.wait()
+        err_reader.join(5.0)      # the child's stderr to its end, for the error below
     except BaseException:
         proc.kill()               # Ctrl-C in the parent: the child goes too
         proc.wait()
         raise
-    rc = proc.wait()
     stderr = errs[0] if errs else ""
     if rec is None:
         tail = stderr.strip().splitlines()[-3:]

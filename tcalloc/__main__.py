@@ -3,6 +3,7 @@
     python -m tcalloc run [--domains raw,mem,obj] [--stats] [--heap-profile FILE] script.py [args...]
     python -m tcalloc run [options] -m module [args...]
     python -m tcalloc run [options] -c code [args...]
+    python -m tcalloc run [options] - [args...]         (the program from stdin)
     python -m tcalloc stress [lab options]       (the stress lab, as python -m tcalloc.stress)
     python -m tcalloc stats [--json] [--classes]
     python -m tcalloc --version
@@ -71,7 +72,7 @@ def _parser():
                     "interpreter's allocator (PyMem_SetAllocator), its Python children too. "
                     "Options end at the program: everything after it is the program's.",
         usage="python -m tcalloc run [-h] [--domains D] [--stats] [--heap-profile FILE] "
-              "(script | -m module | -c code) [args ...]")
+              "(script | -m module | -c code | -) [args ...]")
     r.add_argument("--domains", type=_domains, default=DOMAINS, metavar="D",
                    help="allocator domains to put on tcalloc, a comma-separated subset of "
                         "raw,mem,obj (default: all three)")
@@ -232,6 +233,29 @@ def _program_frames(tb):
     return tb
 
 
+def _report_program_frames(exc, tb):
+    """Make the interpreter's report of exc, uncaught, read as under python:
+    the hook it calls shows the program's frames only (tb), through the
+    sys.excepthook in place now (the program's own, if it set one), and a
+    hook that fails is reported as python reports it."""
+    hook = sys.excepthook
+
+    def report(typ, value, value_tb):
+        sys.excepthook = hook
+        if value is exc:
+            value_tb = tb
+            value = value.with_traceback(tb)   # the default hook prints __traceback__
+        try:
+            hook(typ, value, value_tb)
+        except Exception as err:
+            sys.stderr.write("Error in sys.excepthook:\n")
+            err_tb = err.__traceback__.tb_next      # from the hook's frame on
+            sys.__excepthook__(type(err), err.with_traceback(err_tb), err_tb)
+            sys.stderr.write("\nOriginal exception was:\n")
+            sys.__excepthook__(typ, value, value_tb)
+    sys.excepthook = report
+
+
 def _run(argv):
     own, prog_args = _split_run(argv)
     a = _parse_run_simply(own)
@@ -270,8 +294,9 @@ def _run(argv):
     # sys.path[0] is what the interpreter put there for this start (the
     # current directory under `python -m tcalloc`, the bin directory under
     # the `tcalloc` script): it becomes what it would be for the program.
-    # With -P (safe_path) nothing was put there, and nothing is.
-    first = not getattr(sys.flags, "safe_path", False)
+    # With -P (safe_path) or -I nothing was put there, and nothing is (-I
+    # implies safe_path from 3.11; before, only isolated says so).
+    first = not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated)
     try:
         if a.module is not None:
             # As `python -m`: runpy sets sys.argv[0] to the file.
@@ -282,13 +307,15 @@ def _run(argv):
             kept = runpy.run_module(a.module, run_name="__main__", alter_sys=True)
         elif a.code is not None or a.script == "-":
             # -c code, or the program read from stdin (`run -`), as python does
+            main = type(sys)("__main__")
             if a.code is not None:
                 source, sys.argv, name = a.code, ["-c"] + prog_args, "<string>"
             else:
-                source, sys.argv, name = sys.stdin.read(), ["-"] + prog_args, "<stdin>"
+                # bytes: compile() reads a coding cookie, as python does
+                source, sys.argv, name = sys.stdin.buffer.read(), ["-"] + prog_args, "<stdin>"
+                main.__file__ = name
             if first:
                 sys.path[0] = ""
-            main = type(sys)("__main__")
             saved = sys.modules["__main__"]
             sys.modules["__main__"] = main
             try:
@@ -302,17 +329,19 @@ def _run(argv):
             if first:
                 sys.path[0] = os.path.dirname(os.path.abspath(a.script))
             kept = runpy.run_path(a.script, run_name="__main__")
-    except Exception as e:
-        # As python reports it: the program's frames only, through
-        # sys.excepthook (the program may have set its own), and exit 1.
-        failed = True
+    except SystemExit:
+        raise
+    except BaseException as e:
         tb = _program_frames(e.__traceback__)
         if tb is None and isinstance(e, ImportError) and a.module is not None:
             # runpy found no module to run (python: "No module named x")
             sys.stderr.write("python -m tcalloc: %s\n" % e)
+            failed = True
         else:
-            # with_traceback too: the default hook prints e.__traceback__
-            sys.excepthook(type(e), e.with_traceback(tb), tb)
+            # Python reports it (exit 1; after Ctrl-C, death by SIGINT once
+            # the program's atexit handlers ran), with the program's frames.
+            _report_program_frames(e, tb)
+            raise
         del e, tb
     finally:
         # The program's globals (kept) are still alive here: the figures are

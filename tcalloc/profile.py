@@ -47,7 +47,9 @@ back the program's own hook, if any).
 
 from __future__ import annotations
 
+import _thread
 import math
+import os
 import resource
 import time
 
@@ -251,10 +253,32 @@ def _thread_names() -> Dict[int, str]:
 # ever sees it in threading.enumerate(). A threading profile hook does it:
 # it runs once in each new thread, records it, and puts back the hook that
 # was there before (the program's own, or none). _starts_lock guards
-# _active and _prev_hook.
+# _active and _prev_hook. A fork() child has no profile running: it starts
+# with none active and the hook taken back.
 _active: "set[Profile]" = set()
 _prev_hook: Any = None
-_starts_lock: Any = None
+_starts_lock = _thread.allocate_lock()
+
+
+def _threading_hook() -> Any:
+    import threading
+    if hasattr(threading, "getprofile"):         # 3.10+
+        return threading.getprofile()
+    return getattr(threading, "_profile_hook", None)
+
+
+def _forget_profiles_in_child() -> None:
+    global _starts_lock
+    _starts_lock = _thread.allocate_lock()       # the parent's may have been held
+    if _active:
+        _active.clear()
+        if _threading_hook() is _on_thread_start:
+            import threading
+            threading.setprofile(_prev_hook)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_profiles_in_child)
 
 
 def _on_thread_start(frame: Any, event: str, arg: Any) -> Any:
@@ -271,22 +295,17 @@ def _on_thread_start(frame: Any, event: str, arg: Any) -> Any:
 
 
 def _watch_thread_starts(p: "Profile", on: bool) -> None:
-    global _prev_hook, _starts_lock
+    global _prev_hook
     import threading
-    if _starts_lock is None:
-        _starts_lock = threading.Lock()     # first use: under the GIL, no race
     with _starts_lock:
         if on:
             if not _active:
-                _prev_hook = (threading.getprofile() if hasattr(threading, "getprofile")
-                              else getattr(threading, "_profile_hook", None))
+                _prev_hook = _threading_hook()
                 threading.setprofile(_on_thread_start)
             _active.add(p)
         else:
             _active.discard(p)
-            current = (threading.getprofile() if hasattr(threading, "getprofile")
-                       else getattr(threading, "_profile_hook", None))
-            if not _active and current is _on_thread_start:
+            if not _active and _threading_hook() is _on_thread_start:
                 threading.setprofile(_prev_hook)
 
 

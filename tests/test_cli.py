@@ -117,23 +117,32 @@ def test_run_c_exception_exits_1_with_traceback(tmp_path):
     assert "KeyError: 'boom'" in r.stderr
 
 
-def test_run_reports_an_uncaught_exception_as_python_does(tmp_path):
-    # The program's frames only (not run's or runpy's), through the
-    # program's own sys.excepthook when it set one; exit 1.
-    script = tmp_path / "boom.py"
-    script.write_text("def f():\n    raise KeyError('boom')\nf()\n")
-    r = tc("run", str(script), cwd=tmp_path)
-    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                           cwd=tmp_path, env=BASE_ENV)
-    assert r.returncode == plain.returncode == 1
-    assert r.stderr == plain.stderr, r.stderr
-    r = tc("run", "-c", "import sys\nsys.excepthook = lambda t, v, tb: print('hook', t.__name__, "
-           "tb.tb_frame.f_code.co_filename)\nraise ValueError", cwd=tmp_path)
-    assert r.returncode == 1 and r.stdout == "hook ValueError <string>\n", (r.stdout, r.stderr)
-    script.write_text("x = (\n")
-    r = tc("run", str(script), cwd=tmp_path)
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.endswith("SyntaxError: '(' was never closed\n"), r.stderr
+def _plain(args, cwd, stdin=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
+                          env=BASE_ENV, input=stdin, timeout=120)
+
+
+@pytest.mark.parametrize("program", [
+    "def f():\n    raise KeyError('boom')\nf()\n",
+    "x = (\n",                                                    # SyntaxError: no frames
+    "import sys\ndef h(t, v, tb):\n    raise RuntimeError('x')\nsys.excepthook = h\n"
+    "raise ValueError\n",                                         # a hook that fails
+    "import sys\nsys.excepthook = lambda t, v, tb: print('hook', t.__name__, "
+    "tb.tb_frame.f_code.co_filename)\nraise ValueError\n",       # the program's own hook
+    "import atexit\natexit.register(print, 'bye')\nraise KeyboardInterrupt\n",
+])
+def test_run_reports_an_uncaught_exception_as_python_does(tmp_path, program):
+    # Byte for byte: the program's frames only (not run's or runpy's),
+    # through the program's own sys.excepthook; exit 1, or death by SIGINT
+    # after the atexit handlers for KeyboardInterrupt.
+    script = tmp_path / "prog.py"
+    script.write_text(program)
+    for args in ([str(script)], ["-c", program]):
+        r = tc("run", *args, cwd=tmp_path)
+        plain = _plain(args, tmp_path)
+        assert (r.returncode, r.stdout, r.stderr) == (plain.returncode, plain.stdout,
+                                                      plain.stderr), (args, r.stderr)
+    assert plain.returncode in (1, -2)
 
 
 def test_run_m_of_a_missing_module_is_one_line(tmp_path):
@@ -145,10 +154,15 @@ def test_run_m_of_a_missing_module_is_one_line(tmp_path):
 def test_run_dash_reads_the_program_from_stdin(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tcalloc", "run", "-", "a", "--b"], cwd=tmp_path,
                        env=BASE_ENV, input="import sys, tcalloc\n"
-                       "print(sys.argv, __name__, tcalloc.installed())\n",
+                       "print(sys.argv, __name__, __file__, tcalloc.installed())\n",
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "['-', 'a', '--b'] __main__ True"
+    assert r.stdout.strip() == "['-', 'a', '--b'] __main__ <stdin> True"
+    # Source bytes, as python reads them: a coding cookie is honoured.
+    src = b"# -*- coding: latin-1 -*-\nprint(len('\xe9'))\n"
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", "-"], cwd=tmp_path,
+                       env=BASE_ENV, input=src, capture_output=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, b"1\n"), r.stderr
 
 
 def test_run_heap_profile_that_cannot_be_written_fails_before_the_program(tmp_path):

@@ -363,6 +363,11 @@ def test_a_python_thread_that_lives_between_two_samples_is_known_as_one(tc):
     assert p._names[t.native_id] == "brief"
 
 
+def _threading_hook():
+    # threading.getprofile() is 3.10+
+    return getattr(threading, "getprofile", lambda: threading._profile_hook)()
+
+
 def test_a_programs_own_threading_profile_hook_is_kept(tc):
     import sys
     calls = []
@@ -373,11 +378,11 @@ def test_a_programs_own_threading_profile_hook_is_kept(tc):
     threading.setprofile(hook)
     try:
         with _profile(tc):
-            assert threading.getprofile() is not hook     # the profile's, for now
+            assert _threading_hook() is not hook          # the profile's, for now
             t = threading.Thread(target=lambda: None, name="inside")
             t.start()
             t.join()
-        assert threading.getprofile() is hook
+        assert _threading_hook() is hook
         t = threading.Thread(target=lambda: None, name="after")
         t.start()
         t.join()
@@ -385,3 +390,23 @@ def test_a_programs_own_threading_profile_hook_is_kept(tc):
         threading.setprofile(None)
     # (the profile's own sampler thread gets it too, as any new thread does)
     assert [c[0] for c in calls if c[0] != "tcalloc.profile sampler"] == ["inside", "after"], calls
+
+
+def test_a_fork_child_of_a_profiled_block_starts_threads_without_the_profile(tc):
+    # The child has no profile running: no hook of the parent's profile, and
+    # no wait on a lock the parent's sampler may have held at the fork.
+    import os
+    with _profile(tc) as p:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                t = threading.Thread(target=lambda: None)
+                t.start()
+                t.join(10)
+                code = 0 if (not t.is_alive() and _threading_hook() is None
+                             and t.native_id not in p._python_ids) else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

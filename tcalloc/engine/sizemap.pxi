@@ -116,11 +116,13 @@ cdef int sizemap_init(SizeMap *m) noexcept nogil:
         per = 4 if kCoarseFrom <= base < kCoarseTo else 8
         step = base // per
         for i in range(1, per + 1):
-            if n + 1 >= kMaxClasses:        # room for the extra class after kPageSize
+            if n >= kMaxClasses:
                 return -1
             sizes[n] = base + i * step
             n += 1
             if sizes[n - 1] == kPageSize:
+                if n >= kMaxClasses:
+                    return -1
                 sizes[n] = kPageSize + kPageHeaderSlack
                 n += 1
         base *= 2
