@@ -93,6 +93,7 @@ cdef extern from *:
     TC_ENGINE_NOINLINE(void, _free_large, (void *))
     TC_ENGINE_NOINLINE(void *, _malloc_small_slow, (uint32_t, size_t))
     TC_ENGINE_NOINLINE(void, _free_small_slow, (void *, uint32_t))
+    TC_ENGINE_NOINLINE(void, _free_small_slow_at, (void *, size_t))
     TC_ENGINE_NOINLINE(void, _h_free_other, (void *, void *))
     TC_ENGINE_NOINLINE(void *, _sample_small, (void *, size_t))
     """
@@ -101,6 +102,12 @@ cdef extern from *:
 
 cdef SizeMap g_sizemap
 cdef uint16_t g_list_offset[kClassArraySize]   # g_sizemap.class_array[i] * sizeof(FreeList)
+cdef enum:
+    kSmallOffsetMax = 1024                     # g_small_offset's sizes: the (size + 7) >> 3 range
+# g_list_offset[(size + 7) >> 3] for each size <= kSmallOffsetMax: malloc
+# indexes it by the size itself (no add, no shift: two instructions) for
+# 2 KiB of table, of which a program touches the lines of the sizes it uses.
+cdef uint16_t g_small_offset[kSmallOffsetMax + 1]
 cdef MetaArena g_arena
 cdef PageHeap g_heap
 cdef CentralFreeList g_central[kMaxClasses]
@@ -155,13 +162,14 @@ cdef int g_bg_wanted = 0
 # =============================================================================
 
 # Cost, counted with callgrind (python -m bench.engine --callgrind): see
-# bench/README.md for the per-size table. Per 64 B malloc (20 instructions
-# with its return): the size test, the list-offset lookup, the TLS load, the
-# pop and the sample clock. Per free: the pagemap's two
-# loads, the TLS load and the push with its double-free key check. No lock,
-# no atomic read-modify-write (the list lengths are relaxed atomic stores,
-# plain movs, for stats() on other threads), no test for a missing cache,
-# no byte counting.
+# bench/README.md for the per-size table. Per 64 B malloc (17 instructions
+# with its return): the size test, the list-offset lookup (one table entry
+# per size up to 1024: no rounding), the TLS load, the pop and the sample
+# clock. Per free (28): the pagemap's two loads (no NULL-leaf test, no mask:
+# pagemap_sizeclass_of), the TLS load and the push with its double-free key
+# check. No lock, no atomic read-modify-write (the list lengths and frees
+# are plain owner-only adds on memory, read by stats() on other threads as
+# benign races: see FreeList), no test for a missing cache, no byte counting.
 
 cdef inline void *_malloc_at(size_t off, size_t size) noexcept nogil:
     """Pop from the calling thread's list at byte offset off (class off / sizeof(FreeList))."""
@@ -183,8 +191,8 @@ cdef inline void *_malloc(size_t size) noexcept nogil:
     # g_list_offset, not g_sizemap.class_array: the table holds the class's
     # byte offset in the cache, which saves the multiply (two instructions).
     cdef size_t off
-    if TC_LIKELY(size <= 1024):
-        off = g_list_offset[(size + 7) >> 3]
+    if TC_LIKELY(size <= kSmallOffsetMax):
+        off = g_small_offset[size]
     elif size <= kMaxSmallSize:
         off = g_list_offset[sizemap_index(size)]
     else:
@@ -192,11 +200,15 @@ cdef inline void *_malloc(size_t size) noexcept nogil:
     return _malloc_at(off, size)
 
 cdef inline void _free(void *p) noexcept nogil:
-    cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
-    if TC_LIKELY(cl != 0):
-        if TC_LIKELY(threadcache_try_push(<ThreadCache *>tc_tls_get(), cl, p)):
+    # off: the class's byte offset in the cache, 0 for none. The class is
+    # recomputed from it only on the slow path (no register copy of cl).
+    cdef size_t off = pagemap_sizeclass_of(&g_heap.pagemap, <uintptr_t>p) * sizeof(FreeList)
+    cdef ThreadCache *tc
+    if TC_LIKELY(off != 0):
+        tc = <ThreadCache *>tc_tls_get()
+        if TC_LIKELY(freelist_try_push(tc, <FreeList *>(<char *>tc + off), p)):
             return
-        _free_small_slow(p, cl)
+        _free_small_slow_at(p, off)
         return
     _free_large(p)
 
@@ -246,10 +258,14 @@ cdef int _init() except -1:
         raise ImportError("tcalloc: tc_tls.h's empty cache is smaller than a ThreadCache")
     if sizemap_init(&g_sizemap) != 0:
         raise ImportError("tcalloc: size class table could not be built")
+    if kPageShift + kPagemapLeafBits != 32:
+        raise ImportError("tcalloc: a pagemap leaf must cover 4 GiB (pagemap_sizeclass_of)")
     if kMaxClasses * sizeof(FreeList) > 0xFFFF:
         raise ImportError("tcalloc: a ThreadCache's lists do not fit 16-bit offsets")
     for i in range(kClassArraySize):
         g_list_offset[i] = <uint16_t>(g_sizemap.class_array[i] * sizeof(FreeList))
+    for i in range(kSmallOffsetMax + 1):
+        g_small_offset[i] = g_list_offset[(i + 7) >> 3]
     arena_init(&g_arena)
     pageheap_init(&g_heap, &g_arena)
     for cl in range(1, g_sizemap.num_classes):

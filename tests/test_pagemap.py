@@ -20,9 +20,26 @@ def test_set_get_round_trip_across_leaf_boundaries(comp):
         pm.set(page, 0x1000 + 16 * i, cl=(i % 100) + 1)
     for i, page in enumerate(pages):
         assert pm.get(page) == (0x1000 + 16 * i, (i % 100) + 1)
+        # free()'s read, from any address in the page
+        for off in (0, 1, 4095, 8191):
+            assert pm.class_of((page << 13) + off) == (i % 100) + 1
     # neighbours stay empty
     assert pm.get(2) == (0, 0)
     assert pm.get(leaf + 2) == (0, 0)
+    assert pm.class_of(2 << 13) == pm.class_of((leaf + 2) << 13) == 0
+
+
+def test_free_reads_class_0_where_no_leaf_or_past_48_bits(comp):
+    # free() does not test for a missing leaf: an address there must read
+    # class 0 (not tcalloc's) all the same, as must one past 48 bits.
+    pm = comp.PrivatePagemap()
+    leaf = comp.PAGEMAP_LEAF_PAGES
+    assert pm.ensure(3 * leaf, 1) == 0
+    pm.set(3 * leaf, 0x1000, cl=7)
+    assert pm.class_of((3 * leaf) << 13) == 7
+    for addr in (0, 8, (2 * leaf) << 13, ((4 * leaf) << 13) - 8, (3 * leaf + 1) << 13,
+                 (1 << 48) - 8, 1 << 48, (1 << 64) - 8, 0xDEADBEEF0000):
+        assert pm.class_of(addr) == 0, hex(addr)
 
 
 def test_heap_bits_mark_exactly_the_ranges_given(comp):
@@ -31,7 +48,7 @@ def test_heap_bits_mark_exactly_the_ranges_given(comp):
     # bytes, and crossing a leaf boundary, marked exactly (pages just
     # outside stay unmarked), and never cleared by marking a neighbour.
     pm = comp.PrivatePagemap()
-    leaf = 1 << 18
+    leaf = comp.PAGEMAP_LEAF_PAGES
     ranges = [(3, 2), (13, 30), (64, 64), (leaf - 5, 17), (5 * leaf + 8, 1), (7 * leaf - 64, 128)]
     marked = set()
     for start, n in ranges:

@@ -109,11 +109,14 @@ cdef void _h_free_other(void *dom, void *p) noexcept nogil:
         d.prev.free(d.prev.ctx, p)
 
 cdef inline void _h_free(HookDomain *d, void *p) noexcept nogil:
-    cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
-    if TC_LIKELY(cl != 0):
-        if TC_LIKELY(threadcache_try_push(<ThreadCache *>tc_tls_get(), cl, p)):
+    # As _free (_engine.pyx): the class as its byte offset in the cache.
+    cdef size_t off = pagemap_sizeclass_of(&g_heap.pagemap, <uintptr_t>p) * sizeof(FreeList)
+    cdef ThreadCache *tc
+    if TC_LIKELY(off != 0):
+        tc = <ThreadCache *>tc_tls_get()
+        if TC_LIKELY(freelist_try_push(tc, <FreeList *>(<char *>tc + off), p)):
             return
-        _free_small_slow(p, cl)
+        _free_small_slow_at(p, off)
         return
     _h_free_other(d, p)
 

@@ -1,9 +1,12 @@
 # Pagemap: radix tree from page id (48-bit address >> 13 = 35 bits) to the
 # Span that holds the page and, for small-object spans, the size class.
-# Two levels, 17 + 18 bits: free() pays two dependent loads. The root is
-# embedded (1 MiB of zero pages, untouched until used); a leaf (2.28 MiB,
-# covering 2 GiB of address space) comes from the metadata arena when the
-# heap first grows there, and only its touched pages become resident.
+# Two levels, 16 + 19 bits: free() pays two dependent loads. The root is
+# embedded (512 KiB of zero pages, untouched until used); a leaf (4.56 MiB,
+# covering 4 GiB of address space) comes from the metadata arena when the
+# heap first grows there, and only its touched pages become resident. 4 GiB
+# so that free() finds the page in the leaf with a 32-bit shift, no mask;
+# and a root entry for no leaf reads as an all-zero leaf (Pagemap.zero_leaf),
+# so free() does not test for one (pagemap_sizeclass_of).
 #
 # Thread safety: readers need no lock (free() reads it on every call). Writers
 # hold the page-heap lock. Nodes are published with release stores and never
@@ -18,8 +21,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
 cdef enum:
-    kPagemapLeafBits = 18
-    kPagemapRootBits = 17          # 17 + 18 = 35 = 48 - 13
+    kPagemapLeafBits = 19
+    kPagemapRootBits = 16          # 16 + 19 = 35 = 48 - 13
     kPagemapLeafLen = 1 << kPagemapLeafBits
     kPagemapRootLen = 1 << kPagemapRootBits
     kPagemapHeapBytes = 1 << (kPagemapLeafBits - 3)   # a leaf's heap bits
@@ -30,15 +33,45 @@ ctypedef struct PagemapLeaf:
     uint8_t heap[kPagemapHeapBytes]       # bit per page: mapped for the heap
 
 ctypedef struct Pagemap:
-    PagemapLeaf *root[kPagemapRootLen]
+    # A leaf's address, less zero_leaf's: 0 (the zeroed root) for no leaf
+    # reads as zero_leaf, whose size classes are all 0, so free() finds a
+    # class without testing the leaf for NULL (pagemap_sizeclass_of).
+    void *root[kPagemapRootLen]
     MetaArena *arena
     uint64_t node_bytes
+    uint8_t zero_leaf[kPagemapLeafLen]    # never written (zero pages, never resident)
+
+# free()'s two loads: root entry e (acquire), then zero_leaf[e + i] (relaxed).
+# On x86-64 every load is an acquire load and both are one mov, but GCC
+# folds addresses into the operands of plain loads only (the atomic spelling
+# costs two adds more), so there, outside ThreadSanitizer builds, they are
+# written as plain loads of words that are only ever stored whole.
+cdef extern from *:
+    """
+    static inline uint8_t pagemap_class_at(const uint8_t *zero, void *const *root, uintptr_t i1, uint32_t i) {
+    #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+        uintptr_t e = (uintptr_t)root[i1];
+        return *(const uint8_t *)((uintptr_t)zero + e + i);
+    #else
+        uintptr_t e = (uintptr_t)__atomic_load_n((void **)&root[i1], __ATOMIC_ACQUIRE);
+        return __atomic_load_n((const uint8_t *)((uintptr_t)zero + e + i), __ATOMIC_RELAXED);
+    #endif
+    }
+    """
+    uint8_t _class_at "pagemap_class_at"(const uint8_t *zero, void *const *root, uintptr_t i1, uint32_t i) nogil
+
+cdef inline uintptr_t _pagemap_entry(const Pagemap *pm, uintptr_t i1) noexcept nogil:
+    return <uintptr_t>tc_load_acquire_ptr(<void **>&pm.root[i1])
 
 cdef inline PagemapLeaf *pagemap_leaf(const Pagemap *pm, uintptr_t page) noexcept nogil:
     cdef uintptr_t i1 = page >> kPagemapLeafBits
+    cdef uintptr_t e
     if i1 >= kPagemapRootLen:
         return NULL
-    return <PagemapLeaf *>tc_load_acquire_ptr(<void **>&pm.root[i1])
+    e = _pagemap_entry(pm, i1)
+    if e == 0:
+        return NULL
+    return <PagemapLeaf *>(<uintptr_t>pm.zero_leaf + e)
 
 cdef inline uint32_t pagemap_sizeclass(const Pagemap *pm, uintptr_t page) noexcept nogil:
     """Size class of the small-object span holding `page`, 0 if none."""
@@ -46,6 +79,18 @@ cdef inline uint32_t pagemap_sizeclass(const Pagemap *pm, uintptr_t page) noexce
     if leaf == NULL:
         return 0
     return tc_load_u8(&leaf.sizeclass[page & (kPagemapLeafLen - 1)])
+
+cdef inline uint32_t pagemap_sizeclass_of(const Pagemap *pm, uintptr_t addr) noexcept nogil:
+    """pagemap_sizeclass of the page holding addr, for free(): a leaf covers
+    exactly 4 GiB (kPageShift + kPagemapLeafBits == 32, checked at import),
+    so the index in it is the page of addr's low 32 bits: a 32-bit shift,
+    no mask."""
+    cdef uintptr_t i1 = addr >> (kPageShift + kPagemapLeafBits)
+    if i1 >= kPagemapRootLen:
+        return 0
+    # leaf.sizeclass (its first field) [the page in the leaf], summed first
+    # so that the compiler folds zero_leaf's address into the load
+    return _class_at(pm.zero_leaf, pm.root, i1, <uint32_t>addr >> kPageShift)
 
 cdef inline Span *pagemap_span(const Pagemap *pm, uintptr_t page) noexcept nogil:
     """Span recorded for `page` (may be stale for interior pages, see above)."""
@@ -113,10 +158,10 @@ cdef int pagemap_ensure(Pagemap *pm, uintptr_t start, size_t npages) noexcept no
     if last >= kPagemapRootLen:
         return -1
     for i in range(first, last + 1):
-        if pm.root[i] == NULL:
+        if pm.root[i] == NULL:               # a leaf is never at zero_leaf
             leaf = <PagemapLeaf *>arena_alloc(pm.arena, sizeof(PagemapLeaf), 4096)
             if leaf == NULL:
                 return -1
             pm.node_bytes += sizeof(PagemapLeaf)
-            tc_store_release_ptr(<void **>&pm.root[i], leaf)
+            tc_store_release_ptr(<void **>&pm.root[i], <void *>(<uintptr_t>leaf - <uintptr_t>pm.zero_leaf))
     return 0

@@ -29,6 +29,11 @@ cdef void _free_small_slow(void *p, uint32_t cl) noexcept nogil:
     else:
         threadcache_free_uncached(&g_registry, cl, p)
 
+cdef void _free_small_slow_at(void *p, size_t off) noexcept nogil:
+    """_free_small_slow for the class at byte offset off in a cache: _free
+    passes the offset it has, so it keeps no copy of the class."""
+    _free_small_slow(p, <uint32_t>(off // sizeof(FreeList)))
+
 cdef void *_malloc_small_slow(uint32_t cl, size_t size) noexcept nogil:
     """The pop found nothing: the list is empty, debug checks are on, or
     the thread has no cache yet."""

@@ -104,7 +104,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     tc_spinlock_unlock(&g_heap.lock)
     # In use: every arena allocation except pagemap leaves, plus the leaf
     # entries of heap pages (a class byte, a span pointer and a heap bit
-    # each). A leaf is mapped whole (2.28 MiB for 2 GiB of address space) but
+    # each). A leaf is mapped whole (4.56 MiB for 4 GiB of address space) but
     # only the entries of pages the heap owns are ever written, so only
     # those are resident.
     st.metadata = (tc_load_u64(&g_arena.used_bytes) - node_bytes

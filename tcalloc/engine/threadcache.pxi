@@ -42,14 +42,16 @@ ctypedef struct FreeList:         # 64 bytes: one cache line per class
     # Counters, owner-written, read by stats(). Objects are conserved on a
     # list: length = fetched + frees - mallocs - released, so mallocs is
     # derived (freelist_mallocs) and the malloc fast path counts nothing.
-    # `length`, `fetched` and `released` are written with relaxed atomic
-    # stores (plain movs: free on the fast path) and read with relaxed loads.
-    # `frees` is the one benign data race: the free fast path increments it
-    # with a plain `addq` (a relaxed load-add-store would cost three
-    # instructions per free instead of one); its only reader on another
-    # thread is freelist_frees_snapshot (stats()), which sees the old or the
-    # new value of an aligned 8-byte word, never a torn one. That reader is
-    # suppressed for ThreadSanitizer (tests/sanitizers/tsan.supp).
+    # `fetched` and `released` are written with relaxed atomic stores (plain
+    # movs) and read with relaxed loads. `frees` and `length` are the benign
+    # data races: the fast paths change them with a plain `addq` / `subl` /
+    # `addl` on memory (a relaxed load-add-store would cost three
+    # instructions for one); their only readers on another thread are
+    # freelist_frees_snapshot and freelist_length_snapshot (stats()), which
+    # see the old or the new value of an aligned word, never a torn one.
+    # Those readers are suppressed for ThreadSanitizer
+    # (tests/sanitizers/tsan.supp). The slow paths, owner only too, still
+    # store `length` with relaxed stores.
     uint64_t frees                # pushes (free fast path)
     uint64_t fetched              # objects brought in from the transfer cache
     uint64_t released             # objects sent back to it
@@ -137,6 +139,15 @@ cdef extern from *:
     void _gate_bump "threadcache_gate_bump_sc"(int *p) nogil
     int _gate_epoch "threadcache_gate_epoch_sc"(const int *p) nogil
 
+# A compiler-only fence (no instruction): keeps the push's counter updates,
+# plain read-modify-writes the compiler could otherwise hoist, after the
+# store that publishes the block (see threadcache_adopt_orphans).
+cdef extern from *:
+    """
+    static inline void threadcache_compiler_fence(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+    """
+    void _compiler_fence "threadcache_compiler_fence"() nogil
+
 cdef inline void threadcache_gate_enter(ThreadCacheRegistry *reg) noexcept nogil:
     """Start a move (no lock held but the ones a move takes); waits while
     a fork() is in progress."""
@@ -201,11 +212,15 @@ cdef inline uint64_t freelist_frees_snapshot(const FreeList *l) noexcept nogil:
     """l.frees read from any thread (the benign race: see FreeList.frees)."""
     return tc_load_u64(&l.frees)
 
+cdef inline uint32_t freelist_length_snapshot(const FreeList *l) noexcept nogil:
+    """l.length read from any thread (a benign race like frees': see FreeList)."""
+    return tc_load_u32(&l.length)
+
 cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
     """Objects this list has handed out (exact for the owner; for another
     thread, exact once the owner is quiet)."""
     return (tc_load_u64(&l.fetched) + freelist_frees_snapshot(l)
-            - tc_load_u64(&l.released) - tc_load_u32(&l.length))
+            - tc_load_u64(&l.released) - freelist_length_snapshot(l))
 
 cdef inline uint32_t freelist_drawn(const FreeList *l) noexcept nogil:
     """Objects that have left the list, popped or released, as a clock that
@@ -234,13 +249,14 @@ cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
     cdef uint64_t total = 0
     cdef int cl
     for cl in range(1, tc.num_classes):
-        total += <uint64_t>tc_load_u32(&tc.lists[cl].length) * tc.lists[cl].size
+        total += <uint64_t>freelist_length_snapshot(&tc.lists[cl]) * tc.lists[cl].size
     return total
 
 # ---- the fast path ------------------------------------------------------------
-# Cost (x86-64, GCC -O3, inlined into the engine's malloc/free): pop is 8
-# instructions (load head, test, load length and next, store both back,
-# clear the key), push 12. Neither counts bytes (see ThreadCache.capacity)
+# Cost (x86-64, GCC -O3, inlined into the engine's malloc/free): pop is 6
+# instructions (load head, test, load next, store it, subl on the length,
+# clear the key), push 12 (3 loads, 2 compare-and-branch pairs, 3 stores,
+# addl on the length, addq on frees). Neither counts bytes (see ThreadCache.capacity)
 # nor tracks the low-water mark (see freelist_lowater) nor tests for a
 # missing cache (the engine's empty cache fails both quietly).
 
@@ -252,30 +268,31 @@ cdef inline void *freelist_try_pop(FreeList *l) noexcept nogil:
     """threadcache_try_pop on the list itself (the engine's malloc finds it
     by a byte offset into the cache: see g_list_offset)."""
     cdef void *p = l.head
-    cdef uint32_t length
     if TC_UNLIKELY(p == NULL):
         return NULL
-    length = l.length - 1
     l.head = (<void **>p)[0]
-    tc_store_u32(&l.length, length)
+    l.length -= 1                 # plain: see FreeList.length
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = NULL    # drop the free-block key (see try_push)
     return p
 
 cdef inline bint threadcache_try_push(ThreadCache *tc, size_t cl, void *p) noexcept nogil:
     """Push p; 0 (nothing done) when the list is full or p looks freed already."""
+    return freelist_try_push(tc, &tc.lists[cl], p)
+
+cdef inline bint freelist_try_push(ThreadCache *tc, FreeList *l, void *p) noexcept nogil:
+    """threadcache_try_push on the list itself, one of tc's (the engine's
+    free finds it by a byte offset into the cache)."""
     # Reads first, stores into the block last: a store through void** may
     # alias the cache's fields, and the compiler would reload them.
-    cdef FreeList *l = &tc.lists[cl]
     cdef void *head = l.head
-    cdef uint32_t length = l.length + 1
     cdef void *key = tc.free_key
     # Double free, cheaply (glibc's tcache does the same): a free block
     # carries the process's key in its second word and pop clears it, so a
     # block that already holds the key is probably on a free list: the slow
     # path looks. Every class is at least 16 bytes, so every block has a
     # second word.
-    if TC_UNLIKELY(length > l.max_length or (TCALLOC_FREE_KEY and (<void **>p)[1] == key)):
+    if TC_UNLIKELY(tc_load_u32(&l.length) >= l.max_length or (TCALLOC_FREE_KEY and (<void **>p)[1] == key)):
         return 0
     # The block is linked before it is published as the head (both void *
     # stores, so the compiler keeps their order): a fork child that finds
@@ -284,7 +301,8 @@ cdef inline bint threadcache_try_push(ThreadCache *tc, size_t cl, void *p) noexc
         (<void **>p)[1] = key
     (<void **>p)[0] = head
     l.head = p
-    tc_store_u32(&l.length, length)
+    _compiler_fence()
+    l.length += 1                 # plain: see FreeList.length
     l.frees += 1                  # plain: see FreeList.frees
     return 1
 

@@ -270,6 +270,10 @@ cdef class PrivatePagemap:
         """(value, class); (0, 0) where no node exists."""
         return (<uintptr_t>pagemap_span(self.pm, page), pagemap_sizeclass(self.pm, page))
 
+    def class_of(self, uintptr_t addr):
+        """The class as free() reads it, from an address (pagemap_sizeclass_of)."""
+        return pagemap_sizeclass_of(self.pm, addr)
+
     def mark_heap(self, uintptr_t start, size_t npages):
         if pagemap_ensure(self.pm, start, npages) != 0:
             raise MemoryError()
@@ -321,15 +325,18 @@ cdef void *_pm_reader(void *arg) noexcept nogil:
     cdef PMShared *sh = <PMShared *>arg
     cdef uint64_t s = sh.seed ^ <uintptr_t>&s
     cdef uintptr_t page, v
-    cdef uint32_t cl
+    cdef uint32_t cl, cl_free
     cdef long bad = 0, seen = 0, n = 0
     while not tct_load_int(&sh.stop) or n < 1000:
         page = _pm_domain_page(h_rand(&s))
         v = <uintptr_t>pagemap_span(sh.pm, page)
         cl = pagemap_sizeclass(sh.pm, page)
+        cl_free = pagemap_sizeclass_of(sh.pm, (page << kPageShift) | (n & (kPageSize - 1)))
         if v != 0 and v != _pm_value(page):
             bad += 1
         if cl != 0 and cl != page % 200 + 1:
+            bad += 1
+        if cl_free != 0 and cl_free != page % 200 + 1:
             bad += 1
         if v != 0:
             seen += 1
