@@ -339,21 +339,29 @@ def _lab(tmp_path, *args):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_ctrl_c_reports_and_writes_the_runs_done(wl, tmp_path):
+def _interrupt_at(p, stream, at):
+    """Ctrl-C to the lab p once a line of `stream` satisfies at(line); the
+    lab must die by SIGINT, as python after an uncaught Ctrl-C (so a shell
+    loop stops). Returns the rest of (stdout, stderr)."""
     import signal
-    out = tmp_path / "r.json"
-    p = _lab(tmp_path, "--workloads", "larson", "--backends", "tcalloc,system", "--threads",
-             "1,2", "--duration", "2", "--json", str(out))
     try:
-        for line in p.stderr:           # the first run's line, then Ctrl-C in the second
-            if line.strip().endswith(" ok"):
+        for line in stream:
+            if at(line):
                 break
         p.send_signal(signal.SIGINT)
         stdout, stderr = p.communicate(timeout=60)
     finally:
         p.kill()
-    # Dead by SIGINT, as python after an uncaught Ctrl-C (a shell loop stops).
     assert p.returncode == -signal.SIGINT, stdout + stderr
+    return stdout, stderr
+
+
+def test_ctrl_c_reports_and_writes_the_runs_done(wl, tmp_path):
+    out = tmp_path / "r.json"
+    p = _lab(tmp_path, "--workloads", "larson", "--backends", "tcalloc,system", "--threads",
+             "1,2", "--duration", "2", "--json", str(out))
+    # the first run's line, then Ctrl-C in the second
+    stdout, stderr = _interrupt_at(p, p.stderr, lambda line: line.strip().endswith(" ok"))
     assert "interrupted: 1 of 4 runs done" in stderr, stderr
     assert "Summary (1 runs" in stdout and "INTERRUPTED: 1 of 4 runs done" in stdout, stdout
     doc = json.loads(out.read_text())
@@ -385,19 +393,11 @@ def test_ctrl_c_ends_a_running_child(wl, tmp_path):
 
 
 def test_ctrl_c_in_a_soak_reports_the_passes_done(wl, tmp_path):
-    import signal
     out = tmp_path / "s.json"
     p = _lab(tmp_path, "--soak", "5", "--workloads", "larson", "--threads", "1", "--duration",
              "0.3", "--json", str(out))
-    try:
-        for line in p.stdout:           # the second pass's line, then Ctrl-C
-            if line.startswith("pass   1"):
-                break
-        p.send_signal(signal.SIGINT)
-        stdout, stderr = p.communicate(timeout=60)
-    finally:
-        p.kill()
-    assert p.returncode == -signal.SIGINT, stdout + stderr
+    # the second pass's line, then Ctrl-C
+    stdout, stderr = _interrupt_at(p, p.stdout, lambda line: line.startswith("pass   1"))
     assert "soak result: 2 passes" in stdout and "INTERRUPTED: after 2 passes" in stdout, stdout
     doc = json.loads(out.read_text())
     assert doc["interrupted"] is True and doc["soak"]["interrupted"] is True
