@@ -46,8 +46,8 @@ class RunHung(RuntimeError):
 
 
 # A run whose workers complete no operation for this long is hung. The
-# counter moves every 256 operations per worker, and a fork child that hangs
-# stalls only the driver, never the workers.
+# counter moves every 256 operations or 16 MiB allocated per worker, and a
+# fork child that hangs stalls only the driver, never the workers.
 STALL_S = 60.0
 
 
