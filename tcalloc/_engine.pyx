@@ -199,16 +199,23 @@ cdef inline void *_malloc(size_t size) noexcept nogil:
         return _malloc_large(size, 1)
     return _malloc_at(off, size)
 
-cdef inline void _free(void *p) noexcept nogil:
+cdef inline bint _free_small(void *p) noexcept nogil:
+    """Free p if it is a small block (1), else leave it to the caller (0):
+    the engine's free and the interpreter hook's (engine/hook.pxi) differ
+    only in what they do with other pointers."""
     # off: the class's byte offset in the cache, 0 for none. The class is
     # recomputed from it only on the slow path (no register copy of cl).
     cdef size_t off = pagemap_sizeclass_of(&g_heap.pagemap, <uintptr_t>p) * sizeof(FreeList)
     cdef ThreadCache *tc
     if TC_LIKELY(off != 0):
         tc = <ThreadCache *>tc_tls_get()
-        if TC_LIKELY(freelist_try_push(tc, <FreeList *>(<char *>tc + off), p)):
-            return
-        _free_small_slow_at(p, off)
+        if TC_UNLIKELY(not freelist_try_push(tc, <FreeList *>(<char *>tc + off), p)):
+            _free_small_slow_at(p, off)
+        return 1
+    return 0
+
+cdef inline void _free(void *p) noexcept nogil:
+    if TC_LIKELY(_free_small(p)):
         return
     _free_large(p)
 

@@ -109,14 +109,7 @@ cdef void _h_free_other(void *dom, void *p) noexcept nogil:
         d.prev.free(d.prev.ctx, p)
 
 cdef inline void _h_free(HookDomain *d, void *p) noexcept nogil:
-    # As _free (_engine.pyx): the class as its byte offset in the cache.
-    cdef size_t off = pagemap_sizeclass_of(&g_heap.pagemap, <uintptr_t>p) * sizeof(FreeList)
-    cdef ThreadCache *tc
-    if TC_LIKELY(off != 0):
-        tc = <ThreadCache *>tc_tls_get()
-        if TC_LIKELY(freelist_try_push(tc, <FreeList *>(<char *>tc + off), p)):
-            return
-        _free_small_slow_at(p, off)
+    if TC_LIKELY(_free_small(p)):       # _engine.pyx
         return
     _h_free_other(d, p)
 
