@@ -267,19 +267,16 @@ def run_child(spec, library, on_progress=None):
         proc.kill()               # Ctrl-C in the parent: the child goes too
         proc.wait()
         raise
-    stderr = errs[0] if errs else ""
+    tail = (errs[0] if errs else "").strip().splitlines()[-3:]
+    how = "killed: it " + killed if killed else "failed"
+    said = (": " + " | ".join(tail)) if tail else ""
     if rec is None:
-        tail = stderr.strip().splitlines()[-3:]
         rec = dict(workload=spec["workload"], backend=spec["backend"], threads=spec["threads"],
-                   error="child process %s (exit %s)%s" % (
-                       "killed: it " + killed if killed else "failed", rc,
-                       (": " + " | ".join(tail)) if tail else ""))
+                   error="child process %s (exit %s)%s" % (how, rc, said))
     elif (rc != 0 or killed) and not rec.get("error"):
         # The result line came, but the child did not end cleanly after it
         # (heap corruption found at exit, a hang in teardown): not a clean run.
-        tail = stderr.strip().splitlines()[-3:]
-        rec["error"] = "child process %s after its result (exit %s)%s" % (
-            "killed: it " + killed if killed else "failed", rc, (": " + " | ".join(tail)) if tail else "")
+        rec["error"] = "child process %s after its result (exit %s)%s" % (how, rc, said)
     rec["where"] = "child"
     rec["library"] = library
     if library and rec.get("preloaded") is False and not rec.get("error"):
