@@ -267,14 +267,20 @@ def _threading_hook() -> Any:
     return getattr(threading, "_profile_hook", None)
 
 
+def _unhook() -> None:
+    """Put back the hook that was there before the first profile, unless
+    the program has set another since."""
+    if _threading_hook() is _on_thread_start:
+        import threading
+        threading.setprofile(_prev_hook)
+
+
 def _forget_profiles_in_child() -> None:
     global _starts_lock
     _starts_lock = _thread.allocate_lock()       # the parent's may have been held
     if _active:
         _active.clear()
-        if _threading_hook() is _on_thread_start:
-            import threading
-            threading.setprofile(_prev_hook)
+        _unhook()
 
 
 if hasattr(os, "register_at_fork"):
@@ -305,8 +311,8 @@ def _watch_thread_starts(p: "Profile", on: bool) -> None:
             _active.add(p)
         else:
             _active.discard(p)
-            if not _active and _threading_hook() is _on_thread_start:
-                threading.setprofile(_prev_hook)
+            if not _active:
+                _unhook()
 
 
 def _comm(tid: int) -> str:
