@@ -1,4 +1,6 @@
 """Central free lists and transfer caches, on a private engine."""
+import math
+
 import pytest
 
 
@@ -35,6 +37,38 @@ def test_new_span_pages_are_not_touched_up_front(comp, eng):
     addr, npages = eng.central_info(cl)["nonempty"][0][:2]
     assert comp.resident_bytes(addr + 8192, (npages - 1) * 8192) == 0, "objects are carved lazily"
     eng.central_insert(cl, objs)
+
+
+def _small_classes(eng, upto=512):
+    return sorted({eng.class_of(s) for s in range(8, upto + 1, 8)})
+
+
+def test_refill_carve_ends_on_a_cache_line_boundary(eng):
+    # A thread cache's refill (whole_lines) takes never-used objects up to
+    # where a cache line starts, so two refills never share a line; objects
+    # of 256 B and up come as asked (they may share the lines at their
+    # ends); other callers get exactly n.
+    for cl in _small_classes(eng):
+        size = eng.class_size(cl)
+        chains = [eng.central_remove(cl, 1, whole_lines=True) for _ in range(3)]
+        lines = []
+        for objs in chains:
+            assert objs == sorted(objs) and all(b - a == size for a, b in zip(objs, objs[1:]))
+            if size < 256:
+                assert (objs[-1] + size) % 64 == 0, (size, [hex(o) for o in objs])
+                assert len(objs) <= 64 // math.gcd(size, 64), (size, len(objs))
+            else:
+                assert len(objs) == 1
+            lines.append({a // 64 for o in objs for a in (o, o + size - 1)})
+        if size < 256:
+            assert not (lines[0] & lines[1]) and not (lines[1] & lines[2]), size
+        plain = eng.central_remove(cl, 1)
+        assert len(plain) == 1
+        for objs in chains + [plain]:
+            eng.central_insert(cl, objs)
+        info = eng.central_info(cl)
+        assert info["free_objects"] == info["total_objects"], size
+    assert eng.check() == []
 
 
 def test_span_returns_to_page_heap_when_all_objects_are_back(eng):

@@ -177,6 +177,63 @@ def test_global_first_malloc_of_a_thread_fetches_one_object(comp):
     assert after == before, "slow start: a new thread's first malloc must not prefetch a batch"
 
 
+def test_two_threads_first_objects_never_share_a_cache_line(eng):
+    # Slow start fetches one object at a time: carved side by side, two
+    # threads' first objects would share a line, and two threads writing
+    # their own objects would bounce it between cores (false sharing).
+    a, b = eng.cache_create(), eng.cache_create()
+    sizes = [eng.class_size(cl) for cl in sorted({eng.class_of(s) for s in range(8, 257, 8)})]
+    held = {a: [], b: []}
+    for size in sizes:
+        for tc in (a, b, a, b):
+            held[tc].append((eng.cache_alloc(tc, size), size))
+    lines = {tc: {x // 64 for p, size in held[tc] for x in (p, p + size - 1)} for tc in held}
+    assert not (lines[a] & lines[b]), sorted(lines[a] & lines[b])
+    # What a carve brought beyond the one object asked for stays in the
+    # thread's list: freeing the objects back overflows nothing.
+    for tc in held:
+        for p, size in held[tc]:
+            eng.cache_free(tc, p)
+        assert eng.cache_info(tc)["overflows"] == 0
+        for size in sizes:
+            lst = eng.cache_list(tc, eng.class_of(size))
+            assert lst["length"] <= lst["max_length"], (size, lst)
+    eng.cache_destroy(a)
+    eng.cache_destroy(b)
+    assert eng.check() == []
+
+
+def test_global_threads_objects_apart_by_cache_lines():
+    # The same through the global engine's malloc, from real threads, in a
+    # fresh process (a pytest worker's heap has recycled objects, which
+    # come back in any order).
+    code = textwrap.dedent("""
+        import ctypes, threading
+        import tcalloc
+        sizes = list(range(8, 256, 8))
+        got = {}
+        def work(k):
+            bufs = [tcalloc.alloc(n) for n in sizes]
+            got[k] = [(ctypes.addressof(ctypes.c_char.from_buffer(b)), len(b)) for b in bufs]
+            held.wait()                    # all four hold their blocks
+            held.wait()                    # until the main thread has looked
+        held = threading.Barrier(5)
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        held.wait()
+        lines = {k: {x // 64 for p, n in v for x in (p, p + n - 1)} for k, v in got.items()}
+        shared = [(i, j) for i in lines for j in lines if i < j and lines[i] & lines[j]]
+        held.wait()
+        for t in ts:
+            t.join()
+        print(shared)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_global_thread_cache_stays_within_overall_budget(comp):
     def work():
         base = tcalloc.stats()["thread_cache_free_bytes"]

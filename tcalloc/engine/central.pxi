@@ -29,6 +29,14 @@ ctypedef struct CentralFreeList:
 
 # ---- implementation --------------------------------------------------------
 
+cdef enum:
+    kCacheLine = 64
+    # A thread cache's carve of never-used objects ends where a cache line
+    # starts (central_remove_range's whole_lines) for objects below this
+    # size; a bigger object covers four lines or more, and shares at most
+    # the ones at its ends.
+    kWholeLinesBelow = 256
+
 cdef void central_init(CentralFreeList *c, uint32_t cl, uint32_t size, uint32_t pages,
                        uint32_t objects_per_span, PageHeap *heap) noexcept nogil:
     memset(c, 0, sizeof(CentralFreeList))
@@ -71,9 +79,17 @@ cdef bint _populate(CentralFreeList *c) noexcept nogil:
     tc_store_u64(&c.free_objects, c.free_objects + objects)
     return 1
 
-cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int n) noexcept nogil:
-    """Take up to n objects as a chain head..tail. Returns how many (0: out
-    of memory; the chain is then untouched)."""
+cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int n,
+                              bint whole_lines) noexcept nogil:
+    """Take up to n objects as a chain head..tail (with whole_lines, maybe
+    a few more). Returns how many (0: out of memory; the chain is then
+    untouched). With whole_lines, the objects
+    carved from a span's never-used range run on to the next cache-line
+    boundary (at most 64 / gcd(size, 64) - 1 more than n, objects below
+    kWholeLinesBelow only): two thread caches' fresh objects then never share
+    a line. Without it, the first object each of two threads fetched (slow
+    start asks for one) sat side by side, and two threads writing their own
+    objects bounced the line between their cores (the lab's cache-thrash)."""
     cdef int got = 0
     cdef int k
     cdef Span *s
@@ -112,6 +128,9 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
             end = p + <uintptr_t>(n - got - k) * size
             if end > s.limit:
                 end = s.limit
+            if whole_lines and size < kWholeLinesBelow:
+                while (end & (kCacheLine - 1)) != 0 and end + size <= s.limit:
+                    end += size
             if last == NULL:
                 first = <void *>p
             else:

@@ -631,7 +631,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     cdef void *head
     cdef void *tail
     cdef uint32_t want, newmax
-    cdef int got
+    cdef int got = 0
     if TC_UNLIKELY(tc_load_int(&tc.flush_requested)):
         threadcache_flush(tc)
     if TC_UNLIKELY(tc.capacity > tc_load_u64(&tc.max_size)):
@@ -644,7 +644,7 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
         head = _take_orphaned(tc, l, cl, want)     # a fork child: dead threads' blocks first
     if head == NULL:
         threadcache_gate_enter(tc.reg)
-        got = transfer_remove_range(&tc.reg.transfer[cl], &head, &tail, <int>want)
+        got = transfer_remove_range(&tc.reg.transfer[cl], &head, &tail, <int>want, 1)
         if got == 0:
             threadcache_gate_exit(tc.reg)
             return NULL
@@ -663,6 +663,11 @@ cdef void *threadcache_fetch(ThreadCache *tc, uint32_t cl) noexcept nogil:
     else:
         newmax = min(l.max_length + l.batch, _list_limit(l))
         newmax -= newmax % l.batch
+    if newmax < <uint32_t>got:
+        # The carve ran on to a cache-line boundary: room for what it
+        # brought, or the next free would send the line's other objects on
+        # to another thread.
+        newmax = <uint32_t>got
     if newmax > l.max_length:
         _grow_list(tc, l, newmax)
     return head
@@ -898,7 +903,7 @@ cdef void *threadcache_alloc_uncached(ThreadCacheRegistry *reg, uint32_t cl) noe
     cdef void *head
     cdef void *tail
     threadcache_gate_enter(reg)
-    if transfer_remove_range(&reg.transfer[cl], &head, &tail, 1) == 0:
+    if transfer_remove_range(&reg.transfer[cl], &head, &tail, 1, 0) == 0:
         threadcache_gate_exit(reg)
         return NULL
     tc_atomic_add_u64(&reg.retired_mallocs[cl], 1)

@@ -52,8 +52,10 @@ cdef int transfer_init(TransferCache *t, uint32_t cl, uint32_t batch, uint32_t s
         return -1
     return 0
 
-cdef int transfer_remove_range(TransferCache *t, void **head, void **tail, int n) noexcept nogil:
-    """Up to n objects as a chain; a whole batch in O(1) when one is parked."""
+cdef int transfer_remove_range(TransferCache *t, void **head, void **tail, int n,
+                               bint whole_lines) noexcept nogil:
+    """Up to n objects as a chain; a whole batch in O(1) when one is parked.
+    whole_lines: see central_remove_range (a thread cache's refill)."""
     if n == <int>t.batch:
         tc_spinlock_lock(&t.lock)
         if t.used > 0:
@@ -65,7 +67,7 @@ cdef int transfer_remove_range(TransferCache *t, void **head, void **tail, int n
             return n
         tc_inc_owned(&t.remove_misses, 1)
         tc_spinlock_unlock(&t.lock)
-    return central_remove_range(t.central, head, tail, n)
+    return central_remove_range(t.central, head, tail, n, whole_lines)
 
 cdef void transfer_insert_range(TransferCache *t, void *head, void *tail, int n) noexcept nogil:
     """Give back a chain of n objects."""

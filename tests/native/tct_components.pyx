@@ -850,14 +850,14 @@ cdef class PrivateEngine(PrivateHeap):
             (<void **>p)[0] = <void *><uintptr_t>addrs[i + 1] if i + 1 < len(addrs) else NULL
         return <void *><uintptr_t>addrs[0] if addrs else NULL
 
-    def central_remove(self, int cl, int n):
+    def central_remove(self, int cl, int n, bint whole_lines=False):
         """Up to n objects from the central list (a list of addresses)."""
         cdef void *head = NULL
         cdef void *tail = NULL
         cdef int got
         cdef CentralFreeList *c = &self.central[self._cl(cl)]
         with nogil:
-            got = central_remove_range(c, &head, &tail, n)
+            got = central_remove_range(c, &head, &tail, n, whole_lines)
         if got and (<void **>tail)[0] != NULL:
             raise AssertionError("central_remove_range: chain not NULL-terminated")
         return self._chain(head, tail, got)
@@ -869,13 +869,13 @@ cdef class PrivateEngine(PrivateHeap):
         with nogil:
             central_insert_range(c, head, n)
 
-    def transfer_remove(self, int cl, int n):
+    def transfer_remove(self, int cl, int n, bint whole_lines=False):
         cdef void *head = NULL
         cdef void *tail = NULL
         cdef int got
         cdef TransferCache *t = &self.transfer[self._cl(cl)]
         with nogil:
-            got = transfer_remove_range(t, &head, &tail, n)
+            got = transfer_remove_range(t, &head, &tail, n, whole_lines)
         return self._chain(head, tail, got)
 
     def transfer_insert(self, int cl, list addrs):
@@ -1025,7 +1025,8 @@ cdef class PrivateEngine(PrivateHeap):
     def cache_info(self, handle):
         cdef ThreadCache *tc = self._tc(handle)
         return {"size": threadcache_bytes(tc), "capacity": tc.capacity, "max_size": tc.max_size, "fetches": tc.fetches,
-                "scavenges": tc.scavenges, "flush_requested": tc.flush_requested}
+                "scavenges": tc.scavenges, "flush_requested": tc.flush_requested,
+                "overflows": tc.overflows}
 
     def registry_info(self):
         return {"unclaimed": self.reg.unclaimed, "overall_max": self.reg.overall_max,
@@ -1152,7 +1153,8 @@ cdef void *_central_worker(void *arg) noexcept nogil:
             counts[k] = 0
         else:
             n = sh.batch if (r >> 8) % 2 == 0 else 1 + <int>((r >> 16) % <uint64_t>sh.batch)
-            got = transfer_remove_range(sh.t, &head, &tail, n)
+            # Half the refills as a thread cache asks (whole cache lines: may bring more than n)
+            got = transfer_remove_range(sh.t, &head, &tail, n, <bint>((r >> 32) & 1))
             if got == 0:
                 continue
             keys[k] = h_mix(w.seed ^ <uint64_t>it)
