@@ -333,10 +333,19 @@ def test_a_peer_child_that_fails_after_its_result_is_not_a_clean_run(wl, tmp_pat
     assert "after its result (exit 7)" in rec["problems"][0], rec["problems"]
 
 
+def _sigint_default():
+    # A suite started in the background by a shell without job control
+    # (`pytest ... &`) inherits SIGINT ignored, and python then never raises
+    # KeyboardInterrupt: the lab child gets SIGINT as a terminal gives it.
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _lab(tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-m", "tcalloc.stress", *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
 
 
 def _interrupt_at(p, stream, at):
