@@ -236,6 +236,91 @@ def xthread(uint64_t n, size_t size=64, uint64_t ring_slots=1024):
         tc_os_unmap(r.slots, ring_slots * sizeof(void *))
 
 
+# ---- row 5: threads writing their own small blocks ----------------------------
+# Each thread mallocs a block, writes its first 8 bytes 64 times and checks
+# them, frees it, and again: the active false sharing of Hoard's
+# cache-thrash. If the allocator hands two threads blocks on one cache line,
+# the line bounces between the cores on every write.
+cdef extern from *:
+    """
+    static int bench_write_own(void *p) {
+        volatile unsigned char *q = (volatile unsigned char *)p;
+        int k;
+        for (k = 0; k < 8; k++) q[k] = 0;
+        for (k = 0; k < 64; k++) q[k & 7]++;
+        for (k = 0; k < 8; k++) if (q[k] != 8) return 0;
+        return 1;
+    }
+    """
+    int bench_write_own(void *p) nogil
+
+cdef struct thrash_t:
+    const tc_allocator_t *a
+    size_t size
+    uint64_t n
+    void **go
+    uint64_t failed
+    uint64_t bad
+
+
+cdef void *_thrash_worker(void *arg) noexcept nogil:
+    cdef thrash_t *t = <thrash_t *>arg
+    cdef malloc_fn m = t.a.malloc
+    cdef free_fn f = t.a.free
+    cdef uint64_t i, spins = 0
+    cdef void *p
+    while tc_load_acquire_ptr(t.go) == NULL:
+        tc_spin_backoff(&spins, 2048)
+    for i in range(t.n):
+        p = m(t.size)
+        if p == NULL:
+            t.failed += 1
+            continue
+        if not bench_write_own(p):
+            t.bad += 1
+        f(p)
+    return NULL
+
+
+def thrash(uint64_t n, size_t size=16, int threads=2):
+    """ns for `threads` new threads to each malloc, write and free n blocks
+    of `size` bytes (wall time: they run at once)."""
+    cdef const tc_allocator_t *a = _get()
+    cdef thrash_t t[8]
+    cdef pthread_t th[8]
+    cdef void *go = NULL
+    cdef uint64_t t0 = 0, ns = 0
+    cdef int i, started = 0, rc = 0
+    if not 1 <= threads <= 8:
+        raise ValueError("threads must be 1..8")
+    if size < 8:
+        raise ValueError("size must be at least 8 (the loop writes 8 bytes)")
+    with nogil:
+        for i in range(threads):
+            t[i].a = a
+            t[i].size = size
+            t[i].n = n
+            t[i].go = &go
+            t[i].failed = t[i].bad = 0
+            rc = pthread_create(&th[i], NULL, _thrash_worker, &t[i])
+            if rc != 0:
+                break
+            started += 1
+        t0 = tc_now_ns()
+        tc_store_release_ptr(&go, <void *>1)
+        for i in range(started):
+            pthread_join(th[i], NULL)
+        ns = tc_now_ns() - t0
+    if rc != 0:
+        raise OSError(rc, "pthread_create failed")
+    for i in range(threads):
+        if t[i].failed:
+            raise MemoryError("allocator under test returned NULL")
+        if t[i].bad:
+            raise RuntimeError(f"{t[i].bad} blocks did not keep what their thread wrote")
+    return ns
+
+
 # ---- row 4: large blocks, every page touched --------------------------------
 cdef uint64_t _large(const tc_allocator_t *a, size_t size, uint64_t n) noexcept nogil:
     cdef malloc_fn m = a.malloc

@@ -28,7 +28,7 @@ MARK = "@@BENCH "           # prefix of the child's one result line on stdout
 
 BACKENDS = ("tcalloc", "glibc", "gperftools", "jemalloc", "mimalloc")
 
-ROWS = ("pairs", "batch", "xthread", "large")
+ROWS = ("pairs", "batch", "xthread", "thrash", "large")
 PAIR_SIZES = (16, 64, 4096, 32768)
 # Operations per timed run, (full, --quick). Sized so the slowest backend
 # (glibc on most rows, jemalloc on "large") still keeps a full run near a
@@ -37,6 +37,7 @@ ITERS = {
     "pairs": (5_000_000, 300_000),      # malloc+free pairs per size
     "batch": (2_000, 150),              # batches of 1000 malloc+free
     "xthread": (2_000_000, 150_000),    # blocks through the ring
+    "thrash": (2_000_000, 150_000),     # blocks per thread
     "large": (200, 20),                 # 8 MiB rounds
 }
 BATCH = 1000
@@ -46,10 +47,12 @@ LARGE = 8 << 20
 LINES = [(f"pair{s}", "pairs", f"malloc+free {s} B", "ns/pair") for s in PAIR_SIZES] + [
     ("batch", "batch", "1000 x 8..1024 B, random free", "ns/pair"),
     ("xthread", "xthread", "64 B: T1 mallocs, T2 frees", "ns/block"),
+    ("thrash", "thrash", "16 B, 2 threads write their own", "ns/block"),
     ("large8m", "large", "8 MiB malloc+touch+free", "ns/op"),
 ]
 ROW_LABELS = {"pairs": "malloc+free pairs", "batch": "random batches",
-              "xthread": "cross-thread ring", "large": "8 MiB touched"}
+              "xthread": "cross-thread ring", "thrash": "false sharing",
+              "large": "8 MiB touched"}
 CALLGRIND_N = ((200_000, 1_200_000), (50_000, 300_000))   # (N1, N2) pairs, --quick
 # Rows counted under callgrind: the pair sizes and the random batch (whose
 # iterations are rounds of BATCH pairs).
@@ -146,6 +149,9 @@ def child_main(a):
         elif what == "xthread":
             n = a.iters or ITERS["xthread"][full]
             out["xthread"] = _timed(lambda: b.xthread(n, 64), n, a.repeat)
+        elif what == "thrash":
+            n = a.iters or ITERS["thrash"][full]
+            out["thrash"] = _timed(lambda: b.thrash(n, 16, 2), n, a.repeat)
         elif what == "large":
             n = a.iters or ITERS["large"][full]
             out["large8m"] = _timed(lambda: b.large(n, LARGE), n, a.repeat)
@@ -586,7 +592,7 @@ def rounds_summary(rounds):
                     acc.setdefault(peer, {}).setdefault(row, []).append(x)
     if not acc:
         return "(no ratios: tcalloc or every peer missing)"
-    order = ("pair16", "pair64", "pair4096", "pair32768", "batch", "xthread", "large")
+    order = ("pair16", "pair64", "pair4096", "pair32768", "batch", "xthread", "thrash", "large")
     rows = sorted({r for by in acc.values() for r in by},
                   key=lambda r: (order.index(r) if r in order else len(order), r))
     out = [f"Ratio tcalloc / peer (time), per round over {len(rounds)} rounds: "
