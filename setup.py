@@ -15,6 +15,7 @@ Compiler directives and macros are set once, in ``build_options()``, which
   TCALLOC_DEBUG_BUILD=1    compile with TCALLOC_DEBUG=1 (full heap checks)
   TCALLOC_LOCK_STATS=0     compile the lock counters out
   TCALLOC_FREE_KEY=0       compile out the double-free key check
+  TCALLOC_ASSERTS=1        check the engine's internal invariants (TC_ASSERT)
   TCALLOC_BUILD_ONLY=a,b   build only these extensions (e.g. "_engine")
 """
 import os
@@ -48,7 +49,8 @@ def build_options():
     }
     macros = [("TCALLOC_DEBUG", "1" if os.environ.get("TCALLOC_DEBUG_BUILD") == "1" else "0"),
               ("TCALLOC_LOCK_STATS", os.environ.get("TCALLOC_LOCK_STATS", "1")),
-              ("TCALLOC_FREE_KEY", os.environ.get("TCALLOC_FREE_KEY", "1"))]
+              ("TCALLOC_FREE_KEY", os.environ.get("TCALLOC_FREE_KEY", "1")),
+              ("TCALLOC_ASSERTS", os.environ.get("TCALLOC_ASSERTS", "0"))]
     # -fno-inline-functions-called-once: keep slow paths (large free, cache
     # creation) out of the fast paths that call them once; inlined, they make
     # every small free save and restore six registers.

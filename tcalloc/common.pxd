@@ -21,6 +21,7 @@ cdef extern from "tc_platform.h" nogil:
         TCALLOC_DEBUG
         TCALLOC_LOCK_STATS
         TCALLOC_FREE_KEY
+        TCALLOC_ASSERTS
     ctypedef struct tc_spinlock_t:
         int state
         uint64_t acquisitions
@@ -72,6 +73,9 @@ cdef extern from "tc_platform.h" nogil:
     bint tc_os_any_resident(void *p, size_t size)
     void tc_os_fill_resident(void *p, size_t size, int byte)
     void tc_fatal_ptr(const char *what, const void *ptr)
+    # An internal invariant: checked in TCALLOC_ASSERTS builds, compiled
+    # away (cond not evaluated) otherwise. cond must be a plain C expression.
+    void TC_ASSERT(bint cond, const char *what)
 
     bint tc_is_pow2(size_t x)
     int tc_ctz64(uint64_t x)

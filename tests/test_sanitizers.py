@@ -2,17 +2,19 @@
 
 tests/sanitizers/sanbuild.py compiles tcalloc._engine, tcalloc.buffer,
 tcalloc.stress._workloads and the test modules tct_native, tct_components
-with -fsanitize=thread or -fsanitize=address (cached under build/sanitizers
-by a hash of the sources and flags); a child interpreter, itself
+with -fsanitize=thread or -fsanitize=address and the engine's internal
+invariants on (TCALLOC_ASSERTS=1; cached under build/sanitizers by a hash
+of the sources and flags); a child interpreter, itself
 uninstrumented, runs them with the sanitizer runtime in LD_PRELOAD
 (tests/sanitizers/workload.py: cross-thread frees, thread exit, fork while
 threads allocate, stats() and release_free_memory() against running
 threads, budget stealing, the releaser's restart flag, the transfer and
 central lists of a private engine, the stress lab's workloads). Any
 ThreadSanitizer warning not in tests/sanitizers/tsan.supp, or any
-AddressSanitizer error, fails the test. A control run of a deliberate race
-and a deliberate overflow in the same instrumented build shows each
-sanitizer is live.
+AddressSanitizer error, or a broken invariant, fails the test. A control
+run of a deliberate race and a deliberate overflow in the same instrumented
+build shows each sanitizer is live, and a deliberately broken transfer
+cache that the invariant checks are.
 
 TCALLOC_SANITIZER_SCALE multiplies the workloads' iteration counts (default
 1, the reduced set of the default suite; see docs/reliability.md).
@@ -21,6 +23,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -72,6 +75,18 @@ def test_control_bug_is_caught(tree):
     want = "data race" if kind == "tsan" else "heap-buffer-overflow"
     assert any(want in f for f in found), (r.returncode, r.stderr[-3000:])
     assert r.returncode == 66, r.stderr[-3000:]      # the exit code sanbuild.child_env sets for a report
+
+
+def test_internal_invariants_are_checked(tree):
+    """The instrumented build checks the engine's TC_ASSERTs: a transfer
+    cache with a slot count past its capacity aborts, naming the invariant.
+    So the clean workload run below also means no invariant broke."""
+    kind, path = tree
+    r = _run(kind, path, ["-c", "import tct_components as c; e = c.PrivateEngine(); "
+                                "e.invariant_control(e.class_of(64))"])
+    assert "tcalloc: internal invariant broken: transfer cache: slot count out of range" in r.stderr, (
+        r.returncode, r.stderr[-3000:])
+    assert r.returncode == -signal.SIGABRT, (r.returncode, r.stderr[-3000:])
 
 
 def test_native_workloads_have_no_reports(tree):

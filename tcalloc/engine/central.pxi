@@ -131,6 +131,8 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
             if whole_lines and size < kWholeLinesBelow:
                 while (end & (kCacheLine - 1)) != 0 and end + size <= s.limit:
                     end += size
+                TC_ASSERT((end & (kCacheLine - 1)) == 0 or end + size > s.limit,
+                          "central_remove_range: a refill's carve ends inside a cache line")
             if last == NULL:
                 first = <void *>p
             else:
@@ -143,6 +145,8 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
                 p += size
             last = <void *>end
         s.refcount += <uint32_t>k
+        TC_ASSERT(s.refcount <= (s.limit - span_addr(s)) // size,
+                  "central_remove_range: a span lent more objects than it holds")
         got += k
         if _exhausted(s):
             span_list_remove(&c.nonempty, s)
@@ -209,6 +213,8 @@ cdef void central_insert_range(CentralFreeList *c, void *head, int n) noexcept n
             freed += 1
         obj = nxt
     tc_store_u64(&c.free_objects, <uint64_t>(<int64_t>c.free_objects + freed))
+    TC_ASSERT(c.free_objects <= c.total_objects,
+              "central_insert_range: more free objects than the spans hold")
     tc_spinlock_unlock(&c.lock)
     while done != NULL:
         s = done

@@ -188,6 +188,7 @@ cdef inline Span **_list_head(PageHeap *h, size_t npages, bint returned) noexcep
 cdef void _link_free(PageHeap *h, Span *s) noexcept nogil:
     cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
     cdef bint ret = s.location == SPAN_ON_RETURNED
+    TC_ASSERT(s.npages > 0 and s.location != SPAN_IN_USE, "page heap: an empty or in-use span filed as free")
     if ret:
         h.released_bytes += nbytes
     else:
@@ -206,6 +207,8 @@ cdef void _link_free(PageHeap *h, Span *s) noexcept nogil:
 cdef void _unlink_free(PageHeap *h, Span *s) noexcept nogil:
     cdef uint64_t nbytes = <uint64_t>s.npages << kPageShift
     cdef bint ret = s.location == SPAN_ON_RETURNED
+    TC_ASSERT((h.released_bytes if ret else h.free_bytes) >= nbytes,
+              "page heap: a free span larger than the free bytes counted")
     if ret:
         h.released_bytes -= nbytes
     else:
@@ -304,6 +307,7 @@ cdef inline uint64_t _free_needed(const PageHeap *h) noexcept nogil:
 cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
     """Unlink free span `s`, keep its first n pages in use, give back the rest."""
     cdef uint8_t loc = s.location
+    TC_ASSERT(s.npages >= n, "page heap: a span taken for more pages than it has")
     _unlink_free(h, s)
     if s.npages > n:
         # If metadata is exhausted the split does not happen and the whole
@@ -318,6 +322,7 @@ cdef Span *_take(PageHeap *h, Span *s, size_t n) noexcept nogil:
 cdef void _split_tail(PageHeap *h, Span *s, size_t n, uint8_t loc) noexcept nogil:
     """Cut s to n pages and file the rest WITHOUT merging: only for s cut
     from a maximal free span, whose right neighbour cannot be mergeable."""
+    cdef Span *nb
     cdef Span *t = _span_new(h, s.start + n, s.npages - n)
     if t == NULL:
         return
@@ -326,6 +331,10 @@ cdef void _split_tail(PageHeap *h, Span *s, size_t n, uint8_t loc) noexcept nogi
     s.npages = n
     # The remainder's right neighbour cannot be a free span of the same kind
     # (it would have been merged already), so no merge is needed.
+    if TCALLOC_ASSERTS:
+        nb = pagemap_span(&h.pagemap, t.start + t.npages)
+        TC_ASSERT(nb == NULL or nb.location != loc or nb.start != t.start + t.npages,
+                  "page heap: a split left two adjacent free spans unmerged")
     _record(h, t)
     _link_free(h, t)
 

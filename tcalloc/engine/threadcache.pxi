@@ -584,6 +584,7 @@ cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nog
 cdef inline void _install_chain(FreeList *l, void *head, uint32_t got) noexcept nogil:
     """Empty list l takes a NULL-terminated chain of `got` objects and
     hands out its first (which counts as a malloc: see freelist_mallocs)."""
+    TC_ASSERT(got >= 1 and l.head == NULL, "_install_chain: no chain, or the list was not empty")
     l.head = (<void **>head)[0]
     if TCALLOC_FREE_KEY:
         (<void **>head)[1] = NULL
@@ -703,6 +704,7 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
         tc_inc_owned(&tc.overflows, 1)
         _release(tc, l, cl, l.batch if l.length - l.max_length <= l.batch
                  else l.length - l.max_length)
+        TC_ASSERT(l.length <= l.max_length, "threadcache_push_slow: an overflow left the list past its limit")
         _tick(tc)
         if l.max_length < l.batch:
             _grow_list(tc, l, l.max_length + 1)

@@ -58,6 +58,7 @@ cdef int transfer_remove_range(TransferCache *t, void **head, void **tail, int n
     whole_lines: see central_remove_range (a thread cache's refill)."""
     if n == <int>t.batch:
         tc_spinlock_lock(&t.lock)
+        TC_ASSERT(0 <= t.used <= t.capacity, "transfer cache: slot count out of range")
         if t.used > 0:
             t.used -= 1
             head[0] = t.slots[t.used].head
@@ -73,6 +74,7 @@ cdef void transfer_insert_range(TransferCache *t, void *head, void *tail, int n)
     """Give back a chain of n objects."""
     if n == <int>t.batch:
         tc_spinlock_lock(&t.lock)
+        TC_ASSERT(0 <= t.used <= t.capacity, "transfer cache: slot count out of range")
         if t.used < t.capacity:
             t.slots[t.used].head = head
             t.slots[t.used].tail = tail

@@ -13,6 +13,11 @@
  *                    acquisitions, spin iterations and nanoseconds waited.
  *                    The counters are written only by the lock holder, so an
  *                    uncontended acquisition costs one plain increment.
+ * TCALLOC_ASSERTS    1: the engine's internal invariants (TC_ASSERT in the
+ *                    .pxi parts) are checked where they must hold, and a
+ *                    broken one aborts naming it. Off in the product (the
+ *                    condition is not even evaluated); on in the sanitizer
+ *                    builds the test suite makes (tests/sanitizers/).
  */
 #ifndef TC_CONFIG_H
 #define TC_CONFIG_H
@@ -24,5 +29,8 @@
 #endif
 #ifndef TCALLOC_LOCK_STATS
 #define TCALLOC_LOCK_STATS 1
+#endif
+#ifndef TCALLOC_ASSERTS
+#define TCALLOC_ASSERTS 0
 #endif
 #endif

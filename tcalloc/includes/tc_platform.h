@@ -325,6 +325,32 @@ static void __attribute__((noreturn, noinline, cold, unused)) tc_fatal_ptr(const
     abort();
 }
 
+/* An internal invariant broken (TCALLOC_ASSERTS builds): the engine's own
+   bug, not the program's. Same output path as tc_fatal_ptr. */
+static void __attribute__((noreturn, noinline, cold, unused)) tc_assert_fail(const char *what, int line) {
+    char buf[256];
+    size_t n = 0;
+    const char *pre = "tcalloc: internal invariant broken: ";
+    while (*pre && n < sizeof buf) buf[n++] = *pre++;
+    while (*what && n < sizeof buf - 24) buf[n++] = *what++;
+    const char *mid = " (_engine.c line ";
+    while (*mid && n < sizeof buf - 12) buf[n++] = *mid++;
+    char digits[12];
+    int d = 0;
+    do { digits[d++] = (char)('0' + line % 10); line /= 10; } while (line > 0 && d < 11);
+    while (d > 0) buf[n++] = digits[--d];
+    buf[n++] = ')';
+    buf[n++] = '\n';
+    ssize_t r = write(2, buf, n);
+    (void)r;
+    abort();
+}
+#if TCALLOC_ASSERTS
+#define TC_ASSERT(cond, what) (TC_LIKELY(cond) ? (void)0 : tc_assert_fail((what), __LINE__))
+#else
+#define TC_ASSERT(cond, what) ((void)0)
+#endif
+
 static inline int tc_is_pow2(size_t x) { return x && !(x & (x - 1)); }
 static inline int tc_ctz64(uint64_t x) { return __builtin_ctzll(x); }
 static inline int tc_clz64(uint64_t x) { return __builtin_clzll(x); }

@@ -886,6 +886,20 @@ cdef class PrivateEngine(PrivateHeap):
         with nogil:
             transfer_insert_range(t, head, tail, n)
 
+    def invariant_control(self, int cl):
+        """The sanitizer legs' control for TC_ASSERT (TCALLOC_ASSERTS builds
+        only): break a transfer cache's slot count, then take a batch; the
+        engine's check must abort, naming the invariant."""
+        cdef TransferCache *t = &self.transfer[self._cl(cl)]
+        cdef void *head = NULL
+        cdef void *tail = NULL
+        if not TCALLOC_ASSERTS:
+            raise RuntimeError("built without TCALLOC_ASSERTS: the control would corrupt memory")
+        t.used = t.capacity + 1
+        with nogil:
+            transfer_remove_range(t, &head, &tail, <int>t.batch, 0)
+        raise AssertionError("TC_ASSERT did not fire")
+
     def transfer_drain(self, int cl):
         cdef TransferCache *t = &self.transfer[self._cl(cl)]
         with nogil:

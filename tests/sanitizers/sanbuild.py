@@ -11,7 +11,8 @@ a child ``python`` runs with the sanitizer runtime in ``LD_PRELOAD`` and
 this directory first on ``PYTHONPATH`` (see ``child_env``).
 
 Same Cython directives and macros as the product (setup.py's
-``build_options``); the optimisation flags are the sanitizers' usual ones
+``build_options``), plus ``TCALLOC_ASSERTS=1`` (the engine's internal
+invariants checked); the optimisation flags are the sanitizers' usual ones
 (``-O1`` and debug information: line numbers in reports, inlined frames named). Builds live in
 ``build/sanitizers/<kind>-<hash>``, the hash covering every source the
 modules are made of, the flags, and the Cython, compiler and Python versions:
@@ -89,6 +90,9 @@ def _options():
     finally:
         sys.path.pop(0)
     directives, macros, _ = build_options()
+    # The engine's internal invariants (TC_ASSERT) are checked here too: the
+    # sanitizer legs are the suite's debug builds.
+    macros = [m for m in macros if m[0] != "TCALLOC_ASSERTS"] + [("TCALLOC_ASSERTS", "1")]
     return directives, macros
 
 
