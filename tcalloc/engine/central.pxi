@@ -83,13 +83,15 @@ cdef int central_remove_range(CentralFreeList *c, void **head, void **tail, int 
                               bint whole_lines) noexcept nogil:
     """Take up to n objects as a chain head..tail (with whole_lines, maybe
     a few more). Returns how many (0: out of memory; the chain is then
-    untouched). With whole_lines, the objects
-    carved from a span's never-used range run on to the next cache-line
-    boundary (at most 64 / gcd(size, 64) - 1 more than n, objects below
-    kWholeLinesBelow only): two thread caches' fresh objects then never share
-    a line. Without it, the first object each of two threads fetched (slow
-    start asks for one) sat side by side, and two threads writing their own
-    objects bounced the line between their cores (the lab's cache-thrash)."""
+    untouched).
+
+    whole_lines (a thread cache's refill): the objects carved from a span's
+    never-used range run on to the next cache-line boundary, at most
+    64 / gcd(size, 64) - 1 more than n, for objects below kWholeLinesBelow.
+    Two thread caches' fresh objects then never share a line. Without it,
+    the first object each of two threads fetched (slow start asks for one)
+    sat side by side, and two threads writing their own objects bounced the
+    line between their cores (the lab's cache-thrash)."""
     cdef int got = 0
     cdef int k
     cdef Span *s

@@ -327,14 +327,12 @@ static void __attribute__((noreturn, noinline, cold, unused)) tc_fatal_ptr(const
 
 /* An internal invariant broken (TCALLOC_ASSERTS builds): the engine's own
    bug, not the program's. Same output path as tc_fatal_ptr. */
-static void __attribute__((noreturn, noinline, cold, unused)) tc_assert_fail(const char *what, int line) {
-    char buf[256];
-    size_t n = 0;
-    const char *pre = "tcalloc: internal invariant broken: ";
-    while (*pre && n < sizeof buf) buf[n++] = *pre++;
-    while (*what && n < sizeof buf - 24) buf[n++] = *what++;
-    const char *mid = " (_engine.c line ";
-    while (*mid && n < sizeof buf - 12) buf[n++] = *mid++;
+static void __attribute__((noreturn, noinline, cold, unused)) tc_assert_fail(const char *what, const char *file, int line) {
+    char buf[320];
+    size_t n = 0, cap = sizeof buf - 16;   /* room for the line number, ")\n" */
+    const char *parts[] = {"tcalloc: internal invariant broken: ", what, " (", file, ":"};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        for (const char *c = parts[i]; *c && n < cap; c++) buf[n++] = *c;
     char digits[12];
     int d = 0;
     do { digits[d++] = (char)('0' + line % 10); line /= 10; } while (line > 0 && d < 11);
@@ -346,7 +344,7 @@ static void __attribute__((noreturn, noinline, cold, unused)) tc_assert_fail(con
     abort();
 }
 #if TCALLOC_ASSERTS
-#define TC_ASSERT(cond, what) (TC_LIKELY(cond) ? (void)0 : tc_assert_fail((what), __LINE__))
+#define TC_ASSERT(cond, what) (TC_LIKELY(cond) ? (void)0 : tc_assert_fail((what), __FILE__, __LINE__))
 #else
 #define TC_ASSERT(cond, what) ((void)0)
 #endif
