@@ -42,6 +42,33 @@ def test_free_reads_class_0_where_no_leaf_or_past_48_bits(comp):
         assert pm.class_of(addr) == 0, hex(addr)
 
 
+def test_free_reads_the_same_class_through_the_hot_leaf_and_around_it(comp):
+    # free() tries the leaf the heap last grew into first (one load that
+    # waits for the address instead of two); every other leaf, no leaf, an
+    # address past 48 bits or one that shares the hot leaf's low 32 bits
+    # reads as through the root.
+    pm = comp.PrivatePagemap()
+    leaf = comp.PAGEMAP_LEAF_PAGES
+    assert pm.hot_index == -1 and pm.class_of(0) == 0 and pm.class_of(5 << 13) == 0
+    a, b = 2 * leaf + 5, 7 * leaf + 5
+    assert pm.ensure(a, 1) == 0
+    pm.set(a, 0x1000, cl=3)
+    assert pm.hot_index == 2
+    assert pm.ensure(b, 1) == 0
+    pm.set(b, 0x2000, cl=9)
+    assert pm.hot_index == 7
+    for off in (0, 8, 8191):
+        assert pm.class_of((b << 13) + off) == 9      # through the hot leaf
+        assert pm.class_of((a << 13) + off) == 3      # through the root
+    low = (b << 13) & 0xFFFFFFFF                       # b's place in a 4 GiB leaf...
+    for hi in (0, 1, 9, (1 << 16) - 1, 1 << 16, (1 << 32) - 1):
+        if hi not in (2, 7):                           # ...in leaves that are not b's
+            assert pm.class_of((hi << 32) | low) == 0, hex(hi)
+    assert pm.ensure(a, 1) == 0                        # growth there again: a's leaf is hot
+    assert pm.hot_index == 2
+    assert pm.class_of(a << 13) == 3 and pm.class_of(b << 13) == 9
+
+
 def test_heap_bits_mark_exactly_the_ranges_given(comp):
     # The bits that tell the interpreter hook which addresses are the heap's:
     # ranges starting and ending inside a byte of bits, spanning whole

@@ -274,6 +274,12 @@ cdef class PrivatePagemap:
         """The class as free() reads it, from an address (pagemap_sizeclass_of)."""
         return pagemap_sizeclass_of(self.pm, addr)
 
+    @property
+    def hot_index(self):
+        """The root index of the hot leaf free() tries first (-1: none yet)."""
+        cdef uintptr_t i = _hot_index(_hot_load(&self.pm.hot), _leaf_index_offset())
+        return -1 if i == <uintptr_t>-1 else <long>i
+
     def mark_heap(self, uintptr_t start, size_t npages):
         if pagemap_ensure(self.pm, start, npages) != 0:
             raise MemoryError()
