@@ -37,10 +37,12 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_join(pthread_t thread, void **retval)
 
 
-cdef TcallocCAPI *h_tcalloc_api() except NULL:
-    """tcalloc's C-API table, checked the way a C extension checks it."""
-    import tcalloc
-    cap = tcalloc._C_API
+cdef TcallocCAPI *h_tcalloc_api(object cap=None) except NULL:
+    """The C-API table of the capsule `cap` (default: the imported tcalloc's),
+    checked the way a C extension checks it."""
+    if cap is None:
+        import tcalloc
+        cap = tcalloc._C_API
     if not PyCapsule_IsValid(cap, TCALLOC_CAPI_CAPSULE_NAME):
         raise ImportError("tcalloc._C_API is not a capsule named %s"
                           % TCALLOC_CAPI_CAPSULE_NAME.decode())
@@ -74,7 +76,7 @@ cdef object h_allocator(object allocator, tc_allocator_t *out):
         raise ValueError('allocator must be "system", "tcalloc", a %s capsule or a %s '
                          'capsule, not %r' % (TCALLOC_CAPI_CAPSULE_NAME.decode(),
                                               TC_ALLOCATOR_CAPSULE.decode(), allocator))
-    api = h_tcalloc_api()
+    api = h_tcalloc_api(allocator)     # this capsule's engine, not necessarily the imported one
     out.name = "tcalloc"
     out.malloc = api.malloc
     out.free = api.free

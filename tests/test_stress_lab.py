@@ -520,3 +520,47 @@ def test_isolated_runs_measure_the_tcalloc_build_the_lab_runs_on(wl, tmp_path):
     (run,) = json.loads(out.read_text())["runs"]
     assert run["ok"] and run["where"] == "child", run.get("error")
     assert run["tcalloc_dir"] == str(build / "tcalloc"), run["tcalloc_dir"]
+
+
+def test_a_tcalloc_capi_capsule_given_is_the_table_used(wl):
+    # A "tcalloc._C_API" capsule passed as the allocator is used as given
+    # (e.g. another engine build's), not swapped for the imported tcalloc's.
+    import ctypes
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.calloc.restype = ctypes.c_void_p
+    libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    libc.realloc.restype = ctypes.c_void_p
+    libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    calls = {"malloc": 0, "free": 0}
+    MALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)
+    FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    CALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
+    REALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    USABLE = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p)
+    ALIGNED = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
+
+    def m(n):
+        calls["malloc"] += 1
+        return libc.malloc(n)
+
+    def f(p):
+        calls["free"] += 1
+        libc.free(p)
+
+    class CAPI(ctypes.Structure):
+        _fields_ = [("abi_version", ctypes.c_uint), ("malloc", MALLOC), ("free", FREE),
+                    ("calloc", CALLOC), ("realloc", REALLOC), ("aligned_alloc", ALIGNED),
+                    ("usable_size", USABLE)]
+    table = CAPI(1, MALLOC(m), FREE(f), CALLOC(lambda n, s: libc.calloc(n, s)),
+                 REALLOC(lambda p, n: libc.realloc(p, n)), ALIGNED(lambda a, n: None),
+                 USABLE(lambda p: 0))
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    cap = new(ctypes.addressof(table), b"tcalloc._C_API", None)
+    r = wl.run("cache-thrash", cap, threads=1, ops=200, seed=5)
+    assert r["corrupt"] == 0 and r["lost"] == 0
+    assert calls["malloc"] >= 200 and calls["free"] >= 200, calls
