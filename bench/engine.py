@@ -8,8 +8,7 @@ mimalloc, with the same native loops (bench/_bench.pyx) for every backend.
 Each (backend, row) runs in a fresh child process: tcalloc through its
 capsule, the peers as libc malloc under LD_PRELOAD (jemalloc cannot be
 dlopen'd, and preloading is how users deploy all three). Peak RSS of a child
-comes from wait4() and is reported above an import-only child of the same
-backend. See bench/README.md for how to read the output.
+is its own VmHWM, reported above an import-only child of the same backend. See bench/README.md for how to read the output.
 """
 import argparse
 import json
@@ -95,6 +94,17 @@ def _engine_build():
     return f"{os.path.basename(e.__file__)} {st.st_size} B mtime {st.st_mtime_ns}"
 
 
+def _own_peak_kib():
+    """This process's own peak RSS (VmHWM, KiB). Not ru_maxrss: Linux carries
+    the parent's high-water mark into a child's across fork and exec, so a
+    child smaller than this benchmark's parent would report the parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _timed(fn, ops, repeat):
     fn()                                         # warm-up, discarded
     return {"ops": ops, "ns_per_op": [fn() / ops for _ in range(repeat)]}
@@ -178,6 +188,7 @@ def child_main(a):
                        rss_idle=r0, rss_peak=r1)
         else:
             raise SystemExit(f"unknown child job {what!r}")
+    out["vm_hwm_kib"] = _own_peak_kib()
     sys.stdout.write(MARK + json.dumps(out) + "\n")
     sys.stdout.flush()
 
@@ -243,9 +254,11 @@ def write_json(path, data):
 
 
 def wait_child(argv, env, cwd, timeout):
-    """Run a child to completion: (exit code, wall s, peak RSS KiB, stdout,
-    stderr, timed out). wait4 rather than Popen.wait: the child's own rusage
-    (ru_maxrss is the largest of it and the descendants it reaped)."""
+    """Run a child to completion: (exit code, wall s, ru_maxrss KiB, stdout,
+    stderr, timed out). wait4 rather than Popen.wait: the child's own rusage.
+    Its ru_maxrss is at least this process's RSS at the fork (Linux keeps the
+    parent's high-water mark across exec): run_child takes the child's own
+    VmHWM from its result instead, and this figure only when there is none."""
     with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=fout, stderr=ferr)
@@ -269,7 +282,8 @@ def wait_child(argv, env, cwd, timeout):
 
 
 def run_child(argv, env, timeout=900):
-    """Run a child; returns (result dict or None, error text, peak RSS KiB)."""
+    """Run a child; returns (result dict or None, error text, peak RSS KiB:
+    the child's own VmHWM, or its ru_maxrss if it gave no result)."""
     code, _, maxrss, out, err, timed_out = wait_child(argv, env, REPO, timeout)
     if timed_out:
         return None, f"timed out after {timeout} s", maxrss
@@ -282,7 +296,7 @@ def run_child(argv, env, timeout=900):
         return None, f"exit {code}: " + (" | ".join(tail) or "no output"), maxrss
     if result.get("preload_ok") is False:
         return None, "LD_PRELOAD did not take effect", maxrss
-    return result, None, maxrss
+    return result, None, result.pop("vm_hwm_kib", maxrss)
 
 
 def child_argv(job, backend, a, iters=None):

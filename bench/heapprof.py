@@ -63,10 +63,18 @@ def _tuples_dicts(n, rounds):
         del d
 
 
+def _own_peak_kib():
+    """This process's own peak RSS, VmHWM (KiB): a child's ru_maxrss carries
+    its parent's high-water mark across fork and exec (Linux)."""
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+
+
 def _probe():
     """What the process ran on: tcalloc's hook, its rate and samples taken,
-    tracemalloc; the parent voids a run that was not on its mode."""
-    rec = {"tcalloc": None, "tracemalloc": False}
+    tracemalloc, and its own peak RSS; the parent voids a run that was not
+    on its mode."""
+    rec = {"tcalloc": None, "tracemalloc": False, "vm_hwm_kib": _own_peak_kib()}
     tc = sys.modules.get("tcalloc")
     if tc is not None:
         info = tc._engine._sampler_info()
@@ -157,7 +165,6 @@ def _site_bytes(prof, func):
 
 
 def accuracy_child(name, seeds, quick):
-    import resource
     import threading
     import time
     import tcalloc
@@ -202,7 +209,7 @@ def accuracy_child(name, seeds, quick):
         rec = {"site": name, "seed": seed, "blocks": n, "size": size, "true_bytes": n * size,
                "estimate": est, "samples": len(site), "seconds": took,
                "stack": [str(f) for f in site[0].stack[:6]] if site else [],
-               "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+               "maxrss_kib": _own_peak_kib()}
         if name.startswith("c_"):
             from bench import _bench
             for head in keep:
@@ -386,7 +393,8 @@ def part_wall(a, tmp):
                 argv, extra = _wall_argv(mode, args, tmp, seq)
                 code, wall, rss, so, se, to = wait_child(argv, _env(extra), tmp, a.timeout)
                 probe = _probe_of(se)
-                s = {"mode": mode, "round": r, "wall_s": wall, "maxrss_kib": rss}
+                s = {"mode": mode, "round": r, "wall_s": wall,
+                     "maxrss_kib": probe["vm_hwm_kib"] if probe else rss}
                 bad = _check_mode(mode, probe) if code == 0 else "exit %d: %s" % (
                     code, " | ".join(se.strip().splitlines()[-2:]))
                 if bad:

@@ -50,13 +50,20 @@ PRELOAD_NAMES = ("libmimalloc", "libjemalloc", "libtcmalloc")
 # child side: stdlib only, nothing imported that the parent needs
 # ============================================================================
 
+def _own_peak_kib():
+    """This process's own peak RSS, VmHWM (KiB): ru_maxrss would carry the
+    parent's (pyperf's runner, this harness) across fork and exec."""
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+
+
 def _probe(path):
-    """Append one JSON line: which allocator this process ran on."""
-    import resource
+    """Append one JSON line: which allocator this process ran on, and its
+    own peak RSS."""
     rec = {"pid": os.getpid(),
            "worker": "--worker" in sys.argv,
            "calibration": any(a.startswith(("--calibrate", "--recalibrate")) for a in sys.argv),
-           "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+           "maxrss_kib": _own_peak_kib(),
            "pythonmalloc": os.environ.get("PYTHONMALLOC", ""),
            "preload": [], "tcalloc": None}
     try:
@@ -268,7 +275,10 @@ def mode_argv(ctx, mode, args):
 
 
 def run_child(argv, env, cwd, timeout):
-    """Run to completion: (exit code, wall s, peak RSS KiB of the tree, stdout, stderr)."""
+    """Run to completion: (exit code, wall s, ru_maxrss KiB of the tree, stdout,
+    stderr). That figure is at least this harness's own RSS (Linux carries a
+    parent's high-water mark into a child): peak RSS is read from each
+    child's probe instead (_own_peak_kib)."""
     from bench.engine import wait_child
     return wait_child(argv, env, cwd, timeout)[:5]
 
@@ -457,7 +467,7 @@ def part_pyflakes(ctx):
             env = mode_env(ctx, mode, {"kind": "module", "target": "pyflakes", "probe": probe})
             code, wall, tree_rss, so, se = run_child(mode_argv(ctx, mode, [THIS, *files]), env,
                                                      ctx.tmp, a.timeout)
-            s = {"mode": mode, "round": r, "wall_s": wall, "maxrss_kib": tree_rss,
+            s = {"mode": mode, "round": r, "wall_s": wall, "tree_maxrss_kib": tree_rss,
                  "exit": code, "output_lines": len(so.splitlines()),
                  "output_sha1": hashlib.sha1(so.encode()).hexdigest()}
             if code not in (0, 1):           # 1: pyflakes found something to report
@@ -471,6 +481,8 @@ def part_pyflakes(ctx):
                 elif bad:
                     s["error"] = "VOID: " + bad[0]
                 s["probe"] = recs[0] if recs else None
+                if recs:
+                    s["maxrss_kib"] = recs[0]["maxrss_kib"]   # its own VmHWM (see _own_peak_kib)
             entry["samples"].append(s)
             if "error" in s:
                 log(f"\n    {mode} round {r}: {s['error']}", end="")
@@ -735,7 +747,7 @@ def report(data, table):
                    f"warm-up, loops fixed per benchmark; {data['meta']['rounds']} rounds, "
                    f"modes interleaved. Time: pyperf mean per round, median over rounds; "
                    f"ratio: median of per-round tcalloc/plain (min..max); peak RSS: largest "
-                   f"worker's ru_maxrss, median over rounds.")
+                   f"worker's own VmHWM, median over rounds.")
         rows, tr = [], {}
         for name, e in py.items():
             if "error" in e:
