@@ -8,7 +8,8 @@ mimalloc, with the same native loops (bench/_bench.pyx) for every backend.
 Each (backend, row) runs in a fresh child process: tcalloc through its
 capsule, the peers as libc malloc under LD_PRELOAD (jemalloc cannot be
 dlopen'd, and preloading is how users deploy all three). Peak RSS of a child
-is its own VmHWM, reported above an import-only child of the same backend. See bench/README.md for how to read the output.
+is its own VmHWM (bench.own_peak_kib), reported above an import-only child
+of the same backend. See bench/README.md for how to read the output.
 """
 import argparse
 import json
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from bench import own_peak_kib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = "@@BENCH "           # prefix of the child's one result line on stdout
@@ -92,17 +95,6 @@ def _engine_build():
     import tcalloc._engine as e
     st = os.stat(e.__file__)
     return f"{os.path.basename(e.__file__)} {st.st_size} B mtime {st.st_mtime_ns}"
-
-
-def _own_peak_kib():
-    """This process's own peak RSS (VmHWM, KiB). Not ru_maxrss: Linux carries
-    the parent's high-water mark into a child's across fork and exec, so a
-    child smaller than this benchmark's parent would report the parent."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _timed(fn, ops, repeat):
@@ -188,7 +180,7 @@ def child_main(a):
                        rss_idle=r0, rss_peak=r1)
         else:
             raise SystemExit(f"unknown child job {what!r}")
-    out["vm_hwm_kib"] = _own_peak_kib()
+    out["vm_hwm_kib"] = own_peak_kib()
     sys.stdout.write(MARK + json.dumps(out) + "\n")
     sys.stdout.flush()
 

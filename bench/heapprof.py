@@ -37,12 +37,15 @@ wall part says so and runs the other modes. pyflakes too (pip install
 pyflakes). See bench/README.md, "Heap profiles".
 
 This file is also the child of the wall and callgrind parts (``python
-bench/heapprof.py --workload ...``), which imports only the standard library
-and pyflakes, so every mode runs the same code.
+bench/heapprof.py --workload ...``), which imports only the standard library,
+pyflakes and ``bench/__init__.py`` (one function, no imports), so every mode
+runs the same code.
 """
 import json
 import os
 import sys
+
+from bench import own_peak_kib      # a child has the repository on PYTHONPATH (_env)
 
 MARK = "@@HEAPPROF "
 THIS = os.path.abspath(__file__)
@@ -63,18 +66,11 @@ def _tuples_dicts(n, rounds):
         del d
 
 
-def _own_peak_kib():
-    """This process's own peak RSS, VmHWM (KiB): a child's ru_maxrss carries
-    its parent's high-water mark across fork and exec (Linux)."""
-    with open("/proc/self/status") as f:
-        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
-
-
 def _probe():
     """What the process ran on: tcalloc's hook, its rate and samples taken,
     tracemalloc, and its own peak RSS; the parent voids a run that was not
     on its mode."""
-    rec = {"tcalloc": None, "tracemalloc": False, "vm_hwm_kib": _own_peak_kib()}
+    rec = {"tcalloc": None, "tracemalloc": False, "vm_hwm_kib": own_peak_kib()}
     tc = sys.modules.get("tcalloc")
     if tc is not None:
         info = tc._engine._sampler_info()
@@ -209,7 +205,7 @@ def accuracy_child(name, seeds, quick):
         rec = {"site": name, "seed": seed, "blocks": n, "size": size, "true_bytes": n * size,
                "estimate": est, "samples": len(site), "seconds": took,
                "stack": [str(f) for f in site[0].stack[:6]] if site else [],
-               "maxrss_kib": _own_peak_kib()}
+               "maxrss_kib": own_peak_kib()}
         if name.startswith("c_"):
             from bench import _bench
             for head in keep:

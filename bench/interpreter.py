@@ -52,7 +52,9 @@ PRELOAD_NAMES = ("libmimalloc", "libjemalloc", "libtcmalloc")
 
 def _own_peak_kib():
     """This process's own peak RSS, VmHWM (KiB): ru_maxrss would carry the
-    parent's (pyperf's runner, this harness) across fork and exec."""
+    parent's (pyperf's runner, this harness) across fork and exec. The twin
+    of bench.own_peak_kib, which the workers cannot import: the repository
+    is not on their path."""
     with open("/proc/self/status") as f:
         return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
 
