@@ -65,29 +65,30 @@ ctypedef struct Pagemap:
     uint64_t node_bytes
     uint8_t zero_leaf[kPagemapLeafLen]    # never written (zero pages, never resident)
 
-# free()'s two loads: root entry e (acquire), then zero_leaf[e + i] (relaxed).
-# On x86-64 every load is an acquire load and both are one mov, but GCC
-# folds addresses into the operands of plain loads only (the atomic spelling
-# costs two adds more), so there, outside ThreadSanitizer builds, they are
-# written as plain loads of words that are only ever stored whole.
+# free()'s loads: the hot leaf's address and index, or the root entry e
+# (acquire), then the class byte at leaf + i (relaxed). On x86-64 every load
+# is an acquire load and each is one mov, but GCC folds addresses into the
+# operands of plain loads only (the atomic spelling costs two adds more), so
+# there, outside ThreadSanitizer builds, they are written as plain loads of
+# words that are only ever stored whole (the hot word with a release store,
+# a leaf's index before the leaf is published).
 cdef extern from *:
     """
+    static inline uint8_t pagemap_byte_at(uintptr_t leaf, uint32_t i) {
+    #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+        return *(const uint8_t *)(leaf + i);
+    #else
+        return __atomic_load_n((const uint8_t *)(leaf + i), __ATOMIC_RELAXED);
+    #endif
+    }
     static inline uint8_t pagemap_class_at(const uint8_t *zero, void *const *root, uintptr_t i1, uint32_t i) {
     #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
         uintptr_t e = (uintptr_t)root[i1];
-        return *(const uint8_t *)((uintptr_t)zero + e + i);
     #else
         uintptr_t e = (uintptr_t)__atomic_load_n((void **)&root[i1], __ATOMIC_ACQUIRE);
-        return __atomic_load_n((const uint8_t *)((uintptr_t)zero + e + i), __ATOMIC_RELAXED);
     #endif
+        return pagemap_byte_at((uintptr_t)zero + e, i);
     }
-    """
-    uint8_t _class_at "pagemap_class_at"(const uint8_t *zero, void *const *root, uintptr_t i1, uint32_t i) nogil
-
-# The hot-leaf loads, plain on x86-64 as above (the hot word is only ever
-# stored whole, with a release store; a leaf's index before it is published).
-cdef extern from *:
-    """
     static inline uintptr_t pagemap_hot_load(const uintptr_t *hot) {
     #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
         return *hot;
@@ -98,17 +99,11 @@ cdef extern from *:
     static inline uintptr_t pagemap_hot_index(uintptr_t leaf, size_t off) {
         return *(const uintptr_t *)(leaf + off);
     }
-    static inline uint8_t pagemap_hot_class(uintptr_t leaf, uint32_t i) {
-    #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-        return *(const uint8_t *)(leaf + i);
-    #else
-        return __atomic_load_n((const uint8_t *)(leaf + i), __ATOMIC_RELAXED);
-    #endif
-    }
     """
+    uint8_t _byte_at "pagemap_byte_at"(uintptr_t leaf, uint32_t i) nogil
+    uint8_t _class_at "pagemap_class_at"(const uint8_t *zero, void *const *root, uintptr_t i1, uint32_t i) nogil
     uintptr_t _hot_load "pagemap_hot_load"(const uintptr_t *hot) nogil
     uintptr_t _hot_index "pagemap_hot_index"(uintptr_t leaf, size_t off) nogil
-    uint8_t _hot_class "pagemap_hot_class"(uintptr_t leaf, uint32_t i) nogil
 
 cdef inline size_t _leaf_index_offset() noexcept nogil:
     return <size_t>&(<PagemapLeaf *>NULL).index      # offsetof, folded by the compiler
@@ -143,7 +138,7 @@ cdef inline uint32_t pagemap_sizeclass_of(const Pagemap *pm, uintptr_t addr) noe
     # The hot leaf first: its loads do not wait for addr (see the header).
     # sizeclass is its first field, so the byte is at hot + the page.
     if TC_LIKELY(_hot_index(hot, _leaf_index_offset()) == i1):
-        return _hot_class(hot, <uint32_t>addr >> kPageShift)
+        return _byte_at(hot, <uint32_t>addr >> kPageShift)
     if i1 >= kPagemapRootLen:
         return 0
     # leaf.sizeclass (its first field) [the page in the leaf], summed first
