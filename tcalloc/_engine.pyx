@@ -165,11 +165,13 @@ cdef int g_bg_wanted = 0
 # bench/README.md for the per-size table. Per 64 B malloc (17 instructions
 # with its return): the size test, the list-offset lookup (one table entry
 # per size up to 1024: no rounding), the TLS load, the pop and the sample
-# clock. Per free (28): the pagemap's two loads (no NULL-leaf test, no mask:
-# pagemap_sizeclass_of), the TLS load and the push with its double-free key
-# check. No lock, no atomic read-modify-write (the list lengths and frees
-# are plain owner-only adds on memory, read by stats() on other threads as
-# benign races: see FreeList), no test for a missing cache, no byte counting.
+# clock. Per free (26): the hot-leaf test and the class byte (no NULL-leaf
+# test, no mask: pagemap_sizeclass_of), the TLS load and the push with its
+# full-list and double-free key checks. No lock, no atomic read-modify-write
+# (a list's mallocs and frees are plain owner-only adds on memory, read by
+# stats() on other threads as benign races), no word that both malloc and
+# free change (a list derives its length: see FreeList), no test for a
+# missing cache, no byte counting.
 
 cdef inline void *_malloc_at(size_t off, size_t size) noexcept nogil:
     """Pop from the calling thread's list at byte offset off (class off / sizeof(FreeList))."""

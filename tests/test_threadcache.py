@@ -366,3 +366,49 @@ def test_address_sort_after_a_collection_orders_every_kind_of_run(comp):
         got, overran = comp.sort_addrs(values)
         assert got == sorted(values), (len(values), values[:5])
         assert not overran
+
+
+def test_a_lists_length_counted_from_its_counters_matches_its_links(eng):
+    # A list keeps no length: it is derived from the pops and pushes the
+    # fast paths count and what the slow paths moved (threadcache.pxi,
+    # FreeList). Random work on three caches under a tight budget runs
+    # every path that moves objects: fetches, overflows, scavenges,
+    # budget steals, flushes, and frees of blocks another cache handed out
+    # (whose list then frees far more than it ever popped). After each
+    # step every list's length must be its chain's, within its limit, and
+    # the caches' bytes what the engine reports.
+    import random
+    rng = random.Random(20261207)
+    eng.set_overall_max(512 << 10)
+    eng.set_per_thread_max(256 << 10)
+    caches = [eng.cache_create() for _ in range(3)]
+    sizes = (16, 64, 1024, 9216)
+    classes = [eng.class_of(s) for s in sizes]
+    live = []
+    for step in range(1500):
+        tc = rng.choice(caches)
+        op = rng.random()
+        if op < 0.45 or not live:
+            size = rng.choice(sizes)
+            live.extend(a for a in eng.cache_alloc_many(tc, size, rng.randint(1, 300)) if a)
+        elif op < 0.9:
+            rng.shuffle(live)
+            k = rng.randint(1, min(len(live), 400))
+            eng.cache_free_many(tc, live[:k])       # many of them from other caches
+            del live[:k]
+        elif op < 0.97:
+            eng.cache_scavenge(tc, rng.random() < 0.5)
+        else:
+            eng.cache_flush(tc)
+        cached = 0
+        for c in caches:
+            for cl, size in zip(classes, sizes):
+                lst = eng.cache_list(c, cl)
+                assert lst["length"] == lst["links"], (step, size, lst)
+                assert lst["length"] <= lst["max_length"], (step, size, lst)
+                cached += lst["length"] * size
+        assert eng.byte_pools()["thread_cache_free_bytes"] == cached, step
+    eng.cache_free_many(caches[0], live)
+    for c in caches:
+        eng.cache_destroy(c)
+    assert eng.byte_pools()["thread_cache_free_bytes"] == 0

@@ -371,7 +371,7 @@ def _gc_callback(phase, info):
         return
     if phase == "start":
         for cl in range(tc.num_classes):
-            g_gc_before[cl] = tc.lists[cl].length
+            g_gc_before[cl] = freelist_length(&tc.lists[cl])
         g_gc_noted = 1
         return
     if not g_gc_noted or info["collected"] < kGcSortMin:

@@ -59,7 +59,7 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     tc = g_registry.caches
     while tc != NULL:
         for cl in range(1, n):
-            cs[cl].mallocs += freelist_mallocs(&tc.lists[cl])
+            cs[cl].mallocs += freelist_mallocs_snapshot(&tc.lists[cl])
             cs[cl].frees += freelist_frees_snapshot(&tc.lists[cl])
         st.thread_cache_free += threadcache_bytes(tc)
         st.tc_fetches += tc_load_u64(&tc.fetches)

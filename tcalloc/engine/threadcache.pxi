@@ -31,30 +31,40 @@ from libc.string cimport memset, memcpy
 
 ctypedef struct FreeList:         # 64 bytes: one cache line per class
     void *head
-    uint32_t length
+    # Counters, owner-written, read by stats(). Each fast path changes one
+    # word of its own: pop adds 1 to `mallocs`, push adds 1 to `frees`. The
+    # list's length is derived (freelist_length): objects are conserved on
+    # a list, so length = frees - mallocs + (objects the slow paths brought
+    # in - objects they sent back), and `room` holds max_length less that
+    # last term, so that push's test, length >= max_length, is
+    # frees - mallocs >= room: two loads and a compare, no length to keep.
+    # Why not a length word: a malloc+free pair then changed one word twice
+    # (subl in pop, addl in push), and each change waited for the other's
+    # store to be forwarded, a chain through memory on every pair; pop's
+    # and push's counters are each changed by one side only, and push only
+    # reads mallocs, for a predicted branch. Measured: 16 B pairs 6.45 ns
+    # with the length word, 5.35 without (bench/README.md, "the list's
+    # length, derived").
+    # `mallocs` and `frees` are the benign data races: the fast paths add
+    # to them with a plain `addq` on memory (a relaxed load-add-store would
+    # cost three instructions for one); their only readers on another
+    # thread are freelist_mallocs_snapshot, freelist_frees_snapshot and
+    # freelist_length_snapshot (stats()), which see the old or the new
+    # value of an aligned word, never a torn one. Those readers are
+    # suppressed for ThreadSanitizer (tests/sanitizers/tsan.supp). `room`
+    # and `max_length` change on the owner's slow paths only, with relaxed
+    # stores.
+    uint64_t mallocs              # pops (malloc fast path)
+    uint64_t frees                # pushes (free fast path)
+    int64_t room                  # max_length - (objects brought in - objects sent back)
+    uint32_t max_length           # a push past this takes the slow path
     uint32_t lowater              # lowest length since the last scavenge as the slow paths
                                   # saw it (0 after a fetch); the pops are folded in when a
                                   # scavenge asks (freelist_lowater), not counted per pop
-    uint32_t max_length           # a push past this takes the slow path
     uint32_t overages
     uint32_t size                 # object size of the class
     uint32_t batch
-    # Counters, owner-written, read by stats(). Objects are conserved on a
-    # list: length = fetched + frees - mallocs - released, so mallocs is
-    # derived (freelist_mallocs) and the malloc fast path counts nothing.
-    # `fetched` and `released` are written with relaxed atomic stores (plain
-    # movs) and read with relaxed loads. `frees` and `length` are the benign
-    # data races: the fast paths change them with a plain `addq` / `subl` /
-    # `addl` on memory (a relaxed load-add-store would cost three
-    # instructions for one); their only readers on another thread are
-    # freelist_frees_snapshot and freelist_length_snapshot (stats()), which
-    # see the old or the new value of an aligned word, never a torn one.
-    # Those readers are suppressed for ThreadSanitizer
-    # (tests/sanitizers/tsan.supp). The slow paths, owner only too, still
-    # store `length` with relaxed stores.
-    uint64_t frees                # pushes (free fast path)
-    uint64_t fetched              # objects brought in from the transfer cache
-    uint64_t released             # objects sent back to it
+    uint32_t released             # objects sent back, as a clock that wraps (freelist_drawn)
     uint32_t scavenged_at         # length after the last scavenge
     uint32_t drawn_at             # freelist_drawn() after the last scavenge
 
@@ -209,23 +219,41 @@ cdef void threadcache_gate_reset(ThreadCacheRegistry *reg) noexcept nogil:
     reg.forks_pending = 0
 
 cdef inline uint64_t freelist_frees_snapshot(const FreeList *l) noexcept nogil:
-    """l.frees read from any thread (the benign race: see FreeList.frees)."""
+    """l.frees read from any thread (the benign race: see FreeList)."""
     return tc_load_u64(&l.frees)
 
-cdef inline uint32_t freelist_length_snapshot(const FreeList *l) noexcept nogil:
-    """l.length read from any thread (a benign race like frees': see FreeList)."""
-    return tc_load_u32(&l.length)
+cdef inline uint64_t freelist_mallocs_snapshot(const FreeList *l) noexcept nogil:
+    """l.mallocs read from any thread (the benign race: see FreeList)."""
+    return tc_load_u64(&l.mallocs)
 
-cdef inline uint64_t freelist_mallocs(const FreeList *l) noexcept nogil:
-    """Objects this list has handed out (exact for the owner; for another
-    thread, exact once the owner is quiet)."""
-    return (tc_load_u64(&l.fetched) + freelist_frees_snapshot(l)
-            - tc_load_u64(&l.released) - freelist_length_snapshot(l))
+cdef inline uint32_t freelist_length(const FreeList *l) noexcept nogil:
+    """Objects on the list, for its owner (see FreeList): exact."""
+    return <uint32_t>(<uint64_t>l.max_length - <uint64_t>l.room + l.frees - l.mallocs)
+
+cdef inline uint32_t freelist_length_snapshot(const FreeList *l) noexcept nogil:
+    """The length as another thread sees it: exact once the owner is quiet.
+    Read while the owner works, the words may come from different moments:
+    off by the pops and pushes between the loads (mallocs is read first, so
+    the figure errs high), or by one change of the limit (max_length and
+    room change together, in two stores); never below 0."""
+    cdef uint64_t m = freelist_mallocs_snapshot(l)
+    cdef uint64_t f = freelist_frees_snapshot(l)
+    cdef int64_t n = <int64_t>tc_load_u32(&l.max_length) - tc_load_i64(&l.room) + <int64_t>(f - m)
+    return <uint32_t>n if n > 0 else 0
+
+cdef inline void _list_came(FreeList *l, uint32_t n) noexcept nogil:
+    """A slow path put n objects on the list (a fetch)."""
+    tc_store_i64(&l.room, l.room - <int64_t>n)
+
+cdef inline void _list_went(FreeList *l, uint32_t n) noexcept nogil:
+    """A slow path took n objects off the list (a release)."""
+    tc_store_i64(&l.room, l.room + <int64_t>n)
+    l.released += n
 
 cdef inline uint32_t freelist_drawn(const FreeList *l) noexcept nogil:
     """Objects that have left the list, popped or released, as a clock that
-    wraps at 2^32: fetched + frees - length (the owner's view)."""
-    return <uint32_t>(l.fetched + l.frees - l.length)
+    wraps at 2^32 (the owner's view)."""
+    return <uint32_t>l.mallocs + l.released
 
 cdef inline uint32_t freelist_lowater(const FreeList *l) noexcept nogil:
     """The list's low-water mark since the last scavenge, for its owner,
@@ -240,8 +268,8 @@ cdef inline uint32_t freelist_lowater(const FreeList *l) noexcept nogil:
     cdef uint32_t bound = l.scavenged_at - drawn if drawn < l.scavenged_at else 0
     if bound < low:
         low = bound
-    if l.length < low:
-        low = l.length
+    if freelist_length(l) < low:
+        low = freelist_length(l)
     return low
 
 cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
@@ -254,9 +282,10 @@ cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
 
 # ---- the fast path ------------------------------------------------------------
 # Cost (x86-64, GCC -O3, inlined into the engine's malloc/free): pop is 6
-# instructions (load head, test, load next, store it, subl on the length,
-# clear the key), push 12 (3 loads, 2 compare-and-branch pairs, 3 stores,
-# addl on the length, addq on frees). Neither counts bytes (see ThreadCache.capacity)
+# instructions (load head, test, load next, store it, addq on mallocs,
+# clear the key), push 12 (4 loads, one of them folded into a sub, 2
+# compare-and-branch pairs, 3 stores, addq on frees). Neither keeps a
+# length (see FreeList), counts bytes (see ThreadCache.capacity)
 # nor tracks the low-water mark (see freelist_lowater) nor tests for a
 # missing cache (the engine's empty cache fails both quietly).
 
@@ -271,7 +300,7 @@ cdef inline void *freelist_try_pop(FreeList *l) noexcept nogil:
     if TC_UNLIKELY(p == NULL):
         return NULL
     l.head = (<void **>p)[0]
-    l.length -= 1                 # plain: see FreeList.length
+    l.mallocs += 1                # plain: see FreeList
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = NULL    # drop the free-block key (see try_push)
     return p
@@ -292,7 +321,7 @@ cdef inline bint freelist_try_push(ThreadCache *tc, FreeList *l, void *p) noexce
     # block that already holds the key is probably on a free list: the slow
     # path looks. Every class is at least 16 bytes, so every block has a
     # second word.
-    if TC_UNLIKELY(tc_load_u32(&l.length) >= l.max_length or (TCALLOC_FREE_KEY and (<void **>p)[1] == key)):
+    if TC_UNLIKELY(<int64_t>(l.frees - l.mallocs) >= l.room or (TCALLOC_FREE_KEY and (<void **>p)[1] == key)):
         return 0
     # The block is linked before it is published as the head (both void *
     # stores, so the compiler keeps their order): a fork child that finds
@@ -302,8 +331,7 @@ cdef inline bint freelist_try_push(ThreadCache *tc, FreeList *l, void *p) noexce
     (<void **>p)[0] = head
     l.head = p
     _compiler_fence()
-    l.length += 1                 # plain: see FreeList.length
-    l.frees += 1                  # plain: see FreeList.frees
+    l.frees += 1                  # plain: see FreeList
     return 1
 
 cdef inline void *threadcache_pop(ThreadCache *tc, uint32_t cl) noexcept nogil:
@@ -382,16 +410,15 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
     cdef void *tail
     cdef uint32_t k, i
     cdef TransferCache *t = &tc.reg.transfer[cl]
-    if n > l.length:
-        n = l.length
+    if n > freelist_length(l):
+        n = freelist_length(l)
     if n == 0:
         return
     threadcache_gate_enter(tc.reg)
-    tc_store_u32(&l.length, l.length - n)
-    tc_inc_owned(&l.released, n)
+    _list_went(l, n)
     tc_atomic_sub_u64(&tc.reg.out_bytes, <uint64_t>n * l.size)
-    if l.length < l.lowater:
-        l.lowater = l.length
+    if freelist_length(l) < l.lowater:
+        l.lowater = freelist_length(l)
     while n > 0:
         k = l.batch if n > l.batch else n
         head = l.head
@@ -408,7 +435,8 @@ cdef void _release(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t n) noexce
 
 cdef inline void _set_max_length(ThreadCache *tc, FreeList *l, uint32_t n) noexcept nogil:
     tc.capacity = tc.capacity - <uint64_t>l.max_length * l.size + <uint64_t>n * l.size
-    l.max_length = n
+    tc_store_i64(&l.room, l.room + (<int64_t>n - <int64_t>l.max_length))
+    tc_store_u32(&l.max_length, n)
 
 cdef void _increase_limit(ThreadCache *tc) noexcept nogil:
     """Grow this thread's budget by a step. From the unclaimed overall budget,
@@ -459,17 +487,17 @@ cdef void _scavenge(ThreadCache *tc, bint periodic) noexcept nogil:
     for cl in range(1, tc.num_classes):
         l = &tc.lists[cl]
         low = freelist_lowater(l)
-        if low > 0 and not (periodic and l.length < l.scavenged_at):
+        if low > 0 and not (periodic and freelist_length(l) < l.scavenged_at):
             drop = low // 2 if low > 1 else 1
             newmax = l.max_length - drop if l.max_length > drop else 0
             if l.max_length > l.batch and newmax > l.max_length - l.batch:
                 newmax = l.max_length - l.batch
-            if l.length > newmax + drop:
-                drop = l.length - newmax    # a list holds no more than its max_length
+            if freelist_length(l) > newmax + drop:
+                drop = freelist_length(l) - newmax    # a list holds no more than its max_length
             _release(tc, l, cl, drop)
             _set_max_length(tc, l, newmax)
-        l.lowater = l.length
-        l.scavenged_at = l.length
+        l.lowater = freelist_length(l)
+        l.scavenged_at = l.lowater
         l.drawn_at = freelist_drawn(l)
     tc_inc_owned(&tc.scavenges, 1)
 
@@ -583,14 +611,15 @@ cdef void _grow_list(ThreadCache *tc, FreeList *l, uint32_t newmax) noexcept nog
 
 cdef inline void _install_chain(FreeList *l, void *head, uint32_t got) noexcept nogil:
     """Empty list l takes a NULL-terminated chain of `got` objects and
-    hands out its first (which counts as a malloc: see freelist_mallocs)."""
+    hands out its first (which counts as a malloc)."""
     TC_ASSERT(got >= 1 and l.head == NULL, "_install_chain: no chain, or the list was not empty")
+    TC_ASSERT(freelist_length(l) == 0, "_install_chain: an empty list's counters give it a length")
     l.head = (<void **>head)[0]
     if TCALLOC_FREE_KEY:
         (<void **>head)[1] = NULL
-    tc_store_u32(&l.length, got - 1)
+    _list_came(l, got)
+    l.mallocs += 1
     l.lowater = 0                    # the list ran empty
-    tc_inc_owned(&l.fetched, <uint64_t>got)
 
 cdef void *_take_orphaned(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t want) noexcept nogil:
     """In a fork child: fill empty list l with up to `want` objects of class
@@ -615,11 +644,11 @@ cdef void *_take_orphaned(ThreadCache *tc, FreeList *l, uint32_t cl, uint32_t wa
     while o != NULL and n == 0:
         ol = &o.lists[cl]
         first = ol.head
-        n = _orphan_run(reg, cl, first, want if want < ol.length else ol.length, &last)
+        n = freelist_length(ol)
+        n = _orphan_run(reg, cl, first, want if want < n else n, &last)
         if n:
             ol.head = (<void **>last)[0]
-            ol.length -= n
-            ol.released += n         # the orphan's objects are conserved (see FreeList)
+            _list_went(ol, n)        # the orphan's objects are conserved (see FreeList)
             (<void **>last)[0] = NULL
             _install_chain(l, first, n)
         o = o.next
@@ -683,7 +712,7 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
         # application's data, or the block is on another thread's list, which
         # the debug mode's checks find.
         q = l.head
-        for i in range(l.length):
+        for i in range(freelist_length(l)):
             if q == p:
                 tc_fatal_ptr("double free detected", p)
             q = (<void **>q)[0]
@@ -691,20 +720,19 @@ cdef void threadcache_push_slow(ThreadCache *tc, uint32_t cl, void *p) noexcept 
     if TCALLOC_FREE_KEY:
         (<void **>p)[1] = tc.free_key
     l.head = p
-    tc_store_u32(&l.length, l.length + 1)
     tc_inc_owned(&l.frees, 1)
     if TC_UNLIKELY(tc_load_int(&tc.flush_requested)):
         threadcache_flush(tc)
         return
     if TC_UNLIKELY(tc.capacity > tc_load_u64(&tc.max_size)):
         _fit_budget(tc, l)           # another thread took some of our budget
-    if l.length > l.max_length:
+    if freelist_length(l) > l.max_length:
         # Back to max_length, in whole batches (scavenging or the budget may
         # have cut the list to below its length).
         tc_inc_owned(&tc.overflows, 1)
-        _release(tc, l, cl, l.batch if l.length - l.max_length <= l.batch
-                 else l.length - l.max_length)
-        TC_ASSERT(l.length <= l.max_length, "threadcache_push_slow: an overflow left the list past its limit")
+        _release(tc, l, cl, l.batch if freelist_length(l) - l.max_length <= l.batch
+                 else freelist_length(l) - l.max_length)
+        TC_ASSERT(freelist_length(l) <= l.max_length, "threadcache_push_slow: an overflow left the list past its limit")
         _tick(tc)
         if l.max_length < l.batch:
             _grow_list(tc, l, l.max_length + 1)
@@ -720,7 +748,7 @@ cdef void threadcache_flush(ThreadCache *tc) noexcept nogil:
     cdef int cl
     tc_store_int(&tc.flush_requested, 0)
     for cl in range(1, tc.num_classes):
-        _release(tc, &tc.lists[cl], cl, tc.lists[cl].length)
+        _release(tc, &tc.lists[cl], cl, freelist_length(&tc.lists[cl]))
         tc.lists[cl].lowater = 0
 
 # ---- lifetime ------------------------------------------------------------
@@ -779,7 +807,7 @@ cdef void threadcache_destroy(ThreadCache *tc) noexcept nogil:
     threadcache_flush(tc)
     tc_spinlock_lock(&reg.lock)
     for cl in range(1, tc.num_classes):
-        tc_atomic_add_u64(&reg.retired_mallocs[cl], freelist_mallocs(&tc.lists[cl]))
+        tc_atomic_add_u64(&reg.retired_mallocs[cl], freelist_mallocs_snapshot(&tc.lists[cl]))
         tc_atomic_add_u64(&reg.retired_frees[cl], tc.lists[cl].frees)
     tc_store_i64(&reg.unclaimed, reg.unclaimed + <int64_t>tc.max_size)
     if tc.prev != NULL:
@@ -849,17 +877,19 @@ cdef void threadcache_adopt_orphans(ThreadCacheRegistry *reg) noexcept nogil:
     cached, as if their threads had exited, and recycle their structs.
     Called with no lock held; cheap when there are none.
 
-    The gate kept every move out of fork(), so fetched and released are
-    exact; a thread may have been frozen in the fast path, though, with its
-    list's length not yet matching its links (a pop or a push half done).
-    Each list is therefore walked to its end and its length set to what was
-    found; bytes in use stay exact because they depend on fetched - released
-    - length only. A walk stops at a link that is no block of the class
-    (never expected: push links before it publishes); the rest stays
-    counted as in use rather than risk freeing live memory."""
+    The gate kept every move out of fork(), so `room` is exact; a thread
+    may have been frozen in the fast path, though, with its counters not
+    yet matching its links (a pop or a push half done). Each list is
+    therefore walked to its end and `mallocs` set so that its length is
+    what was found; objects in use stay exact because they depend on
+    mallocs - frees only, which the walk fixes. A walk stops at a link that
+    is no block of the class (never expected: push links before it
+    publishes); the rest stays counted as in use rather than risk freeing
+    live memory."""
     cdef ThreadCache *tc
     cdef FreeList *l
     cdef void *last
+    cdef uint32_t n
     cdef int cl
     while tc_load_relaxed_ptr(<void **>&reg.orphans) != NULL:
         # One at a time back onto the registry's list, which
@@ -880,7 +910,8 @@ cdef void threadcache_adopt_orphans(ThreadCacheRegistry *reg) noexcept nogil:
         tc_spinlock_unlock(&reg.lock)
         for cl in range(1, tc.num_classes):
             l = &tc.lists[cl]
-            l.length = _orphan_run(reg, cl, l.head, l.length + 1, &last)
+            n = _orphan_run(reg, cl, l.head, freelist_length(l) + 1, &last)
+            l.mallocs += <uint64_t>(<int64_t>freelist_length(l) - <int64_t>n)   # the length becomes n
         threadcache_destroy(tc)
 
 cdef void threadcache_request_flush_all(ThreadCacheRegistry *reg) noexcept nogil:
@@ -1015,9 +1046,9 @@ cdef uint64_t threadcache_sort_tops(ThreadCache *tc, const uint32_t *before, voi
     cdef uint64_t done = 0
     for cl in range(1, tc.num_classes):
         l = &tc.lists[cl]
-        if l.length < before[cl] + min_run:
+        if freelist_length(l) < before[cl] + min_run:
             continue
-        d = l.length - before[cl]
+        d = freelist_length(l) - before[cl]
         if d > cap:
             d = cap
         threadcache_gate_enter(tc.reg)

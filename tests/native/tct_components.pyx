@@ -1026,8 +1026,8 @@ cdef class PrivateEngine(PrivateHeap):
                 if threadcache_bytes(tc) > peak:
                     peak = threadcache_bytes(tc)
                 l = &tc.lists[cl]
-                if <int64_t>l.length - <int64_t>l.max_length > over:
-                    over = <int64_t>l.length - <int64_t>l.max_length
+                if <int64_t>freelist_length(l) - <int64_t>l.max_length > over:
+                    over = <int64_t>freelist_length(l) - <int64_t>l.max_length
         libc_free(buf)
         return {"peak_size": peak, "max_over_length": over}
 
@@ -1036,11 +1036,18 @@ cdef class PrivateEngine(PrivateHeap):
         _scavenge(self._tc(handle), periodic)
 
     def cache_list(self, handle, int cl):
+        """A list's fields; `links`: its chain walked to the end (the length
+        is derived from counters: see FreeList)."""
         cdef ThreadCache *tc = self._tc(handle)
         cdef FreeList *l = &tc.lists[self._cl(cl)]
-        return {"length": l.length, "lowater": freelist_lowater(l), "max_length": l.max_length,
+        cdef void *q = l.head
+        cdef long links = 0
+        while q != NULL:
+            links += 1
+            q = (<void **>q)[0]
+        return {"length": freelist_length(l), "links": links, "lowater": freelist_lowater(l), "max_length": l.max_length,
                 "overages": l.overages, "size": l.size, "batch": l.batch,
-                "mallocs": freelist_mallocs(l), "frees": l.frees}
+                "mallocs": freelist_mallocs_snapshot(l), "frees": l.frees}
 
     def cache_info(self, handle):
         cdef ThreadCache *tc = self._tc(handle)
