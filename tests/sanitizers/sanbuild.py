@@ -117,9 +117,16 @@ def _python_tree(dest):
     shutil.copytree(os.path.join(ROOT, "stress"), os.path.join(dest, "tcalloc", "stress"), ignore=skip)
 
 
+# Read once, here: _compile runs in a thread pool, and Python 3.11's
+# sysconfig fills its variables on first use without a lock, so a second
+# thread could read EXT_SUFFIX as None while the first was still filling.
+PY_INCLUDE = sysconfig.get_paths()["include"]
+EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
+
+
 def _compile(kind, macros, name, csrc, dest):
-    inc = [sysconfig.get_paths()["include"]] + [os.path.join(ROOT, d) for d in INCLUDES]
-    out = os.path.join(dest, MODULES[name][1], name.rsplit(".", 1)[-1] + sysconfig.get_config_var("EXT_SUFFIX"))
+    inc = [PY_INCLUDE] + [os.path.join(ROOT, d) for d in INCLUDES]
+    out = os.path.join(dest, MODULES[name][1], name.rsplit(".", 1)[-1] + EXT_SUFFIX)
     cmd = ([CC, "-shared"] + COMMON_FLAGS + SANITIZERS[kind]["flags"]
            + ["-D%s=%s" % m for m in macros] + ["-I" + d for d in inc]
            + [csrc, "-o", out, "-lpthread"])
