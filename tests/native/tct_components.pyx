@@ -1026,8 +1026,8 @@ cdef class PrivateEngine(PrivateHeap):
                 if threadcache_bytes(tc) > peak:
                     peak = threadcache_bytes(tc)
                 l = &tc.lists[cl]
-                if <int64_t>freelist_length(l) - <int64_t>l.max_length > over:
-                    over = <int64_t>freelist_length(l) - <int64_t>l.max_length
+                if <int64_t>freelist_length(l) - <int64_t>freelist_max(l) > over:
+                    over = <int64_t>freelist_length(l) - <int64_t>freelist_max(l)
         libc_free(buf)
         return {"peak_size": peak, "max_over_length": over}
 
@@ -1045,7 +1045,7 @@ cdef class PrivateEngine(PrivateHeap):
         while q != NULL:
             links += 1
             q = (<void **>q)[0]
-        return {"length": freelist_length(l), "links": links, "lowater": freelist_lowater(l), "max_length": l.max_length,
+        return {"length": freelist_length(l), "links": links, "lowater": freelist_lowater(l), "max_length": freelist_max(l),
                 "overages": l.overages, "size": l.size, "batch": l.batch,
                 "mallocs": freelist_mallocs_snapshot(l), "frees": l.frees}
 
