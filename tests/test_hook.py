@@ -100,6 +100,35 @@ def test_objects_a_collection_freed_are_reused_in_address_order():
     assert r.stdout.startswith("ok"), r.stdout
 
 
+def test_a_collections_sort_keeps_no_buffer_of_its_own():
+    # The sort of a collection that freed 150k objects uses a buffer of
+    # 2 x 65536 pointers (1 MiB). It is taken from the heap and given back,
+    # where the program reuses its pages: the engine's own metadata, memory
+    # nothing else can use, must not grow by it.
+    r = run_py("""
+        import gc, tcalloc
+        class N:
+            __slots__ = ("ref", "x")
+        tcalloc.install()
+        gc.disable()
+        def build(n):
+            objs = [N() for _ in range(n)]
+            for i, o in enumerate(objs):
+                o.ref = objs[(i * 7919 + 1) % n]
+        s0 = tcalloc.stats()
+        build(150000)
+        assert gc.collect() >= 150000
+        s1 = tcalloc.stats()
+        sorted_now = s1["gc_sorted_objects"] - s0["gc_sorted_objects"]
+        assert sorted_now >= 60000, sorted_now
+        grew = s1["metadata_bytes"] - s0["metadata_bytes"]
+        assert grew < 256 * 1024, grew
+        print("ok", sorted_now, grew)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok"), r.stdout
+
+
 def test_gc_sort_off_leaves_gc_callbacks_alone():
     r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import gc, tcalloc
