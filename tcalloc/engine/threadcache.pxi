@@ -294,8 +294,9 @@ cdef inline uint64_t threadcache_bytes(const ThreadCache *tc) noexcept nogil:
 # ---- the fast path ------------------------------------------------------------
 # Cost (x86-64, GCC -O3, inlined into the engine's malloc/free): pop is 6
 # instructions (load head, test, load next, store it, addq on mallocs,
-# clear the key), push 12 (4 loads, one of them folded into a sub, 2
-# compare-and-branch pairs, 3 stores, addq on frees). Neither keeps a
+# clear the key), push 12 (load the head, the key and frees, subtract
+# mallocs, compare-and-branch against room and on the block's second word,
+# 3 stores, addq on frees). Neither keeps a
 # length (see FreeList), counts bytes (see ThreadCache.capacity)
 # nor tracks the low-water mark (see freelist_lowater) nor tests for a
 # missing cache (the engine's empty cache fails both quietly).
