@@ -358,12 +358,14 @@ cdef enum:
     kGcSortMin = 64              # a list must have grown by this much
 cdef uint32_t g_gc_before[kMaxClasses]
 cdef int g_gc_noted = 0          # g_gc_before is this collection's
+
+
 def _gc_callback(phase, info):
     """gc.callbacks entry while tcalloc serves the obj domain (install())."""
     global g_gc_noted
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_get()
     cdef int cl
-    cdef uint32_t most = 0, n
+    cdef uint32_t most
     cdef void **buf
     if tc.reg == NULL:              # no cache yet: nothing was freed into one
         g_gc_noted = 0
@@ -376,10 +378,7 @@ def _gc_callback(phase, info):
     if not g_gc_noted or info["collected"] < kGcSortMin:
         return
     g_gc_noted = 0
-    for cl in range(1, tc.num_classes):
-        n = freelist_length(&tc.lists[cl])
-        if n > g_gc_before[cl] and n - g_gc_before[cl] > most:
-            most = n - g_gc_before[cl]
+    most = threadcache_most_grown(tc, g_gc_before)
     if most < kGcSortMin:
         return
     if most > kGcSortCap:
@@ -387,9 +386,9 @@ def _gc_callback(phase, info):
     # The sort's buffer (its run and its scratch) comes from the heap and
     # goes back to it at once, so the program reuses its pages: a buffer of
     # its own, from the metadata arena, kept what the largest sort touched
-    # resident for good (up to 1 MiB; 0.13-0.24 MiB in the peak RSS of
-    # pyperformance's go and json_dumps workers). Taking it may pop one of
-    # the objects just freed (a list then has one less to sort).
+    # resident for good (1 MiB after one collection of 150k objects).
+    # Taking it may pop one of the objects just freed (a list then has one
+    # less to sort).
     buf = <void **>_malloc(2 * <size_t>most * sizeof(void *))
     if buf == NULL:
         return

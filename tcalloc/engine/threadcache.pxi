@@ -1043,6 +1043,21 @@ cdef void threadcache_sort_addrs(uintptr_t *a, uintptr_t *tmp, uint32_t n) noexc
     if src != a:
         memcpy(a, src, <size_t>n * sizeof(uintptr_t))
 
+cdef inline uint32_t _grown(const FreeList *l, uint32_t before) noexcept nogil:
+    """How much list l grew since its length was `before` (0 if it shrank)."""
+    cdef uint32_t n = freelist_length(l)
+    return n - before if n > before else 0
+
+cdef uint32_t threadcache_most_grown(const ThreadCache *tc, const uint32_t *before) noexcept nogil:
+    """The most any list grew since `before` (threadcache_sort_tops' runs
+    are at most this long: the size of the buffer it needs)."""
+    cdef uint32_t most = 0
+    cdef int cl
+    for cl in range(1, tc.num_classes):
+        if _grown(&tc.lists[cl], before[cl]) > most:
+            most = _grown(&tc.lists[cl], before[cl])
+    return most
+
 cdef uint64_t threadcache_sort_tops(ThreadCache *tc, const uint32_t *before, void **buf,
                                     uint32_t cap, uint32_t min_run) noexcept nogil:
     """For each list that grew by min_run or more since `before` (its
@@ -1058,9 +1073,9 @@ cdef uint64_t threadcache_sort_tops(ThreadCache *tc, const uint32_t *before, voi
     cdef uint64_t done = 0
     for cl in range(1, tc.num_classes):
         l = &tc.lists[cl]
-        if freelist_length(l) < before[cl] + min_run:
+        d = _grown(l, before[cl])
+        if d < min_run:
             continue
-        d = freelist_length(l) - before[cl]
         if d > cap:
             d = cap
         threadcache_gate_enter(tc.reg)
