@@ -223,6 +223,16 @@ def _write_heap_profiles(path):
     sys.stderr.write("tcalloc: heap profiles written to %s and %s\n" % (path, peak_path(path)))
 
 
+def _register_source(code, source, name):
+    """Keep the source of -c code for tracebacks, as python does from 3.13
+    (the call it makes itself, to a private linecache function: 3.13 keys
+    the source by file name, later versions by each code object)."""
+    import linecache
+    register = getattr(linecache, "_register_code", None)
+    if register is not None:
+        register(code if hasattr(linecache, "_interactive_cache") else name, source, name)
+
+
 def _program_frames(tb):
     """tb without its first frames, those of this module and of runpy, which
     started the program: a traceback then reads as under python."""
@@ -319,7 +329,10 @@ def _run(argv):
             saved = sys.modules["__main__"]
             sys.modules["__main__"] = main
             try:
-                exec(compile(source, name, "exec"), main.__dict__)
+                code = compile(source, name, "exec")
+                if a.code is not None:
+                    _register_source(code, source, name)
+                exec(code, main.__dict__)
             finally:
                 kept = main.__dict__
                 sys.modules["__main__"] = saved
