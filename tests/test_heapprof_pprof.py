@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 RATE = 8 << 10
 # Shared with the heap profile tests: the CPython versions whose samples keep
 # Python frames, sampling off after each test, and the `# site:` lines.
-from test_heapprof import needs_python_frames, sampling_off_after, site_line  # noqa: E402,F401
+from test_heapprof import comp, needs_python_frames, sampling_off_after, site_line  # noqa: E402,F401
 
 
 def _line(tag):
@@ -137,8 +137,8 @@ def test_heap_profile_read_by_pprof(tmp_path):
     assert stacks == _expected(prof)
 
     leaves = {key[0] for key in stacks}
-    assert ("_small_site.<locals>.<listcomp>", __file__, _line("small")) in leaves
-    assert ("_rate_site.<locals>.<listcomp>", __file__, _line("rate")) in leaves
+    assert (comp("_small_site"), __file__, _line("small")) in leaves
+    assert (comp("_rate_site"), __file__, _line("rate")) in leaves
     # A name in angle brackets keeps it (pprof strips <...> from C++ names).
     assert ("<lambda>", __file__, _line("lambda")) in {f for key in stacks for f in key}
     native = [key for key in stacks if key[0][0].startswith("tn_hold_chain+0x")]
@@ -164,7 +164,8 @@ def test_heap_profile_read_by_pprof(tmp_path):
         assert flat == {k: v for k, v in want.items() if v}
     # -traces: one stack per sample, innermost first, with its size label.
     traces = _pprof("-traces", str(path))
-    assert re.search(r"bytes:\s+100B\n.*\s_small_site\.<locals>\.<listcomp>\n\s+_small_site\n", traces)
+    caller = "_small_site" if comp("_small_site") != "_small_site" else "test_heap_profile_read_by_pprof"
+    assert re.search(r"bytes:\s+100B\n.*\s%s\n\s+%s\n" % (re.escape(comp("_small_site")), caller), traces)
     for h in heads:
         tct_native.free_chain(h)
     del keep
@@ -226,7 +227,7 @@ def test_run_heap_profile_files_read_by_pprof(tmp_path):
     assert r.returncode == 0, r.stderr
     end = _pprof("-top", "-lines", "-nodefraction=0", str(out))
     peak = _pprof("-top", "-lines", "-nodefraction=0", str(tmp_path / "heap.peak.pb.gz"))
-    assert "build.<locals>.<listcomp> %s:2" % prog in end
+    assert "%s %s:2" % (comp("build"), prog) in end
     assert "<module> %s:5" % prog in end
     assert "scratch" not in end
-    assert "scratch.<locals>.<listcomp> %s:4" % prog in peak
+    assert "%s %s:4" % (comp("scratch"), prog) in peak

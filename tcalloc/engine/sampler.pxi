@@ -37,8 +37,8 @@
 # state without taking the GIL and without creating frame objects (the
 # frames of a thread that is in C code do not change under it, and the code
 # objects and strings they name stay alive while it is there; tracemalloc
-# reads the same fields). CPython 3.11 (mirrored _PyInterpreterFrame) and
-# 3.9/3.10 (PyFrameObject); other versions record native stacks only.
+# reads the same fields). CPython 3.11-3.13 (mirrored _PyInterpreterFrame)
+# and 3.9/3.10 (PyFrameObject); other versions record native stacks only.
 #
 # Thread safety: g_sampler.lock guards everything below except the per-thread
 # state; it nests inside no engine lock and only the arena's lock nests in it.
@@ -79,6 +79,24 @@ cdef extern from * nogil:
         char is_entry;
         char owner;
     } tc_iframe311;
+    #elif PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+    /* CPython 3.12's and 3.13's _PyInterpreterFrame (internal/pycore_frame.h)
+     * up to `owner`. 3.12 calls the first field f_code and the instruction
+     * pointer prev_instr (the unit before the next instruction); 3.13 calls
+     * them f_executable (a code object, or None in a C-stack shim) and
+     * instr_ptr (the instruction executing). Either gives the line the same
+     * way, as PyUnstable_InterpreterFrame_GetLine does. Code units are 2
+     * bytes (_Py_CODEUNIT, which 3.13 no longer declares in public). */
+    typedef struct tc_iframe312 {
+        PyObject *f_executable;
+        struct tc_iframe312 *previous;
+        PyObject *f_funcobj, *f_globals, *f_builtins, *f_locals;
+        PyObject *frame_obj;
+        uint16_t *instr;
+        int stacktop;
+        uint16_t return_offset;
+        char owner;
+    } tc_iframe312;
     #endif
 
     /* The calling thread's Python frames, innermost first; 0 without a
@@ -97,6 +115,31 @@ cdef extern from * nogil:
             out[n].file = co->co_filename;
             out[n].name = co->co_qualname;
             out[n].line = PyCode_Addr2Line(co, (int)((f->prev_instr - _PyCode_CODE(co)) * (int)sizeof(_Py_CODEUNIT)));
+            n++;
+        }
+    #elif PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+        PyThreadState *ts = PyGILState_GetThisThreadState();
+        tc_iframe312 *f;
+        PyCodeObject *co;
+        uint16_t *first;
+        if (ts == NULL) return 0;
+    #if PY_VERSION_HEX < 0x030D0000
+        if (ts->cframe == NULL) return 0;
+        f = (tc_iframe312 *)ts->cframe->current_frame;
+    #else
+        f = (tc_iframe312 *)ts->current_frame;
+    #endif
+        for (; f != NULL && n < max; f = f->previous) {
+            /* FRAME_OWNED_BY_CSTACK: the shim an entry into the interpreter
+             * pushes, not Python code */
+            if (f->owner == 3 || f->f_executable == NULL || !PyCode_Check(f->f_executable)) continue;
+            co = (PyCodeObject *)f->f_executable;
+            first = (uint16_t *)co->co_code_adaptive;
+            /* incomplete: pushed, not yet started (_PyFrame_IsIncomplete) */
+            if (f->owner != 1 && f->instr < first + co->_co_firsttraceable) continue;
+            out[n].file = co->co_filename;
+            out[n].name = co->co_qualname;
+            out[n].line = PyCode_Addr2Line(co, (int)((f->instr - first) * (int)sizeof(uint16_t)));
             n++;
         }
     #elif PY_VERSION_HEX >= 0x03090000 && PY_VERSION_HEX < 0x030B0000
