@@ -11,10 +11,10 @@ import sys
 import pytest
 
 # The examples find their sites by Python frames, which samples keep on
-# CPython 3.9-3.13 only (docs/heap-profiling.md, Limits).
+# CPython 3.10-3.13 only (docs/heap-profiling.md, Limits).
 pytestmark = pytest.mark.skipif(
-    sys.implementation.name != "cpython" or not (3, 9) <= sys.version_info[:2] <= (3, 13),
-    reason="samples keep Python frames on CPython 3.9-3.13 only")
+    sys.implementation.name != "cpython" or not (3, 10) <= sys.version_info[:2] <= (3, 13),
+    reason="samples keep Python frames on CPython 3.10-3.13 only")
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                    "heap-profiling.md")

@@ -16,12 +16,12 @@ from tcalloc import _config, _engine
 
 RATE = 8 << 10     # small, so a few MiB give hundreds of samples (each costs a page)
 
-# The sampler reads the allocating thread's Python frames on CPython 3.9-3.13
+# The sampler reads the allocating thread's Python frames on CPython 3.10-3.13
 # only (tcalloc/engine/sampler.pxi); elsewhere a sample keeps its native
 # stack, and the tests that find their sites by Python frame cannot run.
 needs_python_frames = pytest.mark.skipif(
-    sys.implementation.name != "cpython" or not (3, 9) <= sys.version_info[:2] <= (3, 13),
-    reason="samples keep Python frames only on CPython 3.9-3.13 (tcalloc/engine/sampler.pxi); "
+    sys.implementation.name != "cpython" or not (3, 10) <= sys.version_info[:2] <= (3, 13),
+    reason="samples keep Python frames only on CPython 3.10-3.13 (tcalloc/engine/sampler.pxi); "
     "on %s.%s they keep native stacks only" % sys.version_info[:2])
 
 
@@ -46,8 +46,8 @@ def _line(tag):
 
 def comp(func):
     """The frame a list comprehension in func allocates from: one of its own
-    before Python 3.12, named by the code's name on 3.9 and 3.10 (their code
-    objects have no qualified name), and func's own from 3.12 (PEP 709
+    before Python 3.12, named by the code's name alone on 3.10 (code objects
+    have no qualified name there), and func's own from 3.12 (PEP 709
     inlines it)."""
     if sys.version_info < (3, 11):
         return "<listcomp>"
@@ -60,7 +60,7 @@ def _site(s):
     stack = s.python_stack
     if (len(stack) > 1 and stack[0].function in ("<listcomp>", "<genexpr>")
             and stack[1].file == stack[0].file):
-        stack = stack[1:]       # 3.9/3.10 name it by its code alone (see comp)
+        stack = stack[1:]       # 3.10 names it by its code alone (see comp)
     f = stack[0] if stack else None
     return f.function.split(".<locals>")[0] if f and f.file == __file__ else None
 

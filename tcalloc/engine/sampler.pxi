@@ -38,7 +38,7 @@
 # frames of a thread that is in C code do not change under it, and the code
 # objects and strings they name stay alive while it is there; tracemalloc
 # reads the same fields). CPython 3.11-3.13 (mirrored _PyInterpreterFrame)
-# and 3.9/3.10 (PyFrameObject); other versions record native stacks only.
+# and 3.10 (PyFrameObject); other versions record native stacks only.
 #
 # Thread safety: g_sampler.lock guards everything below except the per-thread
 # state; it nests inside no engine lock and only the arena's lock nests in it.
@@ -50,7 +50,7 @@ cdef extern from * nogil:
     #include <execinfo.h>
     #include <math.h>
     #include <dlfcn.h>
-    #if PY_VERSION_HEX >= 0x03090000 && PY_VERSION_HEX < 0x030B0000
+    #if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030B0000
     #include <frameobject.h>
     #endif
     static __thread uint64_t tc_smp_rng __attribute__((tls_model("initial-exec")));
@@ -142,7 +142,7 @@ cdef extern from * nogil:
             out[n].line = PyCode_Addr2Line(co, (int)((f->instr - first) * (int)sizeof(uint16_t)));
             n++;
         }
-    #elif PY_VERSION_HEX >= 0x03090000 && PY_VERSION_HEX < 0x030B0000
+    #elif PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030B0000
         PyThreadState *ts = PyGILState_GetThisThreadState();
         PyFrameObject *f;
         if (ts == NULL) return 0;
