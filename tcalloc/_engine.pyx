@@ -65,6 +65,8 @@ cdef extern from "<pthread.h>" nogil:
                        void (*child)() noexcept nogil)
     int pthread_create(pthread_t *thread, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_detach(pthread_t thread)
+    int pthread_join(pthread_t thread, void **retval)
+    pthread_t pthread_self()
 
 cdef extern from "<signal.h>" nogil:
     ctypedef struct sigset_t:
@@ -72,12 +74,6 @@ cdef extern from "<signal.h>" nogil:
     int SIG_SETMASK
     int sigfillset(sigset_t *set)
     int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int nanosleep(const timespec *req, timespec *rem)
 
 cdef size_t kMaxAllocBytes = (<size_t>1) << 46    # larger requests fail at once (ENOMEM)
 
@@ -147,6 +143,11 @@ cdef uint64_t g_release_rate = kDefaultReleaseRate   # bytes per second; 0: rele
                                      # Written under g_bg_lock, read by stats() without:
                                      # relaxed stores/loads
 cdef int g_bg_running = 0
+cdef pthread_t g_bg_thread           # the releaser while g_bg_running (joinable)
+# 1 asks the releaser to exit now (fork's prepare handler): the word it sleeps
+# on, as a futex, between ticks.
+cdef int g_bg_stop = 0
+cdef int g_bg_forked = 0             # prepare stopped a releaser: wanted again after
 # A rate is set but no releaser runs (at start-up, after fork): start one at
 # the next slow path once the heap reaches kBgStartHeap. Written under
 # g_bg_lock; the slow paths poll it without the lock (a relaxed load, so a

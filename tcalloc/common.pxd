@@ -58,6 +58,7 @@ cdef extern from "tc_platform.h" nogil:
     void tc_spin_backoff(uint64_t *spins, uint64_t limit)
     void tc_cpu_relax()
     void tc_futex_wait(int *addr, int val)
+    void tc_futex_wait_for(int *addr, int val, long ns)
     void tc_futex_wake(int *addr, int n)
     enum:
         TC_SPIN_LIMIT

@@ -330,3 +330,45 @@ def test_a_fork_child_reuses_the_blocks_dead_threads_cached():
     assert c["from_caches"] >= 2 << 20, r         # the dead threads did hold that much
     assert c["ok"] and c["gap"] == 0 and c["gap_after_free"] == 0, r
     assert c["growth"] <= c["from_caches"] // 8, r
+
+
+def test_fork_leaves_a_single_threaded_program_single_threaded():
+    """The background releaser (started once the heap reaches 16 MiB) is
+    stopped before fork() and is not there when fork() returns in the
+    parent: a program with one thread of its own stays a single-threaded
+    process across fork(), which CPython 3.12+ checks (a DeprecationWarning,
+    an exception under -W error). The next allocation slow path starts a
+    new releaser, in the parent as in the child."""
+    out = last_json(run_py("""
+        import json, os, sys, time, warnings
+        import tcalloc
+        import tct_native as tn
+
+        def wait_threads(n):
+            deadline = time.monotonic() + 10
+            while tn.os_threads() != n and time.monotonic() < deadline:
+                keep.append(tcalloc.alloc(1 << 20))     # slow paths start the releaser
+                time.sleep(0.01)
+            return tn.os_threads()
+
+        keep = [tcalloc.alloc(1 << 20) for _ in range(24)]    # past the 16 MiB start
+        before = wait_threads(2)
+        after_fork = tn.fork_thread_count()
+        restarted = wait_threads(2)
+        warned = None
+        if sys.version_info >= (3, 12):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                warned = [str(w.message) for w in caught]
+            wait_child(pid)
+        print(json.dumps({"before": before, "after_fork": after_fork,
+                          "restarted": restarted, "warned": warned}))
+    """, env={"TCALLOC_RELEASE_RATE": "8M"}))
+    assert out["before"] == 2, out              # this thread and the releaser
+    assert out["after_fork"] == 1, out          # the releaser was stopped, not copied or left
+    assert out["restarted"] == 2, out
+    if sys.version_info >= (3, 12):
+        assert out["warned"] == [], out

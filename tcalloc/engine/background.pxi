@@ -8,26 +8,34 @@
 #   (0.5 s): a burst's pages past the cap go back within a second. It starts
 #   lazily, at a slow-path call once the heap has reached kBgStartHeap: a
 #   process that never allocates much never gets the thread.
-# Lock: g_bg_lock guards g_release_rate, g_bg_running and g_bg_wanted (taken
-# alone, outermost); the releaser takes the page-heap lock per tick.
+# fork() stops it (_bg_stop_for_fork, from the prepare handler) and the next
+# slow path after it, in the parent as in the child, starts another: the
+# thread is not there when fork() returns, so a single-threaded program's
+# fork() stays single-threaded (Python 3.12+ warns about fork() in a process
+# with more than one thread, and -W error turns that into an exception).
+# Lock: g_bg_lock guards g_release_rate, g_bg_running, g_bg_thread and
+# g_bg_wanted (taken alone, outermost); the releaser takes the page-heap lock
+# per tick.
 
 cdef void *_bg_main(void *arg) noexcept nogil:
     """Release free page-heap memory at g_release_rate bytes/s, 10 ticks a
-    second, and turn the page heap's demand epoch every kDemandEpochTicks."""
+    second, and turn the page heap's demand epoch every kDemandEpochTicks.
+    Exits when the rate is 0 (detaching itself) or when asked (g_bg_stop:
+    whoever asked joins it)."""
     global g_bg_running
-    cdef timespec ts
     cdef int64_t credit = 0
     cdef uint64_t rate, done
     cdef uint64_t ticks = 0
     cdef bint turn
-    ts.tv_sec = 0
-    ts.tv_nsec = 100000000
     while True:
-        nanosleep(&ts, NULL)
+        tc_futex_wait_for(&g_bg_stop, 0, 100000000)
+        if tc_load_int(&g_bg_stop):
+            return NULL
         tc_spinlock_lock(&g_bg_lock)
         rate = g_release_rate
         if rate == 0:
             g_bg_running = 0
+            pthread_detach(pthread_self())
             tc_spinlock_unlock(&g_bg_lock)
             return NULL
         tc_spinlock_unlock(&g_bg_lock)
@@ -48,7 +56,7 @@ cdef void *_bg_main(void *arg) noexcept nogil:
 
 cdef void _bg_start() noexcept nogil:
     """Start the releaser if a rate is set and none runs. Takes g_bg_lock."""
-    global g_bg_running
+    global g_bg_running, g_bg_thread
     cdef pthread_t th
     cdef sigset_t all_signals, old
     tc_spinlock_lock(&g_bg_lock)
@@ -65,10 +73,31 @@ cdef void _bg_start() noexcept nogil:
         # A failed pthread_create is not retried: memory still goes back on
         # free (the cap) and on release_free_memory().
         if pthread_create(&th, NULL, _bg_main, NULL) == 0:
-            pthread_detach(th)
+            g_bg_thread = th
             g_bg_running = 1
         pthread_sigmask(SIG_SETMASK, &old, NULL)
     tc_spinlock_unlock(&g_bg_lock)
+
+cdef bint _bg_stop_for_fork() noexcept nogil:
+    """fork()'s prepare handler, before it takes any lock: make the releaser
+    exit and wait for it (a tick at most: it may be releasing under the
+    page-heap lock). Returns whether one ran. Takes g_bg_lock."""
+    global g_bg_running
+    cdef pthread_t th
+    cdef int rc
+    tc_spinlock_lock(&g_bg_lock)
+    if not g_bg_running:
+        tc_spinlock_unlock(&g_bg_lock)
+        return 0
+    g_bg_running = 0
+    th = g_bg_thread
+    tc_store_int(&g_bg_stop, 1)
+    tc_spinlock_unlock(&g_bg_lock)
+    tc_futex_wake(&g_bg_stop, 1)
+    rc = pthread_join(th, NULL)
+    TC_ASSERT(rc == 0, "fork: the releaser thread could not be joined")
+    tc_store_int(&g_bg_stop, 0)
+    return 1
 
 cdef inline void _bg_poll() noexcept nogil:
     """On slow paths: start the wanted releaser once the heap is big enough.

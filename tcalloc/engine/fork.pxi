@@ -9,7 +9,9 @@
 # release_free_memory() reaches what those threads had cached.
 
 cdef void _atfork_prepare() noexcept nogil:
+    global g_bg_forked
     cdef int cl
+    g_bg_forked = _bg_stop_for_fork()
     threadcache_gate_close(&g_registry)
     tc_spinlock_lock(&g_bg_lock)
     tc_spinlock_lock(&g_registry.lock)
@@ -31,11 +33,12 @@ cdef void _atfork_parent() noexcept nogil:
     for cl in range(1, g_sizemap.num_classes):
         tc_spinlock_unlock(&g_transfer[cl].lock)
     tc_spinlock_unlock(&g_registry.lock)
+    if g_bg_forked:
+        tc_store_int(&g_bg_wanted, 1)     # a new releaser at the next slow path
     tc_spinlock_unlock(&g_bg_lock)
     threadcache_gate_reopen(&g_registry)
 
 cdef void _atfork_child() noexcept nogil:
-    global g_bg_running
     cdef int cl
     tc_spinlock_reset(&g_arena.lock)
     tc_spinlock_reset(&g_sampler.lock)
@@ -47,10 +50,9 @@ cdef void _atfork_child() noexcept nogil:
     tc_spinlock_reset(&g_bg_lock)
     threadcache_gate_reset(&g_registry)
     threadcache_orphan_others(&g_registry, <ThreadCache *>tc_tls_owner())
-    # The releaser thread did not survive the fork; a new one starts lazily,
-    # at the child's first slow path with a heap of kBgStartHeap (creating
-    # threads inside fork() is not allowed).
-    if g_bg_running:
-        g_bg_running = 0
+    # prepare stopped the releaser; a new one starts lazily, at the child's
+    # first slow path with a heap of kBgStartHeap (creating threads inside
+    # fork() is not allowed), as in the parent.
+    if g_bg_forked:
         tc_store_int(&g_bg_wanted, 1)
 

@@ -106,6 +106,13 @@ static inline void tc_spinlock_init(tc_spinlock_t *l) { memset(l, 0, sizeof(*l))
 static inline void tc_futex_wait(int *addr, int val) {
     syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
 }
+/* Sleep while *addr == val, for at most ns nanoseconds or until woken. */
+static inline void tc_futex_wait_for(int *addr, int val, long ns) {
+    struct timespec ts;
+    ts.tv_sec = ns / 1000000000L;
+    ts.tv_nsec = ns % 1000000000L;
+    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, &ts, NULL, 0);
+}
 static inline void tc_futex_wake(int *addr, int n) {
     syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }

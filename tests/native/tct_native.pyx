@@ -536,6 +536,67 @@ def fork_children(int nforks, double timeout_s=30.0, int gap_ms=5, bint child_th
 
 cdef int g_errno = 0
 
+cdef extern from "<fcntl.h>" nogil:
+    int c_open "open" (const char *path, int flags)
+    enum: O_RDONLY
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_read "read" (int fd, void *buf, size_t n)
+    int c_close "close" (int fd)
+
+
+cdef int _os_threads() noexcept nogil:
+    """This process's thread count, field 20 of /proc/self/stat, read with
+    system calls only (no malloc, so no tcalloc slow path runs); -1 if
+    unreadable."""
+    cdef char buf[1024]
+    cdef ssize_t n
+    cdef int fd = c_open("/proc/self/stat", O_RDONLY)
+    cdef int field = 2, i = 0, v = 0
+    if fd < 0:
+        return -1
+    n = c_read(fd, buf, sizeof(buf) - 1)
+    c_close(fd)
+    if n <= 0:
+        return -1
+    # Fields after the command name, which ends at the last ')'.
+    i = <int>n - 1
+    while i > 0 and buf[i] != c')':
+        i -= 1
+    while i < n and field < 20:
+        if buf[i] == c' ':
+            field += 1
+        i += 1
+    while i < n and c'0' <= buf[i] <= c'9':
+        v = v * 10 + (buf[i] - c'0')
+        i += 1
+    return v
+
+
+def os_threads():
+    """This process's thread count (/proc/self/stat)."""
+    return _os_threads()
+
+
+def fork_thread_count():
+    """fork() from native code and return the parent's thread count read
+    right after fork() returns, before anything that could allocate, as
+    CPython 3.12+ reads it to decide whether to warn. The child exits at
+    once."""
+    cdef pid_t pid
+    cdef int status = 0, n
+    with nogil:
+        pid = fork()
+        if pid == 0:
+            _exit(0)
+        n = _os_threads()
+        if pid > 0:
+            waitpid(pid, &status, 0)
+    if pid < 0:
+        raise OSError(tn_get_errno(), "fork() failed")
+    return n
+
+
 def last_errno():
     """errno as the previous wrapper call left it (0 before each call)."""
     return g_errno
