@@ -148,6 +148,7 @@ cdef pthread_t g_bg_thread           # the releaser while g_bg_running (joinable
 # on, as a futex, between ticks.
 cdef int g_bg_stop = 0
 cdef int g_bg_forked = 0             # prepare stopped a releaser: wanted again after
+                                     # (tc_load_int/tc_store_int: two threads may fork at once)
 # A rate is set but no releaser runs (at start-up, after fork): start one at
 # the next slow path once the heap reaches kBgStartHeap. Written under
 # g_bg_lock; the slow paths poll it without the lock (a relaxed load, so a

@@ -9,9 +9,12 @@
 # release_free_memory() reaches what those threads had cached.
 
 cdef void _atfork_prepare() noexcept nogil:
-    global g_bg_forked
     cdef int cl
-    g_bg_forked = _bg_stop_for_fork()
+    # Set only by the fork() that stopped one (parent and child clear it): a
+    # second thread's fork() at the same moment finds none to stop and must
+    # not undo the first one's flag.
+    if _bg_stop_for_fork():
+        tc_store_int(&g_bg_forked, 1)
     threadcache_gate_close(&g_registry)
     tc_spinlock_lock(&g_bg_lock)
     tc_spinlock_lock(&g_registry.lock)
@@ -33,7 +36,8 @@ cdef void _atfork_parent() noexcept nogil:
     for cl in range(1, g_sizemap.num_classes):
         tc_spinlock_unlock(&g_transfer[cl].lock)
     tc_spinlock_unlock(&g_registry.lock)
-    if g_bg_forked:
+    if tc_load_int(&g_bg_forked):
+        tc_store_int(&g_bg_forked, 0)
         tc_store_int(&g_bg_wanted, 1)     # a new releaser at the next slow path
     tc_spinlock_unlock(&g_bg_lock)
     threadcache_gate_reopen(&g_registry)
@@ -53,6 +57,7 @@ cdef void _atfork_child() noexcept nogil:
     # prepare stopped the releaser; a new one starts lazily, at the child's
     # first slow path with a heap of kBgStartHeap (creating threads inside
     # fork() is not allowed), as in the parent.
-    if g_bg_forked:
+    if tc_load_int(&g_bg_forked):
+        tc_store_int(&g_bg_forked, 0)
         tc_store_int(&g_bg_wanted, 1)
 
