@@ -341,15 +341,17 @@ def test_fork_leaves_a_single_threaded_program_single_threaded():
     new releaser, in the parent as in the child."""
     out = last_json(run_py("""
         import json, os, sys, time, warnings
+        import psutil
         import tcalloc
         import tct_native as tn
 
         def wait_threads(n):
+            proc = psutil.Process()
             deadline = time.monotonic() + 10
-            while tn.os_threads() != n and time.monotonic() < deadline:
+            while proc.num_threads() != n and time.monotonic() < deadline:
                 keep.append(tcalloc.alloc(1 << 20))     # slow paths start the releaser
                 time.sleep(0.01)
-            return tn.os_threads()
+            return proc.num_threads()
 
         keep = [tcalloc.alloc(1 << 20) for _ in range(24)]    # past the 16 MiB start
         before = wait_threads(2)

@@ -573,11 +573,6 @@ cdef int _os_threads() noexcept nogil:
     return v
 
 
-def os_threads():
-    """This process's thread count (/proc/self/stat)."""
-    return _os_threads()
-
-
 def fork_thread_count():
     """fork() from native code and return the parent's thread count read
     right after fork() returns, before anything that could allocate, as
