@@ -1051,11 +1051,12 @@ cdef inline uint32_t _grown(const FreeList *l, uint32_t before) noexcept nogil:
 cdef uint32_t threadcache_most_grown(const ThreadCache *tc, const uint32_t *before) noexcept nogil:
     """The most any list grew since `before` (threadcache_sort_tops' runs
     are at most this long: the size of the buffer it needs)."""
-    cdef uint32_t most = 0
+    cdef uint32_t most = 0, d
     cdef int cl
     for cl in range(1, tc.num_classes):
-        if _grown(&tc.lists[cl], before[cl]) > most:
-            most = _grown(&tc.lists[cl], before[cl])
+        d = _grown(&tc.lists[cl], before[cl])
+        if d > most:
+            most = d
     return most
 
 cdef uint64_t threadcache_sort_tops(ThreadCache *tc, const uint32_t *before, void **buf,
