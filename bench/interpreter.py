@@ -67,6 +67,7 @@ def _probe(path):
            "calibration": any(a.startswith(("--calibrate", "--recalibrate")) for a in sys.argv),
            "maxrss_kib": _own_peak_kib(),
            "pythonmalloc": os.environ.get("PYTHONMALLOC", ""),
+           "tcalloc_env": {k: v for k, v in os.environ.items() if k.startswith("TCALLOC_")},
            "preload": [], "tcalloc": None}
     try:
         with open("/proc/self/maps") as f:
@@ -135,7 +136,8 @@ PARTS = ("pyperf", "pyflakes", "callgrind", "pyperf-cg")
 # benchmarks, plain and tcalloc; 40 with the four peers): asked for by name.
 DEFAULT_PARTS = ("pyperf", "pyflakes", "callgrind")
 # Environment the pyperf workers must keep: pyperf gives its workers only
-# PATH, HOME, PYTHONPATH, the locale and what --inherit-environ names.
+# PATH, HOME, PYTHONPATH, the locale and what --inherit-environ names (and
+# the names of --tcalloc-env's settings: inherit_environ()).
 INHERIT = ("TCALLOC_RUN_DOMAINS", CHILD_ENV, "PYTHONMALLOC", "LD_PRELOAD")
 
 # name -> (benchmark directory under pyperformance's data-files, extra args)
@@ -306,6 +308,10 @@ def check_record(ctx, mode, rec):
                                                              tc.get("error") else "")
         if tc.get("mallocs", 0) <= 0:
             return "tcalloc installed but served no malloc"
+        env = rec.get("tcalloc_env", {})
+        for k, v in (kv.split("=", 1) for kv in ctx.a.tcalloc_env):
+            if env.get(k) != v:
+                return f"--tcalloc-env {k}={v} did not reach the process (it had {env.get(k)!r})"
         return None
     if tc is not None and tc.get("installed"):
         return "tcalloc installed in a non-tcalloc run"
@@ -351,12 +357,19 @@ def pyperf_load(path):
     return b.get_name(), values, loops
 
 
+def inherit_environ(ctx):
+    """pyperf's --inherit-environ: INHERIT and every --tcalloc-env name."""
+    names = list(INHERIT)
+    names += [kv.split("=", 1)[0] for kv in ctx.a.tcalloc_env if kv.split("=", 1)[0] not in names]
+    return ",".join(names)
+
+
 def pyperf_run(ctx, mode, name, script, extra, loops, quick, calibrate=False):
     """One pyperf invocation. Returns a sample dict (with 'error' if void)."""
     procs, values, warmups = PYPERF_RUN[quick]
     out = ctx.path(f"{name}-{mode}", ".json")
     probe = ctx.path(f"{name}-{mode}", ".probe")
-    args = [THIS, *extra, "--inherit-environ", ",".join(INHERIT), "--quiet", "-o", out]
+    args = [THIS, *extra, "--inherit-environ", inherit_environ(ctx), "--quiet", "-o", out]
     if calibrate:
         args += ["-p", "1", "-n", "1", "-w", "1"]
     else:
