@@ -29,6 +29,11 @@ import weakref as _weakref
 # free-threaded build, can.)
 _live_pools = _weakref.WeakSet()
 
+# tcalloc refuses a larger block at once: a pool with max_bytes checks a
+# request against it before it frees idle blocks to make room for it.
+from tcalloc._engine import _MAX_ALLOC_BYTES
+cdef size_t _max_block = _MAX_ALLOC_BYTES
+
 
 # Lock counters of pools that are gone, so that the total over every pool
 # (_pool_lock_totals, which profile() reports as "buffer_pool") never goes
@@ -289,9 +294,15 @@ A block of tcalloc memory exposed through the writable buffer protocol.
     """
 
     def __init__(self, size, *, zero=False, alignment=None):
+        # The arguments first: their __index__ / __bool__ is Python code,
+        # which could call __init__ on this buffer itself. The check and the
+        # fill then follow with no Python code between them.
+        cdef Py_ssize_t n = _as_size(size, "size")
+        cdef bint z = _as_flag(zero, "zero")
+        cdef size_t align = _as_alignment(alignment)
         if self._ptr != NULL or self._pool is not None:
             raise TypeError("Buffer.__init__ called on a buffer that already holds memory")
-        _fill(self, _as_size(size, "size"), _as_flag(zero, "zero"), _as_alignment(alignment))
+        _fill(self, n, z, align)
 
     cdef int _check(self) except -1:
         if self._ptr == NULL:
@@ -525,7 +536,7 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
     Accounting follows pyarrow's ``MemoryPool``: ``bytes_allocated()``,
     ``max_memory()``, ``total_bytes_allocated()``, ``num_allocations()``,
     ``release_unused()``, ``backend_name``. Only what was handed out counts:
-    a refused acquire or grow changes no figure, and a buffer freed by the
+    a refused acquire or grow counts nothing, and a buffer freed by the
     garbage collector (inside a reference cycle too) comes back exactly as
     if released. ``get_buffer(sizehint)`` serves ``asyncio.BufferedProtocol``.
 
@@ -551,8 +562,9 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
                  max_cached=None):
         cdef Py_ssize_t bs, mc, limit = -1
         cdef bint z
-        if self._cache != NULL:
-            raise TypeError("BufferPool.__init__ may be called only once")
+        # The arguments are converted first (their __index__ is Python code,
+        # which could call __init__ on this pool itself); the once-only check
+        # and the allocation then follow with no Python code between them.
         v = _as_int(buffer_size, "buffer_size")
         if v <= 0:
             raise ValueError(f"buffer_size must be > 0, got {v}")
@@ -567,6 +579,8 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
             mc = _as_setting(max_cached, "max_cached")
             if mc > (1 << 24):
                 raise ValueError(f"max_cached must be at most {1 << 24}, got {mc}")
+        if self._cache != NULL:
+            raise TypeError("BufferPool.__init__ may be called only once")
         self._cache = <void **>_tc.malloc(<size_t>(mc if mc else 1) * sizeof(void *))
         if self._cache == NULL:
             raise MemoryError("tcalloc: cannot allocate the pool's bookkeeping")
@@ -610,8 +624,9 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
 
         Give it back with ``buf.release()`` or ``with pool.acquire() as buf:``.
         Raises MemoryError past ``max_bytes`` or when tcalloc has no memory
-        (the pool's figures are then unchanged), TypeError for a non-integer
-        size, ValueError for a negative one.
+        (nothing is then counted as handed out; with ``max_bytes`` set, idle
+        blocks the pool freed to make room within it stay freed), TypeError
+        for a non-integer size, ValueError for a negative one.
         """
         self._check_init()
         return self._acquire(self.buffer_size if size is None else _as_size(size, "size"))
@@ -699,6 +714,10 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
                 memset(p, 0, <size_t>n)
         else:
             if limit >= 0:
+                if <size_t>block > _max_block:
+                    # tcalloc refuses it whatever is freed: free no idle block for it.
+                    tc_spinlock_unlock(self._lock)
+                    raise _nomem(block, 0)
                 self._reserved += block
                 self._trim_to_limit()
             tc_spinlock_unlock(self._lock)
@@ -744,6 +763,10 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
             tc_spinlock_lock(self._lock)
             if delta > limit - self._out_bytes - self._reserved:
                 self._refuse(n, b._block)
+            if <size_t>n > _max_block:
+                # tcalloc refuses it whatever is freed: free no idle block for it.
+                tc_spinlock_unlock(self._lock)
+                raise _nomem(n, 0)
             self._reserved += delta
             self._trim_to_limit()
             tc_spinlock_unlock(self._lock)

@@ -257,6 +257,30 @@ def test_buffer_init_twice_refused():
     assert len(b) == 8
 
 
+def test_buffer_init_reentered_from_an_argument_is_refused_and_leaks_nothing():
+    # The size's __index__ initialises the buffer first; the outer __init__
+    # used to go on and overwrite its pointer, leaking the first block.
+    import tracemalloc
+    only = [tracemalloc.DomainFilter(True, tcalloc.TRACEMALLOC_DOMAIN)]
+    b = Buffer.__new__(Buffer)
+
+    class Size:
+        def __index__(self):
+            b.__init__(1 << 20)
+            return 16
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(TypeError, match="already holds memory"):
+            b.__init__(Size())
+        assert len(b) == 1 << 20
+        b.release()
+        left = tracemalloc.take_snapshot().filter_traces(only).traces
+        assert sum(t.size for t in left) == 0
+    finally:
+        tracemalloc.stop()
+
+
 def test_concurrent_release_frees_once():
     # Many threads race to release the same buffers: each block must be freed
     # exactly once (a double free would abort the process).

@@ -224,6 +224,49 @@ def test_failed_grow_counts_nothing():
     assert p.bytes_allocated() == 0 and p.cached_bytes() == 0
 
 
+def test_a_request_tcalloc_cannot_serve_keeps_the_idle_blocks():
+    # Over tcalloc's largest block the request fails whatever the pool
+    # frees: it must not free idle blocks "to make room" first.
+    p = BufferPool(64, max_bytes=2**62, max_cached=4)
+    a, b = p.acquire(), p.acquire()
+    b.release()
+    before = p.stats()
+    assert before["cached_buffers"] == 1
+    with pytest.raises(MemoryError, match="largest block"):
+        p.acquire(2**62 - 64)
+    with pytest.raises(MemoryError, match="largest block"):
+        a.resize(2**62 - 64)
+    assert p.stats() == before and len(a) == 64
+    c = p.acquire()                    # the idle block, still there
+    assert p.stats()["fresh_allocations"] == before["fresh_allocations"]
+    a.release()
+    c.release()
+
+
+def test_init_reentered_from_an_argument_is_refused():
+    # An argument's __index__ is Python code: one that initialises the pool
+    # itself must not leave the outer __init__ to overwrite the pool's
+    # block cache (an uninitialised cache: a crash at the next acquire).
+    p = BufferPool.__new__(BufferPool)
+
+    class Size:
+        def __index__(self):
+            p.__init__(64)
+            p.acquire().release()
+            return 1 << 20
+
+    with pytest.raises(TypeError, match="only once"):
+        p.__init__(Size())
+    assert p.buffer_size == 64 and p.cached_bytes() == 64
+    bufs = [p.acquire() for _ in range(3)]
+    for b in bufs:
+        memoryview(b)[:] = b"\xff" * 64
+        assert len(b) == 64
+    for b in bufs:
+        b.release()
+    assert p.bytes_allocated() == 0
+
+
 @pytest.mark.parametrize("order", ["buffer_first", "container_first"])
 def test_buffer_collected_in_a_cycle_returns_to_pool(order):
     # A pooled buffer referenced from a reference cycle is freed by the
