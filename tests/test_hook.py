@@ -471,6 +471,82 @@ def test_dev_mode_still_catches_allocation_without_the_gil(tmp_path):
     assert r.returncode != 0 and "without holding the GIL" in r.stderr, r.stderr[-2000:]
 
 
+def test_debug_hooks_keep_tcalloc_under_them_when_the_program_changes_pythonmalloc():
+    # CPython reads PYTHONMALLOC at start-up only; a program that drops it
+    # afterwards (for its children, say) still runs under the debug hooks,
+    # and install() must still go beneath them, uninstall() find it there.
+    env = dict(ENV, PYTHONMALLOC="debug")
+    r = subprocess.run([sys.executable, "-c", "import ctypes, os, tcalloc\n"
+                        "os.environ.pop('PYTHONMALLOC')\n"
+                        "tcalloc.install()\n" + _OVERFLOW.replace("import ctypes, tcalloc", "")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert "served by tcalloc: True" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert "overrun not caught" not in r.stdout
+    assert r.returncode != 0 and "bad trailing pad byte" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-c", "import os, tcalloc\n"
+                        "tcalloc.install()\n"
+                        "os.environ.pop('PYTHONMALLOC')\n"
+                        "tcalloc.uninstall()\n"
+                        "x = [str(i) for i in range(10000)]\n"
+                        "print(tcalloc.installed())\n"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", (r.stdout, r.stderr[-2000:])
+
+
+_TRACEMALLOC_IN_INSTALL = """
+import sys, tracemalloc, tcalloc
+k = int(sys.argv[1])
+seen = 0
+def prof(frame, event, arg):
+    # Another thread may run wherever install() runs Python code: start
+    # tracemalloc at install()'s k-th Python-level call.
+    global seen
+    if event in ("call", "c_call"):
+        seen += 1
+        if seen == k:
+            tracemalloc.start()
+sys.setprofile(prof)
+tcalloc.install(("obj",))
+sys.setprofile(None)
+if seen < k:
+    print("beyond", seen)
+    raise SystemExit(0)
+assert tcalloc.installed() and tracemalloc.is_tracing()
+objs = [str(i) * 3 for i in range(20000)]
+traced = sum(s.count for s in tracemalloc.take_snapshot().statistics("filename"))
+assert traced >= 20000, ("tcalloc's blocks untraced", traced)
+tracemalloc.stop()
+del objs                  # freed through tcalloc's wrapper, which must still be in place
+print("ok")
+"""
+
+
+def test_tracemalloc_started_anywhere_inside_install_keeps_tracing_and_tcalloc():
+    # install() used to read a domain's allocator, run Python code (an
+    # import, os.environ), then write: a tracemalloc.start() in that window
+    # was overwritten (no tracing), and stop() then put pymalloc back over
+    # tcalloc's blocks (an abort at their free). Each k starts it at
+    # another point, in a fresh process.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(k):
+        return k, run_py(_TRACEMALLOC_IN_INSTALL, str(k))
+
+    k, results = 1, []
+    with ThreadPoolExecutor(2) as pool:
+        while True:
+            batch = list(pool.map(one, range(k, k + 8)))
+            results += batch
+            k += 8
+            if any(r.stdout.startswith("beyond") for _, r in batch):
+                break
+            assert k < 400, "install() made more Python-level calls than expected"
+    bad = [(k, r.returncode, r.stderr[-300:]) for k, r in results
+           if r.returncode != 0 or r.stdout.strip() not in ("ok",) and
+           not r.stdout.startswith("beyond")]
+    assert not bad, bad
+
+
 def test_debug_hooks_with_tcalloc_run_a_clean_program(tmp_path):
     # Old blocks (made before install, under the hooks) and new ones (hooks
     # over tcalloc) are freed through the right chain: no false alarm.

@@ -68,6 +68,10 @@ _HOOK_DOMAINS[0] = PYMEM_DOMAIN_RAW
 _HOOK_DOMAINS[1] = PYMEM_DOMAIN_MEM
 _HOOK_DOMAINS[2] = PYMEM_DOMAIN_OBJ
 _HOOK_NAMES = ("raw", "mem", "obj")
+cdef char _HOOK_IDS[3]            # the debug hooks' api_id per domain
+_HOOK_IDS[0] = b'r'
+_HOOK_IDS[1] = b'm'
+_HOOK_IDS[2] = b'o'
 
 # ---- the wrappers ------------------------------------------------------------
 #
@@ -209,6 +213,20 @@ def _debug_hooks_on():
     return bool(sys.flags.dev_mode)
 
 
+# Both read once, when the engine is imported, so that install() and
+# uninstall() read a domain's allocator and write it with no Python code
+# between: bytecode there (an import, os.environ) let another thread run,
+# and a tracemalloc.start() in that window had tcalloc write its wrapper
+# over tracemalloc's hooks, which stop() then dropped (every tcalloc block
+# then went to pymalloc's free: an abort). Reading PYTHONMALLOC once also
+# keeps a program that changes it later (for its children, say) from
+# moving tcalloc above the debug hooks, or uninstall() from looking for
+# tcalloc in the wrong place.
+cdef bint g_debug_hooks = _debug_hooks_on()
+import _tracemalloc               # the C module: `tracemalloc` imports pickle and linecache
+_tracemalloc_is_tracing = _tracemalloc.is_tracing     # a C function: no bytecode runs
+
+
 cdef PyMemAllocatorEx *_tracemalloc_slot(int i) except NULL:
     """While tracemalloc traces, domain i's allocator is tracemalloc's hook,
     whose ctx points at the allocator it saved at start() and calls (and puts
@@ -239,13 +257,12 @@ cdef PyMemAllocatorEx *_base_slot(int i, PyMemAllocatorEx *cur) except? NULL:
     allocator, as it is now."""
     cdef PyMemAllocatorEx *slot = NULL
     cdef _DebugAllocApi *dbg
-    import _tracemalloc           # the C module: `tracemalloc` imports pickle and linecache
     PyMem_GetAllocator(_HOOK_DOMAINS[i], cur)
-    if _tracemalloc.is_tracing():
+    if _tracemalloc_is_tracing():
         slot = _tracemalloc_slot(i)
         cur[0] = slot[0]
     dbg = <_DebugAllocApi *>cur.ctx
-    if _debug_hooks_on() and dbg != NULL and dbg.api_id == ord(_HOOK_NAMES[i][0]):
+    if g_debug_hooks and dbg != NULL and dbg.api_id == _HOOK_IDS[i]:
         slot = &dbg.alloc
         cur[0] = slot[0]
     return slot
@@ -275,10 +292,10 @@ cdef void _hook_place(int i, PyMemAllocatorEx *slot, PyMemAllocatorEx *cur, bint
         PyMem_SetAllocator(_HOOK_DOMAINS[i], cur)
 
 
-# install() and uninstall() read a domain's allocator, then write it, with
-# Python code between (imports, os.environ) where another thread may run: two
-# at once could take tcalloc's own wrapper for the allocator it wraps, whose
-# free would then call itself. They take this lock (`_thread`: built in).
+# install() and uninstall() read a domain's allocator and write it with no
+# Python code between (see g_debug_hooks), but a whole call does several
+# domains and syncs the collector's hook: two calls at once take turns on
+# this lock (`_thread`: built in).
 import _thread
 _hook_lock = _thread.allocate_lock()
 
