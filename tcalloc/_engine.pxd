@@ -8,7 +8,9 @@
 # Cython links the call through the module's C-API table (one indirect call),
 # the same functions the capsule tcalloc._C_API points to. Every function is
 # thread-safe, needs no GIL, and behaves as its C namesake (NULL + errno on
-# failure; an invalid free aborts with a message naming the pointer).
+# failure). A free of a pointer tcalloc did not give out aborts with a
+# message naming the pointer where the normal path can tell (docs/reliability.md:
+# a pointer inside a small block is caught only with TCALLOC_DEBUG=1).
 
 cdef void *tc_malloc(size_t size) noexcept nogil
 cdef void tc_free(void *ptr) noexcept nogil

@@ -53,6 +53,24 @@ def capi():
     return TcallocCAPI.from_address(addr)
 
 
+class TcallocExtAPI(ctypes.Structure):
+    _fields_ = [("abi_version", ctypes.c_uint),
+                ("owns", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)),
+                ("bytes_in_use", ctypes.CFUNCTYPE(ctypes.c_size_t))]
+
+
+@pytest.fixture(scope="session")
+def ext():
+    """The extension table behind the capsule tcalloc._C_API_EXT."""
+    import tcalloc
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    addr = get(tcalloc._C_API_EXT, b"tcalloc._C_API_EXT")
+    assert addr, "capsule tcalloc._C_API_EXT has no pointer under that name"
+    return TcallocExtAPI.from_address(addr)
+
+
 @pytest.fixture(scope="session")
 def comp():
     """The test-only component module (private instances, native workloads)."""

@@ -246,3 +246,27 @@ def test_cython_cimport_table_is_the_same_engine(comp, capi):
     assert tcalloc.stats()["large_bytes_in_use"] >= before + (3 << 20)
     capi.free(p)
     assert tcalloc.stats()["large_bytes_in_use"] == before
+
+
+def test_owns_is_true_for_block_starts_only(capi, ext):
+    # 48-byte blocks: 2-page spans of 341, which leave a 16-byte tail past
+    # the last block. Find a whole span among fresh blocks (341 in a row).
+    size, pages, per_span = next((r[1], r[2], r[4]) for r in tcalloc.size_class_table()
+                                 if r[1] == 48)
+    span = pages * 8192
+    assert span - per_span * size == 16
+    blocks = sorted(capi.malloc(size) for _ in range(4 * per_span))
+    try:
+        have = set(blocks)
+        # A page-aligned 48-byte block starts its span (8192 is no multiple of 48).
+        whole = [b for b in blocks if b % 8192 == 0
+                 and all(b + i * size in have for i in range(per_span))]
+        assert whole, "no span of 341 fresh blocks found"
+        s = whole[0]
+        last = s + (per_span - 1) * size
+        assert ext.owns(s) == 1 and ext.owns(last) == 1
+        assert ext.owns(s + 16) == 0 and ext.owns(last + 8) == 0
+        assert ext.owns(last + size) == 0          # the tail: no block starts there
+    finally:
+        for b in blocks:
+            capi.free(b)

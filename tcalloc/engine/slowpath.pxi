@@ -325,8 +325,15 @@ cdef bint tc_owns(const void *ptr) noexcept nogil:
     cdef uintptr_t page = <uintptr_t>ptr >> kPageShift
     cdef uint32_t cl = pagemap_sizeclass(&g_heap.pagemap, page)
     cdef Span *s
+    cdef uintptr_t off
     if cl != 0:
         s = pagemap_span(&g_heap.pagemap, page)
-        return s != NULL and (<uintptr_t>ptr - span_addr(s)) % g_sizemap.class_to_size[cl] == 0
+        if s == NULL:
+            return 0
+        # A block start, and a whole block before the span's end (not the
+        # tail a span's size leaves past its last block).
+        off = <uintptr_t>ptr - span_addr(s)
+        return (off % g_sizemap.class_to_size[cl] == 0
+                and off + g_sizemap.class_to_size[cl] <= (s.npages << kPageShift))
     return _large_span(ptr) != NULL
 

@@ -11,8 +11,15 @@
  * Every entry point behaves as its C standard namesake: malloc(0) returns a
  * unique non-NULL pointer, free(NULL) does nothing, failure returns NULL with
  * errno = ENOMEM, calloc checks nmemb*size for overflow, aligned_alloc takes a
- * power-of-two alignment (EINVAL otherwise). free() of a pointer tcalloc never
- * gave out aborts the process with a message naming the pointer.
+ * power-of-two alignment (EINVAL otherwise). free() of a pointer that is not on
+ * tcalloc's heap, of a pointer inside a large block, or of a large block already
+ * freed aborts the process with a message naming the pointer, as does a double
+ * free of a small block still in the thread's cache; a pointer inside a small
+ * block, or a small block freed twice after it left the cache, is caught only
+ * with TCALLOC_DEBUG=1 (docs/reliability.md has the table).
+ *
+ * The import functions below are declared when Python.h is included before
+ * this header.
  */
 #ifndef TCALLOC_H
 #define TCALLOC_H
@@ -44,7 +51,8 @@ typedef struct {
 
 typedef struct {
     unsigned int abi_version;                        /* 1 */
-    /* 1 if ptr is the start of a live or free block in tcalloc's heap, else 0.
+    /* 1 if ptr is the start of a live or free block in tcalloc's heap, else 0
+     * (a small span's tail, past its last block, is not a block start).
      * Lock-free (a pagemap read); never faults, whatever the pointer. */
     int    (*owns)(const void *ptr);
     /* Heap bytes in use by the application (all threads, approximate while
