@@ -60,14 +60,17 @@ def _parser():
     at the program, see _split_run)."""
     import argparse
     p = argparse.ArgumentParser(
-        prog="python -m tcalloc",
+        prog="python -m tcalloc", allow_abbrev=False,
         description="tcalloc: a TCMalloc-style allocator for Python. Run a program on it, "
                     "stress-test it, or show its settings.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    # No abbreviations (--heap for --heap-profile): options end at the
+    # program, and _split_run finds that end by the full names.
     r = sub.add_parser(
-        "run", help="run a Python program with tcalloc as the interpreter's allocator",
+        "run", allow_abbrev=False,
+        help="run a Python program with tcalloc as the interpreter's allocator",
         description="Run a script, a module (-m) or code (-c) with tcalloc under the "
                     "interpreter's allocator (PyMem_SetAllocator), its Python children too. "
                     "Options end at the program: everything after it is the program's.",
@@ -152,6 +155,8 @@ def _parse_run_simply(own):
                 a.domains = _domain_list(val)
                 if a.domains is None:
                     return None
+            elif not val or val.startswith("-"):
+                return None                 # argparse says what is wrong
             else:
                 a.heap_profile = val
         elif w in ("-m", "-c") and i == n - 2:
@@ -184,8 +189,9 @@ def summary(st):
 
 def _print_stats():
     import tcalloc
-    sys.stderr.write(summary(tcalloc.stats()) + "\n" + tcalloc.stats_text() + "\n")
-    sys.stderr.flush()
+    out = _report_stream()
+    out.write(summary(tcalloc.stats()) + "\n" + tcalloc.stats_text() + "\n")
+    out.flush()
 
 
 def _fmt(n):
@@ -212,15 +218,17 @@ def peak_path(path):
     """Where run --heap-profile FILE writes the peak's profile: FILE with
     '.peak' before its extension (heap.pb.gz -> heap.peak.pb.gz)."""
     head, name = os.path.split(path)
-    stem, dot, ext = name.partition(".")
-    return os.path.join(head, stem + ".peak" + dot + ext)
+    lead = len(name) - len(name.lstrip("."))      # a leading dot is no extension (.txt)
+    stem, dot, ext = name[lead:].partition(".")
+    return os.path.join(head, name[:lead] + stem + ".peak" + dot + ext)
 
 
 def _write_heap_profiles(path):
     import tcalloc
     tcalloc.heap_profile().write(path)
     tcalloc.peak_heap_profile().write(peak_path(path))
-    sys.stderr.write("tcalloc: heap profiles written to %s and %s\n" % (path, peak_path(path)))
+    _report_stream().write("tcalloc: heap profiles written to %s and %s\n"
+                           % (path, peak_path(path)))
 
 
 def _register_source(code, source, name):
@@ -276,15 +284,22 @@ def _run(argv):
                          "directory\n" % a.script)
         return 2
 
-    if a.heap_profile:
+    if a.heap_profile is not None:
         # Resolved now: the program may change directory. Checked now: a
         # profile that cannot be written should not cost a whole run first.
+        if not a.heap_profile:
+            sys.stderr.write("python -m tcalloc: --heap-profile: give a file name\n")
+            return 2
         a.heap_profile = os.path.abspath(a.heap_profile)
         where = os.path.dirname(a.heap_profile)
         if not os.path.isdir(where) or not os.access(where, os.W_OK):
             sys.stderr.write("python -m tcalloc: --heap-profile: cannot write in %r (no such "
                              "directory, or not writable)\n" % where)
             return 2
+        for p in (a.heap_profile, peak_path(a.heap_profile)):
+            if os.path.isdir(p):
+                sys.stderr.write("python -m tcalloc: --heap-profile: %r is a directory\n" % p)
+                return 2
 
     import tcalloc
     why = _check_limit()
@@ -309,45 +324,42 @@ def _run(argv):
     first = not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated)
     try:
         if a.module is not None:
-            # As `python -m`: runpy sets sys.argv[0] to the file.
-            import runpy
+            # As `python -m`: the module runs as __main__, sys.argv[0] is its file.
             sys.argv = [a.module] + prog_args
             if first:
                 sys.path[0] = os.getcwd()
-            kept = runpy.run_module(a.module, run_name="__main__", alter_sys=True)
+            kept = _run_module(a.module)
         elif a.code is not None or a.script == "-":
             # -c code, or the program read from stdin (`run -`), as python does
-            main = type(sys)("__main__")
             if a.code is not None:
                 source, sys.argv, name = a.code, ["-c"] + prog_args, "<string>"
             else:
+                if sys.stdin is None:
+                    sys.stderr.write("python -m tcalloc: run -: no standard input to read "
+                                     "the program from\n")
+                    return 2
                 # bytes: compile() reads a coding cookie, as python does
                 source, sys.argv, name = sys.stdin.buffer.read(), ["-"] + prog_args, "<stdin>"
-                main.__file__ = name
             if first:
                 sys.path[0] = ""
-            saved = sys.modules["__main__"]
-            sys.modules["__main__"] = main
-            try:
-                code = compile(source, name, "exec")
-                if a.code is not None:
-                    _register_source(code, source, name)
-                exec(code, main.__dict__)
-            finally:
-                kept = main.__dict__
-                sys.modules["__main__"] = saved
+            main = _new_main()
+            if a.code is None:
+                main.__file__ = name
+            kept = main.__dict__
+            code = compile(source, name, "exec")
+            if a.code is not None:
+                _register_source(code, source, name)
+            exec(code, kept)
         else:
             sys.argv = [a.script] + prog_args
-            import runpy
-            if first:
-                sys.path[0] = os.path.dirname(os.path.abspath(a.script))
-            kept = runpy.run_path(a.script, run_name="__main__")
+            kept = _run_script(a.script, first)
     except SystemExit:
         raise
     except BaseException as e:
         tb = _program_frames(e.__traceback__)
-        if tb is None and isinstance(e, ImportError) and a.module is not None:
-            # runpy found no module to run (python: "No module named x")
+        if tb is None and isinstance(e, ImportError) and a.code is None:
+            # runpy found no module to run (python: "No module named x"), or
+            # a directory or zip file has no __main__ module
             sys.stderr.write("python -m tcalloc: %s\n" % e)
             failed = True
         else:
@@ -365,11 +377,95 @@ def _run(argv):
                 _print_stats()
             if a.heap_profile:
                 _write_heap_profiles(a.heap_profile)
-        except OSError as e:
-            sys.stderr.write("python -m tcalloc: could not write the report: %s\n" % e)
+        except (OSError, ValueError) as e:
+            _report_stream().write("python -m tcalloc: could not write the report: %s\n" % e)
             failed = True
         del kept
     return 1 if failed else 0
+
+
+def _new_main():
+    """A fresh module for the program, put in sys.modules["__main__"] for
+    good, as python runs a program in __main__: threads and atexit handlers
+    still running after the program's code see it (pickle looks classes up
+    there, multiprocessing's spawn finds the program's file there)."""
+    import builtins
+    main = type(sys)("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def _run_module(name):
+    """Run module `name` as `python -m name` does, in a fresh __main__; its
+    globals. ImportError if there is no such module."""
+    import runpy
+    details = getattr(runpy, "_get_module_details", None)
+    run_code = getattr(runpy, "_run_code", None)
+    if details is None or run_code is None:       # not this runpy: the public call
+        return runpy.run_module(name, run_name="__main__", alter_sys=True)
+    mod_name, spec, code = details(name)
+    main = _new_main()
+    sys.argv[0] = spec.origin
+    return run_code(code, main.__dict__, None, "__main__", spec)
+
+
+def _run_script(path, first):
+    """Run the script, directory or zip file at `path` as `python path` does;
+    its globals. sys.argv is set already."""
+    full = os.path.abspath(path)
+    if _has_importer(full):
+        # A directory or zip file runs its __main__ module, found on the path
+        # it is put first on (before the script's directory would be).
+        if first:
+            sys.path[0] = full
+        else:
+            sys.path.insert(0, full)
+        import runpy
+        main = _new_main()
+        mod_name, spec, code = runpy._get_main_module_details(ImportError)
+        return runpy._run_code(code, main.__dict__, None, "__main__", spec)
+    # A file: python puts its real directory first (symlinks resolved), and
+    # gives the program its absolute path as __file__ (from 3.9).
+    if first:
+        sys.path[0] = os.path.dirname(os.path.realpath(full))
+    import importlib.machinery
+    import importlib.util
+    with open(full, "rb") as f:
+        data = f.read()
+    main = _new_main()
+    main.__file__ = full
+    main.__cached__ = None
+    if data[:4] == importlib.util.MAGIC_NUMBER:
+        import marshal
+        main.__loader__ = importlib.machinery.SourcelessFileLoader("__main__", full)
+        code = marshal.loads(data[16:])
+    else:
+        main.__loader__ = importlib.machinery.SourceFileLoader("__main__", full)
+        code = compile(data, full, "exec")
+    exec(code, main.__dict__)
+    return main.__dict__
+
+
+def _has_importer(path):
+    """Can path be an entry of sys.path (a directory, a zip file)? python
+    asks sys.path_hooks, as here, and then runs the __main__ module found
+    there instead of the file."""
+    for hook in sys.path_hooks:
+        try:
+            hook(path)
+            return True
+        except ImportError:
+            pass
+    return False
+
+
+def _report_stream():
+    """Where run's own reports go: the interpreter's stderr, not a sys.stderr
+    the program replaced (and may have closed)."""
+    return sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+
+
 
 
 def _stats(a):

@@ -145,6 +145,81 @@ def test_run_reports_an_uncaught_exception_as_python_does(tmp_path, program):
     assert plain.returncode in (1, -2)
 
 
+_WHERE = ("import sys, os, threading, pickle\n"
+          "class Job: pass\n"
+          "def late():\n"
+          "    # after the program's code returned: __main__ is still the program's\n"
+          "    print(len(pickle.dumps(Job())) > 0, sys.modules['__main__'].__dict__.get('Job') is Job)\n"
+          "print(os.path.isabs(__file__), type(__builtins__).__name__, sys.argv[0])\n"
+          "print(sys.path[0])\n"
+          "import helper_next_to_the_real_file\n"
+          "threading.Timer(0.2, late).start()\n")
+
+
+def test_run_a_script_sees_what_python_gives_it(tmp_path):
+    # The script's real directory first on sys.path (through a symlink),
+    # __file__ absolute (a program that changes directory still finds its
+    # files), __builtins__ the module, sys.argv[0] as typed, and __main__
+    # still the program's module for threads that outlive its code.
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "tool.py").write_text(_WHERE)
+    (real / "helper_next_to_the_real_file.py").write_text("")
+    (tmp_path / "links").mkdir()
+    os.symlink(real / "tool.py", tmp_path / "links" / "tool.py")
+    for script in ("real/tool.py", "links/tool.py"):
+        r = tc("run", script, cwd=tmp_path)
+        plain = _plain([script], tmp_path)
+        assert (r.returncode, r.stdout, r.stderr) == (plain.returncode, plain.stdout,
+                                                      plain.stderr), (script, r.stderr)
+        assert plain.stdout.split("\n")[:3] == ["True module " + script, str(real),
+                                                "True True"], plain.stdout
+
+
+@pytest.mark.parametrize("kind", ["directory", "zip"])
+def test_run_a_directory_or_zip_runs_its_main_as_python_does(tmp_path, kind):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "__main__.py").write_text("import sys, mod_in_app\n"
+                                     "print(sys.argv, sys.path[0], __file__)\n")
+    (app / "mod_in_app.py").write_text("")
+    (tmp_path / "sibling_of_app.py").write_text("")
+    target = "app"
+    if kind == "zip":
+        import zipfile
+        with zipfile.ZipFile(tmp_path / "app.pyz", "w") as z:
+            for f in app.iterdir():
+                z.write(f, f.name)
+        target = "app.pyz"
+    r = tc("run", target, "x", cwd=tmp_path)
+    plain = _plain([target, "x"], tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (plain.returncode, plain.stdout, plain.stderr)
+    assert plain.stdout.startswith("['%s', 'x'] %s" % (target, tmp_path / target))
+    # Its parent is not on the path: python does not put it there.
+    (app / "__main__.py").write_text("import sibling_of_app\n")
+    if kind == "zip":
+        with zipfile.ZipFile(tmp_path / "app.pyz", "w") as z:
+            z.write(app / "__main__.py", "__main__.py")
+    r = tc("run", target, cwd=tmp_path)
+    assert r.returncode == 1 and "No module named 'sibling_of_app'" in r.stderr, r.stderr
+
+
+def test_run_a_directory_without_main_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = tc("run", "empty", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr == ("python -m tcalloc: can't find '__main__' module in %r\n"
+                        % str(tmp_path / "empty")), r.stderr
+
+
+def test_run_m_keeps_main_for_threads_that_outlive_the_module(tmp_path):
+    (tmp_path / "late_mod.py").write_text(_WHERE.replace("import helper_next_to_the_real_file\n",
+                                                         ""))
+    r = tc("run", "-m", "late_mod", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[2] == "True True", r.stdout
+
+
 def test_run_m_of_a_missing_module_is_one_line(tmp_path):
     r = tc("run", "-m", "no_such_module_here", cwd=tmp_path)
     assert r.returncode == 1
@@ -170,6 +245,45 @@ def test_run_heap_profile_that_cannot_be_written_fails_before_the_program(tmp_pa
            "print('ran')", cwd=tmp_path)
     assert r.returncode == 2 and "ran" not in r.stdout, (r.stdout, r.stderr)
     assert "--heap-profile: cannot write in" in r.stderr, r.stderr
+    (tmp_path / "adir").mkdir()
+    for value, says in (("adir", "is a directory"), ("", "give a file name")):
+        r = tc("run", "--heap-profile=" + value, "-c", "print('ran')", cwd=tmp_path)
+        assert r.returncode == 2 and "ran" not in r.stdout, (value, r.stdout, r.stderr)
+        assert says in r.stderr, r.stderr
+
+
+def test_run_options_take_no_option_for_a_value_and_no_abbreviation(tmp_path):
+    # `--heap-profile --stats prog.py` used to write a profile named
+    # "--stats"; `--heap x prog.py` was read as a program named "--heap".
+    (tmp_path / "p.py").write_text("print('ran')\n")
+    for args in (["--heap-profile", "--stats", "p.py"], ["--heap", "h.txt", "p.py"],
+                 ["--dom", "raw", "p.py"]):
+        r = tc("run", *args, cwd=tmp_path)
+        assert r.returncode == 2 and "ran" not in r.stdout, (args, r.stdout, r.stderr)
+        assert "usage:" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["p.py"]
+
+
+def test_run_reports_on_the_interpreters_stderr_whatever_the_program_did_with_its_own(tmp_path):
+    for code in ("import sys, io; sys.stderr = io.StringIO()",
+                 "import sys; sys.stderr = open(%r, 'w'); sys.stderr.close()"
+                 % str(tmp_path / "err.log")):
+        r = tc("run", "--stats", "-c", code, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "tcalloc: mallocs=" in r.stderr, r.stderr
+
+
+def test_run_dash_without_stdin_says_so(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", "-"], cwd=tmp_path,
+                       env=BASE_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr          # an empty program, as python runs it
+    r = subprocess.run([sys.executable, "-c",
+                        "import os, subprocess, sys; os.close(0); "
+                        "sys.exit(subprocess.run([sys.executable, '-m', 'tcalloc', 'run', '-'],"
+                        " stdin=None).returncode)"],
+                       cwd=tmp_path, env=BASE_ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no standard input" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_run_heap_profile_goes_where_it_was_named_and_keeps_the_exit_status(tmp_path):
