@@ -36,8 +36,9 @@ BOOLS = ("TCALLOC_MEMORY_LIMIT_HARD", "TCALLOC_DEBUG", "TCALLOC_REALLOC_MOVE_PAG
          "TCALLOC_GC_SORT")
 # Read elsewhere: by the build (setup.py), by run's children, by the tests.
 OTHERS = ("TCALLOC_RUN_DOMAINS", "TCALLOC_DEBUG_BUILD", "TCALLOC_CYTHON_CHECKS",
-          "TCALLOC_LOCK_STATS", "TCALLOC_FREE_KEY", "TCALLOC_BUILD_ONLY",
-          "TCALLOC_SOAK_SECONDS", "TCALLOC_BENCH_CHILD")
+          "TCALLOC_LOCK_STATS", "TCALLOC_FREE_KEY", "TCALLOC_ASSERTS", "TCALLOC_BUILD_ONLY",
+          "TCALLOC_SOAK_SECONDS", "TCALLOC_BENCH_CHILD", "TCALLOC_SANITIZER_SCALE",
+          "TCALLOC_SAN_CC")
 
 # What the engine read and applied at import (read()'s result); the CLI's
 # `stats` shows it rather than reading (and warning) again.
@@ -50,6 +51,16 @@ _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = r"(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?:(?P<unit>[kmgt])(?:ib|b)?|b)?"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+# Fraction digits read of a size: with a unit's scale at most 2**40, the
+# first 40 decide the whole bytes exactly (the rest moves the value by less
+# than the gap to the next whole byte), and Python's int() refuses more
+# than 4300 digits.
+_FRAC_DIGITS = 40
+
+
+def _shown(text):
+    """repr(text) for a message, cut short when long."""
+    return repr(text) if len(text) <= 60 else "%r... (%d characters)" % (text[:40], len(text))
 
 
 def parse_size(text, name="size", limit=MAX_SIZE):
@@ -59,24 +70,26 @@ def parse_size(text, name="size", limit=MAX_SIZE):
     import re
     m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if m is None:
-        raise ValueError("%s=%r is not a size: use a whole number of bytes or a number with "
-                         "a unit (512k, 64MiB, 2G)" % (name, text))
+        raise ValueError("%s=%s is not a size: use a whole number of bytes or a number with "
+                         "a unit (512k, 64MiB, 2G)" % (name, _shown(text)))
     num, unit = m.group("num"), (m.group("unit") or "").lower()
     if unit == "" and not num.isdigit():
-        raise ValueError("%s=%r: a fraction of a byte; give whole bytes or a unit" % (name, text))
+        raise ValueError("%s=%s: a fraction of a byte; give whole bytes or a unit"
+                         % (name, _shown(text)))
     scale = 1024 ** _UNITS[unit]
-    if num.isdigit():
-        value = int(num) * scale
-    else:
-        whole, _, frac = num.partition(".")
-        # Exact decimal arithmetic: 1.5G is 1610612736, not a float's neighbour.
-        value = (int(whole or "0") * 10 ** len(frac) + int(frac or "0")) * scale // 10 ** len(frac)
-        if value == 0 and int(whole or "0") + int(frac or "0"):
-            # 0 means "none" or "off" to most settings: the opposite of a
-            # small value asked for.
-            raise ValueError("%s=%r is less than a byte" % (name, text))
+    whole, _, frac = num.partition(".")
+    whole = whole.lstrip("0")
+    if len(whole) > len(str(limit)):        # more digits than the limit: above it
+        raise ValueError("%s=%s is more than %d bytes" % (name, _shown(text), limit))
+    # Exact decimal arithmetic: 1.5G is 1610612736, not a float's neighbour.
+    cut = frac[:_FRAC_DIGITS]
+    value = (int(whole or "0") * 10 ** len(cut) + int(cut or "0")) * scale // 10 ** len(cut)
+    if value == 0 and (whole or frac.strip("0")):
+        # 0 means "none" or "off" to most settings: the opposite of a
+        # small value asked for.
+        raise ValueError("%s=%s is less than a byte" % (name, _shown(text)))
     if value > limit:
-        raise ValueError("%s=%r is more than %d bytes" % (name, text, limit))
+        raise ValueError("%s=%s is more than %d bytes" % (name, _shown(text), limit))
     return value
 
 
@@ -86,7 +99,8 @@ def parse_bool(text, name="value"):
         return True
     if low in _FALSE:
         return False
-    raise ValueError("%s=%r is not a boolean: use 1/0, true/false, yes/no or on/off" % (name, text))
+    raise ValueError("%s=%s is not a boolean: use 1/0, true/false, yes/no or on/off"
+                     % (name, _shown(text)))
 
 
 def read(environ=os.environ):

@@ -18,6 +18,7 @@ stacks), ``pprof()`` (gzipped profile.proto, for ``go tool pprof``) and
 these by the file's extension.
 """
 import _thread
+import math
 import os
 import time
 import zlib
@@ -25,6 +26,7 @@ import zlib
 from tcalloc import _engine
 
 DEFAULT_SAMPLE_RATE = 2 << 20       # 2 MiB, as TCMalloc's default
+_MAX_SAMPLE_RATE = 2 ** 62 - 1      # the engine's set_sample_rate takes no more
 
 _strings: "dict[int, str]" = {}       # interned name address -> str (the engine never frees them)
 _symbols: "dict[int, Frame]" = {}       # native return address -> Frame
@@ -133,10 +135,69 @@ def _samples(recs):
     return [_sample(r, now) for r in recs]
 
 
+# A sample's weight is 1 / (1 - exp(-size/rate)) at the rate it was taken
+# at, so the rate comes back from it: size / -log1p(-1/weight), to about
+# 3e-9 (relative) while size/rate <= 20. A larger block has p = 1 to within
+# 2e-9 and says nothing of the rate, nor does a weight of 1 (p = 1 exactly).
+# Rates within _SAME_RATE of each other are one rate.
+_RATE_X_MAX = 20.0
+_SAME_RATE = 1e-6
+
+
+def _taken_at(samples):
+    """The rates the samples were taken at, from their weights (floats, one
+    per sample whose weight tells)."""
+    out = []
+    for s in samples:
+        w = s.count
+        if 1.0 < w < math.inf:
+            x = -math.log1p(-1.0 / w)
+            if 0.0 < x <= _RATE_X_MAX:
+                out.append(s.size / x)
+    return out
+
+
+def _same_rate(a, b):
+    return abs(a - b) <= _SAME_RATE * max(a, b)
+
+
+def _weight(size, rate):
+    # The engine's formula (tcalloc/engine/sampler.pxi, _smp_record).
+    return 1.0 / -math.expm1(-float(size) / float(rate))
+
+
+def _sampled_rate(samples, hint):
+    """The rate most of the samples were taken at. `hint` is the rate known
+    from elsewhere (the rate now, or when an allocation profile opened): it
+    is the answer when the samples' weights come within _SAME_RATE of it
+    (their inversion is not exact), and when no weight tells the rate, if
+    every sample's weight is what it would give; else 0, unknown."""
+    found = sorted(_taken_at(samples))
+    if not found:
+        if not samples or (hint and all(_same_rate(s.count, _weight(s.size, hint))
+                                        for s in samples)):
+            return hint
+        return 0
+    groups = []
+    for r in found:
+        if groups and _same_rate(r, groups[-1][0]):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    best = max(groups, key=len)
+    mid = best[len(best) // 2]
+    return hint if hint and _same_rate(mid, hint) else round(mid)
+
+
 class Profile:
     """Sampled blocks and the ways to read them. `kind` is "heap", "peak" or
-    "allocations"; `rate` the sampling rate they were taken at (0: sampling
-    was off, and the profile is empty)."""
+    "allocations"; `rate` the sampling rate the samples were taken at, told
+    by their weights, not the rate when the profile was read (sampling may
+    have been changed or turned off since). If some were taken at other
+    rates, `rate` is that of most of them (``top()`` says how many were not);
+    0 when the profile is empty and sampling was off, or when no sample's
+    weight tells its rate (blocks 20 rates large or more, p = 1) and the
+    rate now does not fit them."""
 
     def __init__(self, kind, samples, rate):
         self.kind = kind
@@ -164,8 +225,15 @@ class Profile:
         """A readable table of the n sites holding the most (estimated) bytes."""
         from tcalloc.buffer import _human
         total = self.total_bytes
-        rows = ["%s profile: %d samples, ~%s estimated, sampling every %s" % (
-            self.kind, len(self.samples), _human(int(total)), _human(self.rate) if self.rate else "(off)")]
+        if self.rate:
+            rate = "sampling every %s" % _human(self.rate)
+            others = sum(1 for r in _taken_at(self.samples) if not _same_rate(r, self.rate))
+            if others:
+                rate += " (%d samples taken at other rates)" % others
+        else:
+            rate = "sampling rate unknown" if self.samples else "sampling off"
+        rows = ["%s profile: %d samples, ~%s estimated, %s" % (
+            self.kind, len(self.samples), _human(int(total)), rate)]
         rows.append("%12s %6s %6s %10s  %s" % ("bytes", "%", "cum%", "count", "site"))
         cum = 0.0
         for site, b, c in self.by_site()[:n]:
@@ -213,9 +281,14 @@ class Profile:
         return "<tcalloc %s profile: %d samples>" % (self.kind, len(self.samples))
 
 
+def _profile(kind, recs):
+    samples = _samples(recs)
+    return Profile(kind, samples, _sampled_rate(samples, _engine.get_sample_rate()))
+
+
 def heap_profile():
     """The sampled blocks live now."""
-    return Profile("heap", _samples(_engine._sampler_live()), _engine.get_sample_rate())
+    return _profile("heap", _engine._sampler_live())
 
 
 def peak_heap_profile():
@@ -225,7 +298,7 @@ def peak_heap_profile():
     peak of live bytes. (Not the committed heap's peak: freed memory stays
     committed until released, so the heap's next growth, however small,
     would name whatever is live then.)"""
-    return Profile("peak", _samples(_engine._sampler_peak()), _engine.get_sample_rate())
+    return _profile("peak", _engine._sampler_peak())
 
 
 # The open allocation_profile blocks, in the order they opened, and the
@@ -254,8 +327,11 @@ class allocation_profile:
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
             raise TypeError("rate must be an int number of bytes or None, not %s"
                             % type(rate).__name__)
-        if rate is not None and rate <= 0:
-            raise ValueError("rate must be a positive number of bytes or None, got %r" % (rate,))
+        if rate is not None and not 0 < rate <= _MAX_SAMPLE_RATE:
+            # (An int of thousands of digits has no repr: its size instead.)
+            raise ValueError("rate must be a positive number of bytes below 2**62, or None, got %s"
+                             % (rate if rate.bit_length() <= 256
+                                else "an int of %d bits" % rate.bit_length()))
         self._rate = rate
         self._want = 0
         self._start = None
@@ -270,9 +346,11 @@ class allocation_profile:
             cur = _engine.get_sample_rate()
             self._want = self._rate or cur or DEFAULT_SAMPLE_RATE
             if self._want != cur:
+                # Saved once the rate is changed: a refused rate must leave
+                # nothing for the next block to "restore".
+                _engine.set_sample_rate(self._want)
                 if _rate_before is None:
                     _rate_before = cur
-                _engine.set_sample_rate(self._want)
             _open_blocks.append(self)
             self.profile.rate = _engine.get_sample_rate()
             self._t0 = time.monotonic()
@@ -292,6 +370,7 @@ class allocation_profile:
                 if not _open_blocks:
                     _rate_before = None
         self.profile.samples = _samples(recs)
+        self.profile.rate = _sampled_rate(self.profile.samples, self.profile.rate)
         self.profile.duration = time.monotonic() - self._t0
         return False
 

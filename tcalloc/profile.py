@@ -79,11 +79,24 @@ def _check_interval(interval: object) -> float:
     import numbers
     if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
         raise TypeError("interval must be a number of seconds, not %s" % type(interval).__name__)
-    v = float(interval)
+    try:
+        v = float(interval)
+    except OverflowError:           # an int or Fraction beyond a float: far above the bound
+        v = math.inf
     if not math.isfinite(v) or not MIN_INTERVAL <= v <= MAX_INTERVAL:
-        raise ValueError("interval must be between %g and %g seconds, got %r"
-                         % (MIN_INTERVAL, MAX_INTERVAL, interval))
+        raise ValueError("interval must be between %g and %g seconds, got %s"
+                         % (MIN_INTERVAL, MAX_INTERVAL, _shown(interval)))
     return v
+
+
+def _shown(value: object) -> str:
+    """repr(value) for a message, cut short: an int of 5000 digits has no
+    repr at all (sys.set_int_max_str_digits), and 400 are no help."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "%s with more than 4000 digits" % type(value).__name__
+    return text if len(text) <= 40 else text[:30] + "... (%d characters)" % len(text)
 
 
 def _check_flag(flag: object, what: str) -> bool:
@@ -345,6 +358,7 @@ class Profile:
         self.top = _check_top(top)
         self._running = False
         self._result: Optional[Dict[str, Any]] = None
+        self._samples = 0               # none taken until start()
 
     # -- collection ------------------------------------------------------
     def __enter__(self) -> "Profile":
@@ -530,15 +544,16 @@ class Profile:
         cpu = d["cpu_user_s"] + d["cpu_system_s"]
         d["cpu_percent"] = 100.0 * cpu / d["elapsed_s"] if elapsed_ns else 0.0
         stats0 = self._stats0
+        hot: List[Tuple[str, Dict[str, int]]] = []        # the contended locks, hottest first
         if stats0 is not None and stats1 is not None:       # engine=True
             locks = _lock_delta(stats0.get("locks", {}), stats1.get("locks", {}))
-            hot = sorted(locks.items(), key=lambda kv: (kv[1]["wait_ns"], kv[1]["contended"]),
-                         reverse=True)
+            hot = sorted(((n, v) for n, v in locks.items() if v["contended"] or v["wait_ns"]),
+                         key=lambda kv: (kv[1]["wait_ns"], kv[1]["contended"]), reverse=True)
             d["locks"] = locks
             d["lock_wait_ns"] = sum(v["wait_ns"] for v in locks.values())
             d["hottest_locks"] = [
                 dict(name=n, wait_share=v["wait_ns"] / elapsed_ns if elapsed_ns else 0.0, **v)
-                for n, v in hot[: self.top] if v["contended"] or v["wait_ns"]]
+                for n, v in hot[: self.top]]
             d["stats_delta"] = {k: v - stats0.get(k, 0) for k, v in stats1.items()
                                 if isinstance(v, int) and isinstance(stats0.get(k, 0), int)}
             d["stats_end"] = {k: v for k, v in stats1.items() if isinstance(v, int)}
@@ -559,7 +574,7 @@ class Profile:
             [t for t in threads if not t["sampler"]],
             cpu - sum(t["cpu_s"] for t in threads if t["sampler"]),
             d["elapsed_s"], d.get("lock_wait_ns", 0), self.engine, self._python_ids,
-            d["hottest_locks"][0]["name"] if d.get("hottest_locks") else None,
+            hot[0][0] if hot else None,         # named even when `top` lists none
             None if py_late is None or cpu_late is None else max(0.0, py_late - cpu_late),
             gil_wait, cpu_late, self.interval)
         return d
@@ -594,7 +609,15 @@ class Profile:
                               if t["cpu_wait_s"] is not None else "",
                               "  (profiler)" if t["sampler"] else ""))
         if d["engine"]:
-            if d["hottest_locks"]:
+            # Contention is told from every lock, not from the `top` listed:
+            # top=0 lists none of them.
+            contended = [v for v in d["locks"].values() if v["contended"] or v["wait_ns"]]
+            if contended and not d["hottest_locks"]:
+                out.append("tcalloc locks: %d contended (%d contended acquisitions, "
+                           "%.3f ms waited; top=%d lists none)"
+                           % (len(contended), sum(v["contended"] for v in contended),
+                              sum(v["wait_ns"] for v in contended) / 1e6, self.top))
+            elif contended:
                 out.append("hottest tcalloc locks (wait as a share of elapsed wall time):")
                 out.append("  %-22s %12s %10s %12s %12s %8s"
                            % ("lock", "acquisitions", "contended", "spins", "wait ms", "share"))

@@ -3,9 +3,11 @@ their frees), the profiles built on it and their formats, the setting and
 python -m tcalloc run --heap-profile."""
 import ctypes
 import gzip
+import json
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import xml.etree.ElementTree as ET
 
@@ -293,6 +295,76 @@ def test_allocation_profile_checks_its_rate():
     for bad in ("2M", 1.5, True):
         with pytest.raises(TypeError, match="rate"):
             tcalloc.allocation_profile(rate=bad)
+
+
+def test_a_refused_allocation_profile_rate_leaves_nothing_to_restore(monkeypatch):
+    # 2**62 is past what set_sample_rate takes. Refused when __enter__ had
+    # already saved the rate to restore (0), it made the next block that
+    # changed nothing "restore" sampling to off.
+    with pytest.raises(ValueError, match="rate"):
+        with tcalloc.allocation_profile(rate=2 ** 62):
+            pass
+    tcalloc.set_sample_rate(1 << 20)
+    with tcalloc.allocation_profile():
+        assert tcalloc.get_sample_rate() == 1 << 20
+    assert tcalloc.get_sample_rate() == 1 << 20
+    # The same when setting the rate fails for any other reason.
+    tcalloc.set_sample_rate(0)
+
+    def refuse(*args, **kw):
+        raise MemoryError("no memory for the sampler")
+    with monkeypatch.context() as m:
+        m.setattr(_engine, "set_sample_rate", refuse)
+        with pytest.raises(MemoryError):
+            with tcalloc.allocation_profile(rate=RATE):
+                pass
+    tcalloc.set_sample_rate(1 << 20)
+    with tcalloc.allocation_profile():
+        pass
+    assert tcalloc.get_sample_rate() == 1 << 20
+    with tcalloc.allocation_profile(rate=2 ** 62 - 1) as prof:     # the largest taken
+        assert tcalloc.get_sample_rate() == 2 ** 62 - 1
+    assert tcalloc.get_sample_rate() == 1 << 20 and prof.rate == 2 ** 62 - 1
+
+
+def test_a_profile_gives_the_rate_its_samples_were_taken_at(tmp_path):
+    """Sampling turned off (or changed) after the samples were taken: the
+    profile, its table and its pprof period still say the rate they were
+    taken at (their weights tell it), not the rate when it was read. In a
+    child: the samples other tests leave live would be in the profile."""
+    code = textwrap.dedent("""
+        import json, sys, tcalloc
+        out = {}
+        tcalloc.set_sample_rate(64 << 10, seed=1)
+        keep = [tcalloc.alloc(4096) for _ in range(5000)]
+        tcalloc.set_sample_rate(0)
+        prof = tcalloc.heap_profile()
+        prof.write(sys.argv[1])
+        out["off"] = [prof.rate, len(prof.samples), prof.top(1).splitlines()[0]]
+        tcalloc.set_sample_rate(12345, seed=2)     # more samples, at another rate
+        more = [tcalloc.alloc(1000) for _ in range(10000)]
+        prof = tcalloc.heap_profile()
+        out["mixed"] = [prof.rate, len(prof.samples), prof.top(1).splitlines()[0]]
+        del keep, more
+        tcalloc.set_sample_rate(0)
+        prof = tcalloc.heap_profile()
+        out["empty"] = [prof.rate, len(prof.samples), prof.top(1).splitlines()[0]]
+        print(json.dumps(out))
+        """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCALLOC_")}
+    path = tmp_path / "off.pb.gz"
+    r = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    rate, n, header = out["off"]
+    assert n > 100 and rate == 64 << 10, out
+    assert header.endswith("sampling every 64.0 KiB"), header
+    assert _decode(gzip.decompress(path.read_bytes()))[12] == [64 << 10]      # pprof's period
+    rate, n_mixed, header = out["mixed"]
+    assert rate == 12345 and n_mixed > n, out           # 10 MB at 12 KiB: ~800 samples
+    assert header.endswith("sampling every 12.1 KiB (%d samples taken at other rates)" % n), header
+    assert out["empty"] == [0, 0, "heap profile: 0 samples, ~0 bytes estimated, sampling off"]
 
 
 @needs_python_frames

@@ -259,3 +259,59 @@ def test_alignment_slack_does_not_count_against_the_hard_limit():
     """)
     assert r["committed"] < 8 * MiB, r
     assert r["peak"] < 8 * MiB, r
+
+
+# ---- the settings' environment variables (tcalloc/_config.py) ------------------------
+
+def _import_with(env_extra):
+    """`python -W error -c "import tcalloc"` with only these TCALLOC_* set:
+    any warning at import fails it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCALLOC_")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-W", "error", "-c", "import tcalloc"], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_build_and_test_suite_variables_do_not_warn_at_import():
+    # TCALLOC_ASSERTS is a build variable (README, Debugging; setup.py),
+    # TCALLOC_SANITIZER_SCALE and TCALLOC_SAN_CC the sanitizer tests'
+    # (tests/test_sanitizers.py, tests/sanitizers/sanbuild.py): set in a
+    # shell that builds or tests, they reach every process that imports tcalloc.
+    for name, value in (("TCALLOC_ASSERTS", "1"), ("TCALLOC_SANITIZER_SCALE", "4"),
+                        ("TCALLOC_SAN_CC", "gcc")):
+        r = _import_with({name: value})
+        assert r.returncode == 0 and not r.stderr, (name, r.stderr)
+    r = _import_with({"TCALLOC_MEMROY_LIMIT": "1G"})       # a typo still warns
+    assert r.returncode != 0 and "unknown environment variable TCALLOC_MEMROY_LIMIT" in r.stderr
+
+
+def test_sizes_of_thousands_of_digits_are_read_or_refused_naming_the_variable():
+    # Past 4300 digits Python's int() refuses the text, in an error that
+    # names neither the variable nor its value.
+    from tcalloc import _config
+    nines = "9" * 5000
+    try:
+        _config.read({"TCALLOC_RELEASE_RATE": nines})
+    except ValueError as e:
+        msg = str(e)
+    else:
+        raise AssertionError("accepted %d nines" % len(nines))
+    assert msg.startswith("TCALLOC_RELEASE_RATE='999") and "more than" in msg, msg[:300]
+    assert "5000 characters" in msg and len(msg) < 200, msg[:300]
+    # A long fraction is still a size: rounded down to whole bytes, as documented.
+    assert _config.read({"TCALLOC_RELEASE_RATE": "0." + nines + "k"}) == \
+        {"TCALLOC_RELEASE_RATE": 1023}
+    assert _config.read({"TCALLOC_RELEASE_RATE": "0" * 5000 + "1.5k"}) == \
+        {"TCALLOC_RELEASE_RATE": 1536}
+    try:
+        _config.read({"TCALLOC_SAMPLE_RATE": "0." + "0" * 5000 + "1k"})
+    except ValueError as e:
+        assert str(e).startswith("TCALLOC_SAMPLE_RATE='0.000") and "less than a byte" in str(e)
+    else:
+        raise AssertionError("accepted less than a byte")
+    # At import, the same error stops it.
+    r = _import_with({"TCALLOC_RELEASE_RATE": nines})
+    assert r.returncode == 1, r.stderr
+    assert "ValueError: TCALLOC_RELEASE_RATE='999" in r.stderr, r.stderr[-500:]
+    assert "integer string conversion" not in r.stderr, r.stderr[-500:]

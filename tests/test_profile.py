@@ -190,6 +190,10 @@ def test_without_engine_and_misuse(tc):
     (dict(interval=-1), ValueError, "interval"),
     (dict(interval=0), ValueError, "interval"),
     (dict(interval=0.0001), ValueError, "interval"),
+    # Past a float: float() raised OverflowError, not naming interval.
+    (dict(interval=10 ** 400), ValueError, "interval"),
+    (dict(interval=-10 ** 400), ValueError, "interval"),
+    (dict(interval=10 ** 5000), ValueError, "interval"),    # no repr at all (4300 digits)
     (dict(interval="0.1"), TypeError, "interval"),
     (dict(interval=None), TypeError, "interval"),
     (dict(interval=True), TypeError, "interval"),
@@ -218,6 +222,54 @@ def test_argument_edges_accepted(tc):
     with _profile(tc, top=0) as p:
         tc.alloc(1 << 20).release()
     assert p.as_dict()["hottest_locks"] == []
+
+
+def test_samples_before_start_is_zero(tc):
+    from tcalloc.profile import Profile
+    p = Profile()
+    assert p.samples == 0
+    with p:
+        assert p.samples >= 1                       # the one at start
+    assert p.samples >= 2
+
+
+def test_contention_is_reported_whatever_top_lists(tc, monkeypatch):
+    # The lock figures as the profile reads them, with one lock contended
+    # inside the block (and waited on for longer than any real wait here):
+    # top=0 lists no lock, and must not say "no contention" for it.
+    import sys
+    mod = sys.modules["tcalloc.profile"]        # tcalloc.profile is the function
+    real = mod._engine_stats
+    reads = []
+
+    def contended_stats():
+        st = real()
+        reads.append(st)
+        if len(reads) == 2:                        # stop()'s read
+            lock = dict(st["locks"]["page_heap"])
+            lock["acquisitions"] += 10
+            lock["contended"] += 3
+            lock["wait_ns"] += 5 * 10 ** 9
+            st["locks"]["page_heap"] = lock
+        return st
+    monkeypatch.setattr(mod, "_engine_stats", contended_stats)
+    for top in (0, 1, 5):
+        del reads[:]
+        with _profile(tc, top=top) as p:
+            pass
+        d = p.as_dict()
+        assert d["locks"]["page_heap"]["contended"] >= 3, d["locks"]
+        assert len(d["hottest_locks"]) <= top
+        text = p.report()
+        assert "no contention" not in text, text
+        lines = [line for line in text.splitlines() if "tcalloc locks" in line]
+        if top:
+            assert d["hottest_locks"][0]["name"] == "page_heap"
+            assert lines == ["hottest tcalloc locks (wait as a share of elapsed wall time):"], text
+            assert any(line.split()[:1] == ["page_heap"] for line in text.splitlines()), text
+        else:
+            assert len(lines) == 1 and lines[0].startswith("tcalloc locks: "), text
+            assert "contended" in lines[0] and "top=0" in lines[0], text
 
 
 def _pool_threads(p, pool, n_threads, n_ops):
