@@ -40,17 +40,22 @@ class TcallocCAPI(ctypes.Structure):
     ]
 
 
-@pytest.fixture(scope="session")
-def capi():
-    """The C API table behind the capsule tcalloc._C_API, callable from Python
-    (ctypes releases the GIL around each call, as a C caller would run)."""
+def _capsule_table(name, table):
+    """The struct behind capsule tcalloc.<name>, as a ctypes `table`."""
     import tcalloc
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype = ctypes.c_void_p
     get.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    addr = get(tcalloc._C_API, b"tcalloc._C_API")
-    assert addr, "capsule tcalloc._C_API has no pointer under that name"
-    return TcallocCAPI.from_address(addr)
+    addr = get(getattr(tcalloc, name), ("tcalloc." + name).encode())
+    assert addr, "capsule tcalloc.%s has no pointer under that name" % name
+    return table.from_address(addr)
+
+
+@pytest.fixture(scope="session")
+def capi():
+    """The C API table behind the capsule tcalloc._C_API, callable from Python
+    (ctypes releases the GIL around each call, as a C caller would run)."""
+    return _capsule_table("_C_API", TcallocCAPI)
 
 
 class TcallocExtAPI(ctypes.Structure):
@@ -62,13 +67,7 @@ class TcallocExtAPI(ctypes.Structure):
 @pytest.fixture(scope="session")
 def ext():
     """The extension table behind the capsule tcalloc._C_API_EXT."""
-    import tcalloc
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype = ctypes.c_void_p
-    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    addr = get(tcalloc._C_API_EXT, b"tcalloc._C_API_EXT")
-    assert addr, "capsule tcalloc._C_API_EXT has no pointer under that name"
-    return TcallocExtAPI.from_address(addr)
+    return _capsule_table("_C_API_EXT", TcallocExtAPI)
 
 
 @pytest.fixture(scope="session")
