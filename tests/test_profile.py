@@ -451,6 +451,8 @@ def test_a_programs_own_threading_profile_hook_is_kept(tc):
     assert [c[0] for c in calls if c[0] != "tcalloc.profile sampler"] == ["inside", "after"], calls
 
 
+# The profile's sampler thread runs at the fork, on purpose: Python 3.12+ warns.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_fork_child_of_a_profiled_block_starts_threads_without_the_profile(tc):
     # The child has no profile running: no hook of the parent's profile, and
     # no wait on a lock the parent's sampler may have held at the fork.
