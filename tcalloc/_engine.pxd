@@ -19,3 +19,4 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil
 cdef void *tc_aligned_alloc(size_t alignment, size_t size) noexcept nogil
 cdef size_t tc_usable_size(void *ptr) noexcept nogil
 cdef bint tc_owns(const void *ptr) noexcept nogil
+cdef bint tc_on_heap(const void *ptr) noexcept nogil

@@ -26,6 +26,7 @@ from cpython.ref cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_CheckExact
 
 from tcalloc.capi cimport TcallocCAPI, TcallocCAPI_Import, TcallocExtAPI, TcallocExtAPI_Import
+from tcalloc._engine cimport tc_on_heap
 
 import contextvars as _contextvars
 
@@ -107,16 +108,24 @@ cdef PyDataMemAllocator _orig               # its functions as NumPy made them
 cdef bint _enabled = 0
 
 
+cdef inline bint _tcallocs(const void *ptr) noexcept nogil:
+    """Does ptr go to tcalloc: a block of tcalloc's, or any pointer on its
+    heap's pages (a block freed twice, a pointer into one), which tcalloc
+    reports and aborts on? NumPy's free would take such a pointer into its
+    cache of small blocks and hand it out again."""
+    return _ext.owns(ptr) or tc_on_heap(ptr)
+
+
 cdef void *_dflt_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
     # A block stays with the allocator that made it (tcalloc's realloc moves
     # nothing out; NumPy's keeps its own).
-    if ptr != NULL and not _ext.owns(ptr):
+    if ptr != NULL and not _tcallocs(ptr):
         return _orig.realloc(_orig.ctx, ptr, new_size)
     return _tc.realloc(ptr, new_size)
 
 
 cdef void _dflt_free(void *ctx, void *ptr, size_t size) noexcept nogil:
-    if _ext.owns(ptr):
+    if ptr != NULL and _tcallocs(ptr):
         _tc.free(ptr)
     else:
         _orig.free(_orig.ctx, ptr, size)

@@ -281,3 +281,43 @@ def test_owns_and_handler_name_take_arrays_only(bad):
         tnp.owns(bad)
     with pytest.raises(TypeError, match="numpy.ndarray"):
         tnp.handler_name(bad)
+
+
+_DEFAULT_DOUBLE_FREE = """
+import ctypes, sys
+import numpy as np, tcalloc, tcalloc.numpy as tnp
+tnp.set_default()
+get = ctypes.pythonapi.PyCapsule_GetPointer
+get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+h = get(tnp.get_handler(), b"mem_handler")          # NumPy's default handler, switched
+# PyDataMem_Handler: name[127], version (uint8), then the allocator: ctx, malloc, calloc,
+# realloc, free
+alloc = h + 128
+ctx = ctypes.c_void_p.from_address(alloc).value
+MALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+malloc = MALLOC(ctypes.c_void_p.from_address(alloc + 8).value)
+free = FREE(ctypes.c_void_p.from_address(alloc + 32).value)
+n = int(sys.argv[1])
+p = malloc(ctx, n)
+free(ctx, p, n)
+print("freed once %#x" % p, flush=True)
+free(ctx, p, n)                                      # a double free through NumPy's handler
+print("second free returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("size", [300_000, 512])
+def test_a_double_free_through_the_switched_default_handler_is_tcallocs_to_report(size):
+    # The second free of a large block, whose pages went back to tcalloc's
+    # heap, used to go to NumPy's own free (owns() denies it) and ended in
+    # glibc's abort, naming nothing (a small block whose span emptied would
+    # have gone to NumPy's cache of small blocks, to be handed out again).
+    # It is on tcalloc's heap: tcalloc reports it. (512 B: a small block
+    # still in the thread's cache, which tcalloc's free reported before.)
+    r = subprocess.run([sys.executable, "-c", _DEFAULT_DOUBLE_FREE, str(size)],
+                       capture_output=True, text=True, timeout=120)
+    p = r.stdout.split()[2] if r.stdout.startswith("freed once") else None
+    assert p and "second free returned" not in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode != 0 and "tcalloc: fatal: double free detected" in r.stderr, r.stderr
+    assert "(pointer %s)" % p in r.stderr, r.stderr
