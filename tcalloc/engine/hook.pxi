@@ -285,9 +285,18 @@ cdef void _hook_place(int i, PyMemAllocatorEx *slot, PyMemAllocatorEx *cur, bint
     """Put domain i's entry points where its base allocator is (see
     _base_slot): into slot, which a layer above calls through, or, when
     slot is NULL, into cur (its ctx kept), which becomes the domain's."""
+    cdef PyMemAllocatorEx step
     if slot != NULL:
         _hook_entry_points(i, slot, active)
     else:
+        # PyMem_SetAllocator copies the struct field by field, and threads
+        # in the raw domain run without the GIL: one could take a block from
+        # the new malloc and free it with the old free. So free and realloc
+        # (ours handle any block) go in first, malloc and calloc after.
+        step = cur[0]
+        step.free = _HOOK_ENTRY[i].free
+        step.realloc = _HOOK_ENTRY[i].realloc
+        PyMem_SetAllocator(_HOOK_DOMAINS[i], &step)
         _hook_entry_points(i, cur, active)
         PyMem_SetAllocator(_HOOK_DOMAINS[i], cur)
 
