@@ -396,18 +396,17 @@ def _new_main():
     return main
 
 
+# -m and a directory or zip file go through the helpers runpy has for
+# python's own -m (its public calls run the code in a temporary module and
+# put the old __main__ back when it returns).
+
 def _run_module(name):
     """Run module `name` as `python -m name` does, in a fresh __main__; its
     globals. ImportError if there is no such module."""
     import runpy
-    details = getattr(runpy, "_get_module_details", None)
-    run_code = getattr(runpy, "_run_code", None)
-    if details is None or run_code is None:       # not this runpy: the public call
-        return runpy.run_module(name, run_name="__main__", alter_sys=True)
-    mod_name, spec, code = details(name)
-    main = _new_main()
+    mod_name, spec, code = runpy._get_module_details(name)
     sys.argv[0] = spec.origin
-    return run_code(code, main.__dict__, None, "__main__", spec)
+    return runpy._run_code(code, _new_main().__dict__, None, "__main__", spec)
 
 
 def _run_script(path, first):
@@ -422,9 +421,8 @@ def _run_script(path, first):
         else:
             sys.path.insert(0, full)
         import runpy
-        main = _new_main()
-        mod_name, spec, code = runpy._get_main_module_details(ImportError)
-        return runpy._run_code(code, main.__dict__, None, "__main__", spec)
+        mod_name, spec, code = runpy._get_main_module_details()
+        return runpy._run_code(code, _new_main().__dict__, None, "__main__", spec)
     # A file: python puts its real directory first (symlinks resolved), and
     # gives the program its absolute path as __file__ (from 3.9).
     if first:

@@ -220,7 +220,6 @@ def _nomem_message(n, align):
     exact = f" ({n} bytes)" if n >= 1024 else ""
     aligned = f" aligned to {align}" if align else ""
     try:
-        from tcalloc._engine import _MAX_ALLOC_BYTES
         if n > _MAX_ALLOC_BYTES:
             return (f"cannot allocate {size}{exact}{aligned}: more than tcalloc's largest "
                     f"block ({_human(_MAX_ALLOC_BYTES)})")

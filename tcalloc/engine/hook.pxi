@@ -90,13 +90,6 @@ cdef inline void *_h_malloc_off(HookDomain *d, size_t size) noexcept nogil:
 cdef inline void *_h_calloc_off(HookDomain *d, size_t nelem, size_t elsize) noexcept nogil:
     return d.prev.calloc(d.prev.ctx, nelem, elsize)
 
-cdef inline bint _on_heap_page(const void *p) noexcept nogil:
-    """Is p on a page of tcalloc's heap (mapped for it, and never unmapped:
-    pagemap.pxi)? Then it is no block of the previous allocator's. A large
-    block freed twice, or a pointer into one, gets past the two tests before
-    this one to here."""
-    return pagemap_is_heap(&g_heap.pagemap, <uintptr_t>p >> kPageShift)
-
 cdef void _h_free_other(void *dom, void *p) noexcept nogil:
     """Not a small tcalloc block: a large one, or the previous allocator's.
     dom: the HookDomain (void * for the noinline declaration in _engine.pyx)."""
@@ -107,8 +100,11 @@ cdef void _h_free_other(void *dom, void *p) noexcept nogil:
     s = _large_span(p)
     if s != NULL:
         _free_large_span(p, s)
-    elif _on_heap_page(p):
-        _fatal_bad_pointer(p, kOpFree)     # as tcalloc's own free says it, not the other's crash
+    elif tc_on_heap(p):
+        # No block of the previous allocator's: a large block freed twice,
+        # or a pointer into one. Said as tcalloc's own free says it, not
+        # left to the other's crash.
+        _fatal_bad_pointer(p, kOpFree)
     else:
         d.prev.free(d.prev.ctx, p)
 
@@ -123,7 +119,7 @@ cdef void *_h_realloc(HookDomain *d, void *p, size_t size) noexcept nogil:
     if p == NULL:
         return _malloc(size) if tc_load_int(&d.active) else _h_malloc_off(d, size)
     if pagemap_sizeclass(&g_heap.pagemap, <uintptr_t>p >> kPageShift) == 0 and _large_span(p) == NULL:
-        if _on_heap_page(p):
+        if tc_on_heap(p):
             _fatal_bad_pointer(p, kOpRealloc)
         return d.prev.realloc(d.prev.ctx, p, size)
     if tc_load_int(&d.active):

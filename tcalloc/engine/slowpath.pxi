@@ -338,10 +338,10 @@ cdef bint tc_owns(const void *ptr) noexcept nogil:
     return _large_span(ptr) != NULL
 
 cdef bint tc_on_heap(const void *ptr) noexcept nogil:
-    """Is ptr on a page of tcalloc's heap (mapped for it and never unmapped),
-    a block start or not? A pointer there that tc_owns denies (a large block
-    freed twice, a pointer into a block) is no other allocator's: an
-    integration that routes frees by owner sends it to tc_free, which
-    reports it. Lock-free."""
+    """Is ptr on a page of tcalloc's heap (mapped for it and never unmapped:
+    pagemap.pxi), a block start or not? A pointer there that tc_owns denies
+    (a large block freed twice, a pointer into a block) is no other
+    allocator's: the hook and the NumPy handler, which route frees by owner,
+    send it to tcalloc, which reports it. Lock-free."""
     return pagemap_is_heap(&g_heap.pagemap, <uintptr_t>ptr >> kPageShift)
 
