@@ -342,6 +342,8 @@ def test_figures_exact_under_threads():
 # ---- fork ------------------------------------------------------------------------
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+# It forks while its threads use the pool, on purpose: Python 3.12+ warns.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_figures_exact_across_fork():
     """Fork while threads use the pool: the child's figures are the parent's
     at the fork, its own acquires and releases move them exactly, the limit
