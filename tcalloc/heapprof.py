@@ -111,9 +111,22 @@ def _string(ptr):
     return s
 
 
+def _launcher(frame):
+    """Is frame one of those that started the program: runpy's (`python -m`)
+    or those of `python -m tcalloc run` itself?"""
+    f = frame.file
+    return (f == "<frozen runpy>" or os.path.basename(f) == "runpy.py"
+            or (os.path.basename(f) == "__main__.py"
+                and os.path.dirname(_realpath(f)) == _package_dir))
+
+
 def _sample(rec, now_ns):
     size, weight, alloc_ns, free_ns, native, frames = rec
     py = [Frame(_string(f), _string(n), line) for f, n, line in frames]
+    # The outermost frames that only started the program say nothing about
+    # it, and every stack would carry them (5-8 levels at a flame graph's root).
+    while len(py) > 1 and _launcher(py[-1]):
+        py.pop()
     nat = [_native(a) for a in native]
     # The C code between the interpreter and the allocator: what called
     # malloc, leaving out tcalloc's own modules (the engine, buffers) and

@@ -590,6 +590,29 @@ def test_run_heap_profile_writes_the_end_and_the_peak(tmp_path):
     assert site_bytes(end) * 20 <= site_bytes(peak), (end, peak)
 
 
+@pytest.mark.parametrize("how", ["script", "-m", "-c"])
+def test_run_heap_profile_stacks_start_at_the_program(tmp_path, how):
+    # Not at the launcher: runpy's frames and run's own (python -m tcalloc)
+    # were the root of every stack, five to eight levels of each flame graph.
+    (tmp_path / "progmod.py").write_text("def build():\n"
+                                         "    return [bytearray(100000) for _ in range(200)]\n"
+                                         "keep = build()\n")
+    target = {"script": [str(tmp_path / "progmod.py")], "-m": ["-m", "progmod"],
+              "-c": ["-c", "import progmod"]}[how]
+    out = tmp_path / "heap.collapsed"
+    r = subprocess.run([sys.executable, "-m", "tcalloc", "run", "--heap-profile", str(out),
+                        *target], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    stacks = [line.rsplit(" ", 1)[0].split(";") for line in out.read_text().splitlines()]
+    mine = [s for s in stacks if any("progmod.py:2" in f for f in s)]
+    assert mine, stacks
+    for s in mine:
+        assert "runpy" not in s[0] and "__main__.py" not in s[0], s
+        root = "<module> (<string>:1)" if how == "-c" else "<module> (%s:3)" % (
+            tmp_path / "progmod.py")
+        assert s[0] == root, s
+
+
 def test_debug_mode_threads_without_caches_are_sampled():
     code = ("import tcalloc; assert tcalloc.debug_enabled(); "
             "b = [tcalloc.alloc(1000) for _ in range(5000)]; "
