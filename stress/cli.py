@@ -23,18 +23,15 @@ def _workloads():
 
 
 def _size(text):
-    t = text.strip().lower().rstrip("b")
-    mult = 1
-    for suffix, m in (("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
+    # The same sizes the TCALLOC_* settings take (64, 4K, 4KiB, 1.5M: exact,
+    # whole bytes), from 1 byte to 1 GiB.
+    from tcalloc._config import parse_size
     try:
-        v = int(float(t) * mult)
-    except (ValueError, OverflowError):         # "x", "nan"; "inf", "1e400"
-        raise argparse.ArgumentTypeError("not a size: %r (use e.g. 64, 4K, 2M)" % text)
-    if v < 1 or v > MAX_SIZE_LIMIT:
-        raise argparse.ArgumentTypeError("size must be between 1 and 1G, not %r" % text)
+        v = parse_size(text, "size", MAX_SIZE_LIMIT)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    if v < 1:
+        raise argparse.ArgumentTypeError("size must be at least 1 byte, not %r" % text)
     return v
 
 
@@ -137,6 +134,8 @@ def _check_args(p, a, found, missing):
         if absent:
             p.error("backend(s) not installed: %s (%s)" % (", ".join(absent), install_hint(absent)))
     for opt, path in (("--json", a.json), ("--plot", a.plot)):
+        if path == "":
+            p.error("%s: give a file name" % opt)
         if path:
             d = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(d):

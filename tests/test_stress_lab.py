@@ -223,6 +223,8 @@ def _stress(*args, timeout=300):
     ["--soak", "nan"],
     # one bound past a workload's own other bound; a directory for --json
     ["--workloads", "cache-thrash", "--min-size", "100"], ["--json", "/"],
+    # an empty file name was taken for "no file"; a size past 1 GiB
+    ["--json", ""], ["--plot", ""], ["--max-size", "2G"],
 ])
 def test_cli_rejects_bad_options(wl, capsys, args):
     from tcalloc.stress.cli import main
@@ -564,3 +566,10 @@ def test_a_tcalloc_capi_capsule_given_is_the_table_used(wl):
     r = wl.run("cache-thrash", cap, threads=1, ops=200, seed=5)
     assert r["corrupt"] == 0 and r["lost"] == 0
     assert calls["malloc"] >= 200 and calls["free"] >= 200, calls
+
+
+def test_cli_sizes_are_read_as_the_settings_read_them():
+    # 4KiB and 1.5M, which TCALLOC_* settings take, were refused here.
+    from tcalloc.stress.cli import _size
+    assert _size("4KiB") == _size("4K") == _size("4096") == 4096
+    assert _size("1.5M") == 3 << 19 and _size("64b") == 64
