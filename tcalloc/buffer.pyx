@@ -16,7 +16,8 @@ from libc.string cimport memset, memcpy
 
 from tcalloc.capi cimport TcallocCAPI, TcallocCAPI_Import
 from tcalloc.common cimport (tc_spinlock_t, tc_spinlock_init, tc_spinlock_lock,
-                             tc_spinlock_unlock, tc_spinlock_reset, tc_load_u64)
+                             tc_spinlock_unlock, tc_spinlock_reset, tc_load_u64,
+                             tc_atomic_add_u64)
 
 import operator as _operator
 import os as _os
@@ -37,7 +38,8 @@ cdef size_t _max_block = _MAX_ALLOC_BYTES
 
 # Lock counters of pools that are gone, so that the total over every pool
 # (_pool_lock_totals, which profile() reports as "buffer_pool") never goes
-# back. Written with the GIL held (__dealloc__).
+# back. Added to with atomic adds: on a free-threaded build two pools may
+# be deallocated at once.
 cdef uint64_t _closed_lock[4]
 
 
@@ -48,7 +50,7 @@ def _pool_lock_totals():
     cdef uint64_t t[4]
     cdef int i
     for i in range(4):
-        t[i] = _closed_lock[i]
+        t[i] = tc_load_u64(&_closed_lock[i])
     for pool in list(_live_pools):
         if pool._lock != NULL:
             t[0] += tc_load_u64(&pool._lock.acquisitions)
@@ -348,8 +350,14 @@ A block of tcalloc memory exposed through the writable buffer protocol.
     @property
     def capacity(self):
         """Usable bytes of the underlying block (>= len(buf))."""
-        self._check()
-        return _tc.usable_size(self._ptr)
+        # Under the buffer's lock, as release() and resize() take it: on a
+        # free-threaded build the block could otherwise be freed between the
+        # check and the read of its size (an abort in usable_size).
+        cdef size_t cap
+        with cython.critical_section(self):
+            self._check()
+            cap = _tc.usable_size(self._ptr)
+        return cap
 
     @property
     def released(self):
@@ -428,10 +436,18 @@ A block of tcalloc memory exposed through the writable buffer protocol.
         return (_from_bytes, (bytes(self), self._zero, self._align or None))
 
     def __repr__(self):
-        if self._ptr == NULL:
+        cdef uintptr_t addr
+        cdef size_t cap = 0
+        cdef Py_ssize_t size
+        with cython.critical_section(self):     # see capacity
+            addr = <uintptr_t>self._ptr
+            size = self._size
+            if addr:
+                cap = _tc.usable_size(self._ptr)
+        if not addr:
             return "<tcalloc.Buffer released>"
-        return (f"<tcalloc.Buffer size={self._size} capacity={_tc.usable_size(self._ptr)} "
-                f"address={<uintptr_t>self._ptr:#x}{' pooled' if self._pool is not None else ''}>")
+        return (f"<tcalloc.Buffer size={size} capacity={cap} "
+                f"address={addr:#x}{' pooled' if self._pool is not None else ''}>")
 
 
 cdef int _fill(Buffer b, Py_ssize_t n, bint zero, size_t align) except -1:
@@ -602,10 +618,10 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
                 _tc.free(self._cache[i])
             _tc.free(self._cache)
         if self._lock != NULL:
-            _closed_lock[0] += self._lock.acquisitions
-            _closed_lock[1] += self._lock.contended
-            _closed_lock[2] += self._lock.spins
-            _closed_lock[3] += self._lock.wait_ns
+            tc_atomic_add_u64(&_closed_lock[0], self._lock.acquisitions)
+            tc_atomic_add_u64(&_closed_lock[1], self._lock.contended)
+            tc_atomic_add_u64(&_closed_lock[2], self._lock.spins)
+            tc_atomic_add_u64(&_closed_lock[3], self._lock.wait_ns)
             _tc.free(self._lock)
 
     @property
