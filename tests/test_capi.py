@@ -2,6 +2,8 @@
 import ctypes
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -270,3 +272,20 @@ def test_owns_is_true_for_block_starts_only(capi, ext):
     finally:
         for b in blocks:
             capi.free(b)
+
+
+def test_a_malloc_that_succeeds_leaves_errno_alone():
+    # The heap's growth first tries to map right below its last growth; a
+    # refused hint (EEXIST) used to stay in errno after a malloc that
+    # succeeded (C allows it, but callers that test errno after a call get
+    # a false error; tcalloc's realloc already kept errno). A fresh process,
+    # so that the heap grows as it does after start-up.
+    code = ("import tct_components as comp\n"
+            "out = [comp.capi_call_errno('malloc', 1 << 30) for _ in range(6)]\n"
+            "print([e for _, e in out], all(p for p, _ in out))\n")
+    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=native + os.pathsep +
+                                             os.environ.get("PYTHONPATH", "")))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 0, 0, 0, 0, 0] True", r.stdout

@@ -432,6 +432,7 @@ cdef int _grow(PageHeap *h, size_t n) noexcept nogil:
     cdef size_t nbytes, lead
     cdef uintptr_t raw, aligned
     cdef Span *s
+    cdef int err
     if ask > n and h.limit_bytes != 0 and h.limit_hard:
         # Under a hard limit, map only what is needed: mapped-but-unused
         # address space is harmless, but keep the heap's footprint exact.
@@ -441,7 +442,9 @@ cdef int _grow(PageHeap *h, size_t n) noexcept nogil:
     # First choice: right below the last growth (the kernel hands out
     # addresses top-down), so the new pages coalesce with the old.
     if h.last_grow > nbytes:
+        err = tc_get_errno()
         aligned = <uintptr_t>tc_os_map_at(<void *>(h.last_grow - nbytes), nbytes)
+        tc_set_errno(err)           # a hint refused (EEXIST) is no error of the caller's
     if aligned == 0:
         raw = <uintptr_t>tc_os_map(nbytes + kPageSize)
         if raw == 0 and ask > n:
