@@ -58,9 +58,19 @@ _FALSE = ("0", "false", "no", "off")
 _FRAC_DIGITS = 40
 
 
-def _shown(text):
-    """repr(text) for a message, cut short when long."""
-    return repr(text) if len(text) <= 60 else "%r... (%d characters)" % (text[:40], len(text))
+def shown(value):
+    """repr(value) for an error message, cut short when long: a setting of
+    5000 digits, or an int past 4300 digits, which has no repr at all
+    (sys.set_int_max_str_digits). tcalloc's other modules use it too."""
+    if isinstance(value, str):
+        if len(value) <= 60:
+            return repr(value)
+        return "%r... (%d characters)" % (value[:40], len(value))
+    try:
+        text = repr(value)
+    except ValueError:
+        return "%s with more than 4000 digits" % type(value).__name__
+    return text if len(text) <= 60 else "%s... (%d characters)" % (text[:40], len(text))
 
 
 def parse_size(text, name="size", limit=MAX_SIZE):
@@ -71,25 +81,25 @@ def parse_size(text, name="size", limit=MAX_SIZE):
     m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if m is None:
         raise ValueError("%s=%s is not a size: use a whole number of bytes or a number with "
-                         "a unit (512k, 64MiB, 2G)" % (name, _shown(text)))
+                         "a unit (512k, 64MiB, 2G)" % (name, shown(text)))
     num, unit = m.group("num"), (m.group("unit") or "").lower()
     if unit == "" and not num.isdigit():
         raise ValueError("%s=%s: a fraction of a byte; give whole bytes or a unit"
-                         % (name, _shown(text)))
+                         % (name, shown(text)))
     scale = 1024 ** _UNITS[unit]
     whole, _, frac = num.partition(".")
     whole = whole.lstrip("0")
     if len(whole) > len(str(limit)):        # more digits than the limit: above it
-        raise ValueError("%s=%s is more than %d bytes" % (name, _shown(text), limit))
+        raise ValueError("%s=%s is more than %d bytes" % (name, shown(text), limit))
     # Exact decimal arithmetic: 1.5G is 1610612736, not a float's neighbour.
     cut = frac[:_FRAC_DIGITS]
     value = (int(whole or "0") * 10 ** len(cut) + int(cut or "0")) * scale // 10 ** len(cut)
     if value == 0 and (whole or frac.strip("0")):
         # 0 means "none" or "off" to most settings: the opposite of a
         # small value asked for.
-        raise ValueError("%s=%s is less than a byte" % (name, _shown(text)))
+        raise ValueError("%s=%s is less than a byte" % (name, shown(text)))
     if value > limit:
-        raise ValueError("%s=%s is more than %d bytes" % (name, _shown(text), limit))
+        raise ValueError("%s=%s is more than %d bytes" % (name, shown(text), limit))
     return value
 
 
@@ -100,7 +110,7 @@ def parse_bool(text, name="value"):
     if low in _FALSE:
         return False
     raise ValueError("%s=%s is not a boolean: use 1/0, true/false, yes/no or on/off"
-                     % (name, _shown(text)))
+                     % (name, shown(text)))
 
 
 def read(environ=os.environ):

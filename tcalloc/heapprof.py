@@ -24,6 +24,7 @@ import time
 import zlib
 
 from tcalloc import _engine
+from tcalloc._config import shown
 
 DEFAULT_SAMPLE_RATE = 2 << 20       # 2 MiB, as TCMalloc's default
 _MAX_SAMPLE_RATE = 2 ** 62 - 1      # the engine's set_sample_rate takes no more
@@ -341,10 +342,8 @@ class allocation_profile:
             raise TypeError("rate must be an int number of bytes or None, not %s"
                             % type(rate).__name__)
         if rate is not None and not 0 < rate <= _MAX_SAMPLE_RATE:
-            # (An int of thousands of digits has no repr: its size instead.)
             raise ValueError("rate must be a positive number of bytes below 2**62, or None, got %s"
-                             % (rate if rate.bit_length() <= 256
-                                else "an int of %d bits" % rate.bit_length()))
+                             % shown(rate))
         self._rate = rate
         self._want = 0
         self._start = None

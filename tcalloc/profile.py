@@ -53,6 +53,8 @@ import os
 import resource
 import time
 
+from tcalloc._config import shown
+
 # `import tcalloc` runs this module (tcalloc.profile is re-exported), and
 # `python -m tcalloc run` imports tcalloc before the program: what is
 # imported here is memory every run pays. typing, threading and numbers
@@ -85,18 +87,8 @@ def _check_interval(interval: object) -> float:
         v = math.inf
     if not math.isfinite(v) or not MIN_INTERVAL <= v <= MAX_INTERVAL:
         raise ValueError("interval must be between %g and %g seconds, got %s"
-                         % (MIN_INTERVAL, MAX_INTERVAL, _shown(interval)))
+                         % (MIN_INTERVAL, MAX_INTERVAL, shown(interval)))
     return v
-
-
-def _shown(value: object) -> str:
-    """repr(value) for a message, cut short: an int of 5000 digits has no
-    repr at all (sys.set_int_max_str_digits), and 400 are no help."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return "%s with more than 4000 digits" % type(value).__name__
-    return text if len(text) <= 40 else text[:30] + "... (%d characters)" % len(text)
 
 
 def _check_flag(flag: object, what: str) -> bool:
