@@ -266,7 +266,7 @@ def mode_env(ctx, mode, child=None):
     if mode in PEER_MODES:
         env["LD_PRELOAD"] = ctx.libs[mode]
     if mode == "tcalloc":
-        env.update(kv.split("=", 1) for kv in ctx.a.tcalloc_env)
+        env.update(ctx.a.tcalloc_settings)
     if child is not None:
         env[CHILD_ENV] = json.dumps(child)
     return env
@@ -309,7 +309,7 @@ def check_record(ctx, mode, rec):
         if tc.get("mallocs", 0) <= 0:
             return "tcalloc installed but served no malloc"
         env = rec.get("tcalloc_env", {})
-        for k, v in (kv.split("=", 1) for kv in ctx.a.tcalloc_env):
+        for k, v in ctx.a.tcalloc_settings.items():
             if env.get(k) != v:
                 return f"--tcalloc-env {k}={v} did not reach the process (it had {env.get(k)!r})"
         return None
@@ -360,7 +360,7 @@ def pyperf_load(path):
 def inherit_environ(ctx):
     """pyperf's --inherit-environ: INHERIT and every --tcalloc-env name."""
     names = list(INHERIT)
-    names += [kv.split("=", 1)[0] for kv in ctx.a.tcalloc_env if kv.split("=", 1)[0] not in names]
+    names += [k for k in ctx.a.tcalloc_settings if k not in names]
     return ",".join(names)
 
 
@@ -961,6 +961,7 @@ def parse_args(argv):
         k, eq, _ = kv.partition("=")
         if not eq or not k.startswith("TCALLOC_"):
             p.error(f"--tcalloc-env {kv!r}: give NAME=VALUE with a TCALLOC_ name")
+    a.tcalloc_settings = dict(kv.split("=", 1) for kv in a.tcalloc_env)   # the last of a name wins
     if a.rounds is None:
         a.rounds = 1 if a.quick else 5
     if a.rounds < 1:
