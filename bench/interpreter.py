@@ -5,6 +5,7 @@
     python -m bench.interpreter --bench go,json_dumps --modes plain,tcalloc --rounds 9
     python -m bench.interpreter --parts callgrind --json out.json
     python -m bench.interpreter --parts pyperf-cg --no-peers   # instructions per loop, ~17 min
+    python -m bench.interpreter --parts pyperf --no-peers --rounds 1 --breakdown   # memory by owner
 
 Every program runs as the plain interpreter (pymalloc, the default), under
 ``python -m tcalloc run`` and, for context, with ``PYTHONMALLOC=malloc`` on
@@ -59,9 +60,106 @@ def _own_peak_kib():
         return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
 
 
+# --breakdown: a thread in each worker reads the worker's RSS every 2 ms and,
+# at each new high, what its allocators hold then: pymalloc's arenas (read
+# from the interpreter's own statics on 3.10 and 3.11, where
+# Objects/obmalloc.c keeps them in file-scope variables; from 3.12 they live
+# in the runtime state, not read here) and tcalloc's stats(). 64-bit
+# layouts: struct arena_object is 48 bytes (address, pool_address, ...); a
+# pool starts with its block count (4 bytes at 0) and has arenaindex at 32
+# and szidx at 36; pools are 16 KiB. The symbols are looked up by the parent
+# (pymalloc_symbols): nm's output, read in the worker, would be part of its
+# peak.
+_PYMALLOC_POOL = 1 << 14
+_PYMALLOC_HEADER = 48
+_breakdown_peak = {}
+
+
+def _pymalloc_state(syms):
+    """pymalloc's used and free bytes, summed over its arenas: what it holds
+    for blocks allocated before tcalloc's hook, or for everything on the
+    plain interpreter. {"error": ...} where it cannot be read."""
+    import ctypes
+    if "error" in syms:
+        return {"error": syms["error"]}
+    off = 0
+    if syms["pie"]:           # linked at 0, loaded at the lowest address of its mappings
+        with open("/proc/self/maps") as f:
+            off = min(int(l.split("-")[0], 16) for l in f if l.rstrip().endswith(syms["exe"]))
+    u64 = lambda a: ctypes.c_uint64.from_address(a).value
+    u32 = lambda a: ctypes.c_uint32.from_address(a).value
+    arenas, n = u64(off + syms["arenas"]), u32(off + syms["maxarenas"])
+    used = free = pools = live = 0
+    for i in range(n):
+        ao = arenas + 48 * i
+        addr = u64(ao)
+        if not addr:
+            continue
+        live += 1
+        p, end = (addr + _PYMALLOC_POOL - 1) & ~(_PYMALLOC_POOL - 1), u64(ao + 8)
+        while p < end:                  # the pools carved so far
+            count = u32(p)
+            if count:
+                if u32(p + 32) != i:    # a pool names its arena: the layout check
+                    return {"error": "pymalloc's pool layout is not the one expected"}
+                size = (u32(p + 36) + 1) * 16
+                pools += 1
+                used += count * size
+                free += _PYMALLOC_POOL - _PYMALLOC_HEADER - count * size
+            p += _PYMALLOC_POOL
+    return {"arenas": live, "used_pools": pools, "used_bytes": used,
+            "free_in_used_pools_bytes": free}
+
+
+def _glibc_state():
+    """glibc malloc's bytes in use and free (mallinfo2, glibc 2.33+): the
+    interpreter's larger blocks on the plain interpreter, and C libraries'
+    blocks on both."""
+    import ctypes
+    fn = getattr(ctypes.CDLL(None), "mallinfo2", None)
+    if fn is None:
+        return {"error": "no mallinfo2 (glibc 2.33 or later)"}
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+    fn.restype = Mallinfo2
+    mi = fn()
+    return {"used_bytes": mi.uordblks + mi.hblkhd, "free_bytes": mi.fordblks}
+
+
+def _rss_kib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def _breakdown_sampler(syms):
+    """Daemon thread: at each new high of RSS, what the allocators hold."""
+    import threading
+    import time
+
+    def run():
+        high = 0
+        while True:
+            rss = _rss_kib()
+            if rss > high:
+                high = rss
+                snap = {"rss_kib": rss, "pymalloc": _pymalloc_state(syms),
+                        "glibc": _glibc_state()}
+                tc = sys.modules.get("tcalloc")
+                if tc is not None and tc.installed():
+                    st = tc.stats()
+                    snap["tcalloc"] = {k: st[k] for k in BREAKDOWN_TCALLOC}
+                _breakdown_peak.clear()
+                _breakdown_peak.update(snap)
+            time.sleep(0.002)
+    threading.Thread(target=run, name="breakdown", daemon=True).start()
+
+
 def _probe(path):
-    """Append one JSON line: which allocator this process ran on, and its
-    own peak RSS."""
+    """Append one JSON line: which allocator this process ran on, its own
+    peak RSS, and (--breakdown) what its allocators held at its highest RSS."""
     rec = {"pid": os.getpid(),
            "worker": "--worker" in sys.argv,
            "calibration": any(a.startswith(("--calibrate", "--recalibrate")) for a in sys.argv),
@@ -87,6 +185,8 @@ def _probe(path):
                 "thread_cache_free_bytes": st.get("thread_cache_free_bytes")}
         except Exception as e:          # a broken build must void the run, not hide
             rec["tcalloc"] = {"installed": False, "error": repr(e)}
+    if _breakdown_peak:
+        rec["at_peak"] = dict(_breakdown_peak)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(rec) + "\n").encode())
@@ -94,11 +194,19 @@ def _probe(path):
         os.close(fd)
 
 
+# tcalloc's figures a --breakdown sample takes: what is in use, and its free
+# memory by where it sits.
+BREAKDOWN_TCALLOC = ("bytes_in_use", "thread_cache_free_bytes", "central_free_bytes",
+                     "transfer_cache_free_bytes", "page_heap_free_bytes")
+
+
 def child_main():
     import atexit
     import runpy
     spec = json.loads(os.environ[CHILD_ENV])
     atexit.register(_probe, spec["probe"])
+    if spec.get("breakdown") and "--worker" in sys.argv:
+        _breakdown_sampler(spec["breakdown"])
     if spec["kind"] == "script":
         # Not runpy.run_path, which sets sys.argv[0] to the script while it
         # runs: sys.argv[0] must stay this file, pyperf starts its workers
@@ -204,6 +312,7 @@ class Ctx:
         self.tmp = tmp
         self.python = sys.executable
         self.seq = 0
+        self.breakdown = None       # pymalloc_symbols() with --breakdown
 
     def path(self, stem, ext):
         self.seq += 1
@@ -245,6 +354,39 @@ def locate_tcalloc(explicit):
             tail = r.stderr.strip().splitlines()
             err = f"{root or 'sys.path'}: {tail[-1] if tail else 'exit %d' % r.returncode}"
     return None, None, err
+
+
+def pymalloc_symbols():
+    """For --breakdown's workers: where pymalloc's `arenas` and `maxarenas`
+    are in the interpreter's libpython or executable (nm), as
+    {"exe", "arenas", "maxarenas", "pie"} or {"error": ...}."""
+    import ctypes
+    import subprocess
+    import sysconfig
+    if sys.version_info[:2] not in ((3, 10), (3, 11)) or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return {"error": "pymalloc's state is read on 64-bit Python 3.10 and 3.11 only"}
+    exe = os.path.realpath(sys.executable)
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        lib = os.path.join(sysconfig.get_config_var("LIBDIR") or "",
+                           sysconfig.get_config_var("INSTSONAME") or "")
+        with open("/proc/self/maps") as f:
+            loaded = {l.split()[5] for l in f if len(l.split()) > 5}
+        exe = next((p for p in loaded if os.path.realpath(p) == os.path.realpath(lib)), lib)
+    try:
+        out = subprocess.run(["nm", exe], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        return {"error": f"nm {exe}: {e}"}
+    syms = {"exe": exe}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 3 and f[2] in ("arenas", "maxarenas"):
+            syms[f[2]] = int(f[0], 16)
+    if len(syms) != 3:
+        return {"error": f"{exe} has no symbols for pymalloc's arenas"}
+    with open(exe, "rb") as f:          # ELF e_type: 3 (ET_DYN) is loaded at a base
+        f.seek(16)
+        syms["pie"] = int.from_bytes(f.read(2), "little") == 3
+    return syms
 
 
 def mode_env(ctx, mode, child=None):
@@ -374,7 +516,8 @@ def pyperf_run(ctx, mode, name, script, extra, loops, quick, calibrate=False):
         args += ["-p", "1", "-n", "1", "-w", "1"]
     else:
         args += ["-p", str(procs), "-n", str(values), "-w", str(warmups), "-l", str(loops)]
-    env = mode_env(ctx, mode, {"kind": "script", "target": script, "probe": probe})
+    env = mode_env(ctx, mode, {"kind": "script", "target": script, "probe": probe,
+                               "breakdown": ctx.breakdown})
     code, wall, tree_rss, so, se = run_child(mode_argv(ctx, mode, args), env, ctx.tmp,
                                              ctx.a.timeout)
     s = {"mode": mode, "wall_s": wall, "tree_maxrss_kib": tree_rss}
@@ -812,6 +955,10 @@ def report(data, table):
                 if sm:
                     line.append(f"{m} median {sm[0]:.3f} max {sm[1]:.3f} >1.05: {sm[3]}/{sm[4]}")
             out.append("time ratio summary: " + "; ".join(line))
+        if any("at_peak" in w for e in py.values() for s in e.get("samples", ())
+               for w in s.get("probes", ())):
+            out.append("")
+            out.append(report_breakdown(py, ctx_modes, table))
         out.append("")
     pf = data.get("pyflakes")
     if pf:
@@ -870,6 +1017,42 @@ def report(data, table):
             out.append(f"pyperf-cg: {pc['error']}")
         else:
             out.append(report_pyperf_cg(pc, ctx_modes, table))
+    return "\n".join(out)
+
+
+def report_breakdown(py, modes, table):
+    """--breakdown: per benchmark and mode, the largest worker of the median
+    round (by its peak RSS), and what its allocators held at its highest RSS."""
+    kib = lambda b: "-" if b is None else f"{b / 1024:,.0f}"
+    rows, errs = [], set()
+    for name, e in py.items():
+        for m in [m for m in modes if m in ("plain", CONTROL, "tcalloc")]:
+            ws = [max(s["probes"], key=lambda r: r["maxrss_kib"])
+                  for s in e.get("samples", ()) if s["mode"] == m and "error" not in s]
+            ws = [w for w in ws if "at_peak" in w]
+            if not ws:
+                continue
+            w = sorted(ws, key=lambda r: r["maxrss_kib"])[len(ws) // 2]
+            pk = w["at_peak"]
+            pm, gl, tc = pk.get("pymalloc", {}), pk.get("glibc", {}), pk.get("tcalloc", {})
+            errs.update(d["error"] for d in (pm, gl) if "error" in d)
+            rows.append([name, m, f"{w['maxrss_kib']:,}", f"{pk['rss_kib']:,}",
+                         kib(pm.get("used_bytes")), kib(pm.get("free_in_used_pools_bytes")),
+                         kib(gl.get("used_bytes")), kib(gl.get("free_bytes")),
+                         kib(tc.get("bytes_in_use")), kib(tc.get("thread_cache_free_bytes")),
+                         kib(None if not tc else
+                             tc["central_free_bytes"] + tc["transfer_cache_free_bytes"]),
+                         kib(tc.get("page_heap_free_bytes"))])
+    out = ["--breakdown (KiB): the largest worker of the median round; what its allocators "
+           "held at the sample of its highest RSS (a thread reads it every 2 ms, so the "
+           "timings above are not measurements): pymalloc's blocks in use and the free bytes "
+           "of its used pools; glibc's in use and free (mallinfo2); tcalloc's bytes in use "
+           "and its free bytes by where they sit (central counts objects of a span not yet "
+           "carved, which are not resident)",
+           table(["benchmark", "mode", "peak RSS", "sampled", "pymalloc used", "pymalloc free",
+                  "glibc used", "glibc free", "tcalloc used", "thread cache", "central+transfer",
+                  "free pages"], rows, 14)]
+    out += [f"not read: {e}" for e in sorted(errs)]
     return "\n".join(out)
 
 
@@ -955,6 +1138,10 @@ def parse_args(argv):
     p.add_argument("--tcalloc-path", metavar="DIR",
                    help="put DIR first on the children's PYTHONPATH to import tcalloc from it "
                         "(default: this checkout if built in place, else the installed one)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="pyperf part: each worker also records, as it exits, what pymalloc "
+                        "holds (3.10 and 3.11) and where tcalloc's free memory sits, and "
+                        "a table shows them")
     p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
     a = p.parse_args(argv)
     for kv in a.tcalloc_env:
@@ -1028,6 +1215,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-interp-") as tmp:
         ctx = Ctx(a, tmp)
         ctx.tc_root, ctx.libs, ctx.modes = tc_root, libs, modes
+        ctx.breakdown = pymalloc_symbols() if a.breakdown else None
         if "pyperf" in a.parts:
             if versions["pyperf"] is None or versions["pyperformance"] is None:
                 data["pyperf_error"] = "pyperf and pyperformance are needed: pip install -e '.[bench]'"
