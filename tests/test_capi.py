@@ -289,3 +289,66 @@ def test_a_malloc_that_succeeds_leaves_errno_alone():
                                              os.environ.get("PYTHONPATH", "")))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[0, 0, 0, 0, 0, 0] True", r.stdout
+
+
+# Each scenario fails a first attempt inside the call (the hard limit says
+# no) and then succeeds: after _reclaim() flushed the blocks parked in the
+# thread cache (small and large), with the size itself after realloc's 25 %
+# more was refused, or with the block the cache had after a sampled block
+# found no room. errno must be what it was before the call.
+_ERRNO_AFTER_RETRY = r"""
+import sys
+import tcalloc
+import tct_components as comp
+KiB, MiB = 1 << 10, 1 << 20
+kind = sys.argv[1]
+tcalloc.set_release_rate(0)
+def committed():
+    s = tcalloc.stats()
+    return s["heap_bytes"] - s["page_heap_released_bytes"]
+def park():
+    # 2 MiB of 2 KiB blocks; the free pages given back to the OS; the last
+    # 256 blocks (32 whole spans) freed, which stay in this thread's cache
+    # and the transfer cache; then a hard limit at what is committed now:
+    # a new span can only come from the parked blocks, after the engine
+    # takes them back (_reclaim) and retries.
+    blocks = [comp.capi_call_errno("malloc", 2048)[0] for _ in range(1024)]
+    tcalloc.release_free_memory()
+    for b in blocks[-256:]:
+        comp.capi_call_errno("free", b)
+    s = tcalloc.stats()
+    assert s["page_heap_free_bytes"] == 0, s["page_heap_free_bytes"]
+    assert s["thread_cache_free_bytes"] + s["transfer_cache_free_bytes"] == 512 * KiB
+    tcalloc.set_memory_limit(committed(), hard=True)
+if kind == "small":
+    park()
+    p, e = comp.capi_call_errno("malloc", 5000)       # a class with no span yet
+elif kind == "large":
+    park()
+    p, e = comp.capi_call_errno("malloc", 300 * KiB)
+elif kind == "realloc":
+    q, _ = comp.capi_call_errno("malloc", 4 * MiB)
+    tcalloc.set_memory_limit(committed() + 4 * MiB + 600 * KiB, hard=True)
+    p, e = comp.capi_call_errno("realloc", q, 4 * MiB + 512 * KiB)
+else:
+    warm = [comp.capi_call_errno("malloc", 64)[0] for _ in range(200)]
+    for w in warm[100:]:
+        comp.capi_call_errno("free", w)
+    tcalloc.set_memory_limit(committed(), hard=True)
+    while comp.capi_call_errno("malloc", 24 * KiB)[0]:
+        pass
+    tcalloc.set_sample_rate(1)
+    p, e = comp.capi_call_errno("malloc", 64)
+print(bool(p), e)
+"""
+
+
+@pytest.mark.parametrize("kind", ["small", "large", "realloc", "sampled"])
+def test_a_call_that_succeeds_on_its_retry_leaves_errno_alone(kind):
+    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    r = subprocess.run([sys.executable, "-c", _ERRNO_AFTER_RETRY, kind], capture_output=True,
+                       text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=native + os.pathsep +
+                                os.environ.get("PYTHONPATH", "")))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True 0", (kind, r.stdout)

@@ -526,16 +526,20 @@ cdef void _sampler_drop(void *p) noexcept nogil:
     tc_spinlock_unlock(&g_sampler.lock)
 
 cdef void *_smp_sampled_block(uint64_t size) noexcept nogil:
-    """A page-backed block standing in for a sampled small one, recorded."""
+    """A page-backed block standing in for a sampled small one, recorded;
+    NULL (errno as it was: the caller hands out its block instead) when
+    there is no memory for it."""
     cdef int *busy = tc_smp_busy_p()
     cdef Span *s
     cdef void *q
+    cdef int err = tc_get_errno()
     busy[0] = 1
     s = _alloc_large_span(size, 1)
     q = <void *>span_addr(s) if s != NULL else NULL
     if q != NULL:
         _smp_record(q, size)
     busy[0] = 0
+    tc_set_errno(err)
     return q
 
 cdef void *_sample_small(void *p, size_t size) noexcept nogil:
@@ -577,10 +581,13 @@ cdef void *_sample_small_uncached(void *p, size_t size) noexcept nogil:
 
 cdef void _sample_large(void *p, uint64_t nbytes) noexcept nogil:
     """A large block was made: sample it by the per-thread byte clock."""
+    cdef int err
     if _smp_tick_bytes(nbytes):
+        err = tc_get_errno()        # the record's stack walk and arrays are not the caller's
         tc_smp_busy_p()[0] = 1
         _smp_record(p, nbytes)
         tc_smp_busy_p()[0] = 0
+        tc_set_errno(err)
 
 cdef void _sampler_restart_caches(uint64_t rate) noexcept nogil:
     """Make every live cache's next allocation draw its clock afresh (see

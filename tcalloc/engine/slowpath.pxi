@@ -39,11 +39,14 @@ cdef void *_malloc_small_slow(uint32_t cl, size_t size) noexcept nogil:
     the thread has no cache yet."""
     cdef ThreadCache *tc = <ThreadCache *>tc_tls_owner()
     cdef void *p = NULL
+    cdef int err = tc_get_errno()   # a malloc that succeeds leaves errno alone: a
+                                    # refill the OS or a limit refused set it
     if g_debug:
         p = _debug_malloc_small(cl)
         if p == NULL:
             tc_set_errno(ENOMEM)
             return p
+        tc_set_errno(err)
         return sampler_tick_slow(NULL, p, size)
     if tc == NULL and not tc_tls_exiting():
         tc = _cache_for_thread()
@@ -60,6 +63,7 @@ cdef void *_malloc_small_slow(uint32_t cl, size_t size) noexcept nogil:
     if p == NULL:
         tc_set_errno(ENOMEM)
         return p
+    tc_set_errno(err)
     return sampler_tick_slow(tc, p, size)
 
 cdef void _reclaim() noexcept nogil:
@@ -75,6 +79,7 @@ cdef void _reclaim() noexcept nogil:
 cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     cdef Span *s
     cdef size_t npages
+    cdef int err = tc_get_errno()   # kept on success, as in _malloc_small_slow
     _bg_poll()
     if size > kMaxAllocBytes:
         tc_set_errno(ENOMEM)
@@ -89,6 +94,7 @@ cdef Span *_alloc_large_span(size_t size, size_t align_pages) noexcept nogil:
     if s == NULL:
         tc_set_errno(ENOMEM)
     else:
+        tc_set_errno(err)
         threadcache_note_out(&g_registry, 0)     # the peak of bytes allocated
     return s
 
@@ -265,6 +271,7 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     cdef uint32_t cl
     cdef Span *s
     cdef void *q
+    cdef int err
     if ptr == NULL:
         return _malloc(size)
     if size == 0:
@@ -295,11 +302,13 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     # free, and the one it leaves goes back to the page heap, where it
     # merges and any size reuses it.
     span = size > old and want >= kReallocSpanFrom
+    err = tc_get_errno()
     q = _malloc_large(want, 1) if span else _malloc(want)
     if q == NULL and want != size:
         q = _malloc_large(size, 1) if span else _malloc(size)
     if q == NULL:
         return NULL       # the old block is untouched, as C requires
+    tc_set_errno(err)     # the 25 % more may have failed before the size itself did not
     if cl == 0 and size > old and old >= kMoveReleaseMin and not g_debug:
         _move_large(<char *>q, <char *>ptr, s)
         return q

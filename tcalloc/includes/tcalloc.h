@@ -10,7 +10,8 @@
  *
  * Every entry point behaves as its C standard namesake: malloc(0) returns a
  * unique non-NULL pointer, free(NULL) does nothing, failure returns NULL with
- * errno = ENOMEM, calloc checks nmemb*size for overflow, aligned_alloc takes a
+ * errno = ENOMEM and a call that succeeds leaves errno as it was (also when an
+ * attempt inside it failed first), calloc checks nmemb*size for overflow, aligned_alloc takes a
  * power-of-two alignment (EINVAL otherwise). free() of a pointer that is not on
  * tcalloc's heap, of a pointer inside a large block, or of a large block already
  * freed aborts the process with a message naming the pointer, as does a double
