@@ -31,6 +31,7 @@ cdef struct EngineStats:
 cdef struct ClassStats:
     uint64_t mallocs
     uint64_t frees
+    uint64_t in_use                   # mallocs - frees, or 0 (see _collect)
     uint64_t spans
     uint64_t span_bytes
     uint64_t central_objects
@@ -59,8 +60,10 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
     tc = g_registry.caches
     while tc != NULL:
         for cl in range(1, n):
-            cs[cl].mallocs += freelist_mallocs_snapshot(&tc.lists[cl])
+            # Frees first: a malloc+free pair the owner makes between the
+            # two reads then counts as one block out, not one free too many.
             cs[cl].frees += freelist_frees_snapshot(&tc.lists[cl])
+            cs[cl].mallocs += freelist_mallocs_snapshot(&tc.lists[cl])
         st.thread_cache_free += threadcache_bytes(tc)
         st.tc_fetches += tc_load_u64(&tc.fetches)
         st.tc_overflows += tc_load_u64(&tc.overflows)
@@ -83,7 +86,12 @@ cdef void _collect(EngineStats *st, ClassStats *cs) noexcept nogil:
         cs[cl].central_objects = g_central[cl].free_objects
         cs[cl].total_objects = g_central[cl].total_objects
         tc_spinlock_unlock(&g_central[cl].lock)
-        st.small_in_use += (cs[cl].mallocs - cs[cl].frees) * size
+        # The lists are read one after another while their owners run, so a
+        # block handed from one thread to another can be counted freed but
+        # not yet allocated: the difference may then come out below zero,
+        # which unsigned arithmetic would turn into 16 EiB.
+        cs[cl].in_use = cs[cl].mallocs - cs[cl].frees if cs[cl].mallocs > cs[cl].frees else 0
+        st.small_in_use += cs[cl].in_use * size
         st.transfer_free += cs[cl].transfer_objects * size
         st.central_free += cs[cl].central_objects * size
         st.span_overhead += cs[cl].span_bytes - cs[cl].total_objects * size
@@ -146,7 +154,7 @@ def stats():
             "class": cl, "size": size, "pages": g_sizemap.class_to_pages[cl],
             "batch": g_sizemap.num_objects_to_move[cl],
             "objects_per_span": g_sizemap.objects_per_span[cl],
-            "objects_in_use": cs[cl].mallocs - cs[cl].frees,
+            "objects_in_use": cs[cl].in_use,
             "mallocs": cs[cl].mallocs, "frees": cs[cl].frees, "spans": cs[cl].spans,
             "central_free_objects": cs[cl].central_objects,
             "transfer_free_objects": cs[cl].transfer_objects,

@@ -19,6 +19,7 @@ from libc.stdlib cimport calloc as libc_calloc, free as libc_free
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from tcalloc.common cimport *
+from tcalloc.capi cimport TcallocExtAPI, TcallocExtAPI_Import
 
 # A private copy of every component, compiled from the engine's own parts.
 include "span.pxi"
@@ -1206,6 +1207,50 @@ cdef void *_central_worker(void *arg) noexcept nogil:
 
 cdef TcallocCAPI *_api() except NULL:
     return h_tcalloc_api()
+
+cdef struct ChurnShared:
+    TcallocCAPI *api
+    size_t size
+    int stop
+
+cdef void *_churn_main(void *arg) noexcept nogil:
+    cdef ChurnShared *sh = <ChurnShared *>arg
+    cdef char *p
+    while not tct_load_int(&sh.stop):
+        p = <char *>sh.api.malloc(sh.size)
+        if p != NULL:
+            p[0] = 1
+            sh.api.free(p)
+    return NULL
+
+def ext_bytes_in_use_while_churning(size_t size, long polls):
+    """Read TcallocExtAPI.bytes_in_use() `polls` times while a native thread
+    mallocs and frees one block of `size` in a loop. Returns every reading
+    above 2**48 (more than tcalloc can map): a figure that wrapped."""
+    cdef TcallocCAPI *api = _api()
+    cdef TcallocExtAPI *ext = TcallocExtAPI_Import()
+    cdef ChurnShared sh
+    cdef pthread_t th
+    cdef long i, nbad = 0
+    cdef size_t v
+    cdef size_t bad[16]
+    sh.api = api
+    sh.size = size
+    sh.stop = 0
+    with nogil:
+        if pthread_create(&th, NULL, _churn_main, &sh) != 0:
+            nbad = -1
+        else:
+            for i in range(polls):
+                v = ext.bytes_in_use()
+                if v > (<size_t>1 << 48) and nbad < 16:
+                    bad[nbad] = v
+                    nbad += 1
+            tct_store_int(&sh.stop, 1)
+            pthread_join(th, NULL)
+    if nbad < 0:
+        raise RuntimeError("pthread_create failed")
+    return [bad[i] for i in range(nbad)]
 
 def capi_call_errno(str fn, a=0, b=0):
     """Call one C API function with errno cleared first: (result, errno).
