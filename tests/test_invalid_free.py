@@ -103,6 +103,9 @@ def assert_aborted_naming_pointer(proc, case):
     # "invalid pointer")
     if case.startswith("double_free"):
         assert "double free" in proc.stderr, proc.stderr
+    # a pointer on tcalloc's heap is not called foreign
+    foreign = case in ("stack", "static", "libc_malloc") or case.endswith("_libc")
+    assert ("not allocated by tcalloc" in proc.stderr) == foreign, proc.stderr
     for call in ("realloc", "usable_size"):
         if case.startswith(call):
             assert "tcalloc: fatal: %s(): " % call in proc.stderr, proc.stderr

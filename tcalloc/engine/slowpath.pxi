@@ -132,14 +132,15 @@ cdef void _fatal_bad_pointer(const void *p, int op) noexcept nogil:
     pages of a free span may map to a recycled Span struct (only a free
     span's end pages are kept exact), so "already free" is said only when
     the span found is free and covers p's page; anything else is an invalid
-    pointer."""
+    pointer. A page of the heap with no span (inside a large block, or
+    inside free pages) is tcalloc's all the same: not "not allocated"."""
     cdef uintptr_t page = <uintptr_t>p >> kPageShift
     cdef Span *s = pagemap_span(&g_heap.pagemap, page)
-    if s == NULL:
+    if s == NULL and not pagemap_is_heap(&g_heap.pagemap, page):
         tc_fatal_ptr(_op_msg(op, "free(): invalid pointer (not allocated by tcalloc)",
                              "realloc(): invalid pointer (not allocated by tcalloc)",
                              "usable_size(): invalid pointer (not allocated by tcalloc)"), p)
-    if s.location != SPAN_IN_USE and s.start <= page < s.start + s.npages:
+    if s != NULL and s.location != SPAN_IN_USE and s.start <= page < s.start + s.npages:
         tc_fatal_ptr(_op_msg(op, "double free detected (free(): the block's pages are already free)",
                              "realloc(): block already freed (its pages are free)",
                              "usable_size(): block already freed (its pages are free)"), p)
