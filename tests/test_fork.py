@@ -58,7 +58,7 @@ def test_50_native_forks_while_four_threads_allocate():
     # configuration leaves about one child in five deadlocked (measured
     # against an engine built without pthread_atfork), so 50 clean forks
     # are a real test. The child exercises every size class, large and
-    # aligned blocks and a new thread (see _test_native.child_exercise) and
+    # aligned blocks and a new thread (see tct_native.child_exercise) and
     # must exit 0 within 20 s, else it is killed and counted as hung.
     proc = run_py("""
         import json, tcalloc
