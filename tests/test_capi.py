@@ -294,8 +294,10 @@ def test_a_malloc_that_succeeds_leaves_errno_alone():
 # Each scenario fails a first attempt inside the call (the hard limit says
 # no) and then succeeds: after _reclaim() flushed the blocks parked in the
 # thread cache (small and large), with the size itself after realloc's 25 %
-# more was refused, or with the block the cache had after a sampled block
-# found no room. errno must be what it was before the call.
+# more was refused, with the block the cache had after a sampled block
+# found no room, or (shrink) a realloc to a smaller class with no room
+# left for the smaller block, which keeps the block it has, like glibc's.
+# errno must be what it was before the call.
 _ERRNO_AFTER_RETRY = r"""
 import sys
 import tcalloc
@@ -326,6 +328,17 @@ if kind == "small":
 elif kind == "large":
     park()
     p, e = comp.capi_call_errno("malloc", 300 * KiB)
+elif kind == "shrink":
+    q, _ = comp.capi_call_errno("malloc", 64 * KiB)
+    comp.capi_call_errno("free", comp.capi_call_errno("malloc", 1000)[0])
+    tcalloc.set_memory_limit(committed(), hard=True)
+    while comp.capi_call_errno("malloc", 24 * KiB)[0]:
+        pass
+    n = 0
+    while comp.capi_call_errno("malloc", 1000)[0]:     # the 1 KiB class's blocks too
+        n += 1
+    p, e = comp.capi_call_errno("realloc", q, 1000)    # to 1 KiB: another class
+    p = p == q
 elif kind == "realloc":
     q, _ = comp.capi_call_errno("malloc", 4 * MiB)
     tcalloc.set_memory_limit(committed() + 4 * MiB + 600 * KiB, hard=True)
@@ -343,7 +356,7 @@ print(bool(p), e)
 """
 
 
-@pytest.mark.parametrize("kind", ["small", "large", "realloc", "sampled"])
+@pytest.mark.parametrize("kind", ["small", "large", "realloc", "shrink", "sampled"])
 def test_a_call_that_succeeds_on_its_retry_leaves_errno_alone(kind):
     native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
     r = subprocess.run([sys.executable, "-c", _ERRNO_AFTER_RETRY, kind], capture_output=True,

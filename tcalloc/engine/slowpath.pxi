@@ -308,6 +308,11 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     if q == NULL and want != size:
         q = _malloc_large(size, 1) if span else _malloc(size)
     if q == NULL:
+        if size <= old:
+            # A shrink that found no room for the smaller block keeps the
+            # one it has, which is big enough: shrinking never fails.
+            tc_set_errno(err)
+            return ptr
         return NULL       # the old block is untouched, as C requires
     tc_set_errno(err)     # the 25 % more may have failed before the size itself did not
     if cl == 0 and size > old and old >= kMoveReleaseMin and not g_debug:
