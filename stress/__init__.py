@@ -17,20 +17,24 @@ progresses). Usage errors exit 2.
     {"version": 1,
      "command": [...argv...],
      "machine": {"cpus", "platform", "python"},
-     "config": {"workloads", "backends", "threads", "duration_s", "ops",
-                "min_size", "max_size", "seed", "isolate"},
+     "config": {"workloads", "backends", "threads", "duration_s" (seconds
+                per run: 2.0 for a soak's without --duration or --quick),
+                "ops", "min_size", "max_size", "seed", "isolate"},
      "peers": {"found": {name: library path}, "missing": [names]},
      "runs": [RUN, ...],
      "failures": number of runs that are not ok,
      "interrupted": true when Ctrl-C ended the suite early (then the runs
                     done so far are reported and written, and the lab dies
                     by SIGINT, as python does),
-     "soak": {...} (only with --soak)}
+     "soak": {...} (only with --soak; "hung": true when a hung run ended
+              it: that run is in "runs", failed, and the lab exits 1)}
 
 where each RUN has: workload, backend, where ("in-process" or "child"),
-library, threads, ops, allocs, frees, reallocs, bytes, corrupt, lost,
+library, threads (as asked), threads_run (as run: xmalloc and prodcons
+round an odd count up), ops, allocs, frees, reallocs, bytes, corrupt, lost,
 misaligned, failed, elapsed_s, throughput_ops_s, ratio_to_tcalloc (None
-without a tcalloc run of the same workload and threads), per_thread (per
+without a tcalloc run of the same workload, threads and soak pass), pass
+(soak only), per_thread (per
 worker: ops, allocs, frees, corrupt, cpu_user_s, cpu_system_s,
 ctx_voluntary, ctx_involuntary), cpu_user_s, cpu_system_s, ctx_voluntary,
 ctx_involuntary, minor_faults, major_faults (all threads), minor_faults_per_kop

@@ -13,10 +13,13 @@ Verification: right after every allocation the whole block is filled with a
 pattern derived from a key that is unique to that allocation (owner thread,
 sequence number, run seed, block address and size), 64-bit words plus the
 tail bytes, so every byte is covered. The whole block is checked before it is
-freed or reallocated, and after realloc the copied prefix is checked against
-the old key. A block handed to two owners is rewritten by the second with a
-different key, so the first owner's check fails: it shows as a corrupt block,
-it cannot pass silently.
+freed or reallocated (cache-thrash and cache-scratch, which rewrite a block
+over and over, check it as they rewrite it too), and after realloc the
+copied prefix is checked against the old key. A block handed to two owners
+is rewritten by the second with a different key, so the first owner's next
+check fails: it shows as a corrupt block. Only owners whose uses do not
+overlap (one's last check before the other's first fill) leave nothing to
+see.
 
 Sections: declarations - helpers (sizes, sleep) - block operations -
 workloads - driver - Python API. The PRNG, the block pattern, the allocator
@@ -94,6 +97,7 @@ cdef enum:
     WL_MAX_THREADS = 256
     WL_PROGRESS_EVERY = 256     # ops between updates of the shared progress counter,
     WL_PROGRESS_BYTES = 16 << 20  # or bytes: 256 ops of 1 GiB blocks take minutes
+    WL_CLOCK_BYTES = 1 << 20    # duration mode: bytes written between clock reads, at most
     WL_LIVE_SLACK = 1 << 20     # bytes a thread's live-meter change may wait before it is added
     WL_BATCH = 32               # xmalloc: blocks per batch handed producer -> consumer
     WL_RING = 1024              # prodcons: ring capacity (power of two)
@@ -158,6 +162,7 @@ cdef struct wl_worker:
     uint64_t rng
     uint64_t seq
     uint64_t tick
+    uint64_t unclocked    # bytes written since the clock was last read (duration mode)
     uint64_t unreported   # ops not yet added to the progress counter
     uint64_t unreported_bytes  # and the bytes they allocated
     int64_t live_delta    # bytes allocated minus freed, not yet added to the live meter
@@ -252,6 +257,7 @@ cdef inline void wl_count_op(wl_worker *w, size_t n) noexcept nogil:
     w.c.bytes += n
     w.unreported += 1
     w.unreported_bytes += n
+    w.unclocked += n
     if w.unreported >= WL_PROGRESS_EVERY or w.unreported_bytes >= WL_PROGRESS_BYTES:
         if w.sh.progress != NULL:
             tc_atomic_add_u64(w.sh.progress, w.unreported)
@@ -313,10 +319,34 @@ cdef void wl_release(wl_worker *w, wl_block *b) noexcept nogil:
         return
     if not h_check(b.p, b.n, b.key):
         w.c.corrupt += 1
+    wl_free_block(w, b)
+
+cdef void wl_free_block(wl_worker *w, wl_block *b) noexcept nogil:
+    # Free without the check: for a block already checked (and counted).
     w.sh.a.free(b.p)
     b.p = NULL
     w.c.frees += 1
     wl_note_live(w, -<int64_t>b.n)
+
+cdef bint wl_check_refill(char *p, size_t n, uint64_t key, uint64_t new_key) noexcept nogil:
+    # h_check(p, n, key) and h_fill(p, n, new_key) in one pass, word by word:
+    # a second owner's write is erased unseen only if it lands between the
+    # read and the rewrite of that word, not anywhere between a whole-block
+    # check and a whole-block fill (a wide window for a preempted thread).
+    cdef size_t nw = n >> 3, i
+    cdef uint64_t v = key, u = new_key, x, diff = 0
+    for i in range(nw):
+        memcpy(&x, p + (i << 3), 8)
+        diff |= x ^ v
+        memcpy(p + (i << 3), &u, 8)
+        v += <uint64_t>0x9e3779b97f4a7c15ULL
+        u += <uint64_t>0x9e3779b97f4a7c15ULL
+    if n & 7:
+        x = 0
+        memcpy(&x, p + (nw << 3), n & 7)
+        diff |= (x ^ v) & ((<uint64_t>1 << ((n & 7) * 8)) - 1)
+        memcpy(p + (nw << 3), &u, n & 7)
+    return diff == 0
 
 cdef void wl_resize(wl_worker *w, wl_block *b, size_t m) noexcept nogil:
     cdef char *q
@@ -338,18 +368,27 @@ cdef void wl_resize(wl_worker *w, wl_block *b, size_t m) noexcept nogil:
     w.c.reallocs += 1
     wl_count_op(w, m)
 
+cdef inline bint wl_out_of_time(wl_worker *w) noexcept nogil:
+    # Duration mode: read the clock once w.unclocked says enough was written.
+    if w.unclocked >= WL_CLOCK_BYTES:
+        w.unclocked = 0
+        if tc_now_ns() >= w.sh.deadline_ns:
+            w.expired = 1
+    return w.expired
+
 cdef inline bint wl_more(wl_worker *w) noexcept nogil:
-    # Whether this worker should do another operation.
+    # Whether this worker should do another operation. The clock is read
+    # every 16 operations, or sooner by bytes written: 16 operations on
+    # blocks of a GiB take minutes, past the hang watchdog's limit.
     cdef wl_shared *sh = w.sh
     if sh.ops:
         return w.c.ops < sh.ops
     if w.expired:
         return False
     w.tick += 1
-    if (w.tick & 15) == 0 and tc_now_ns() >= sh.deadline_ns:
-        w.expired = 1
-        return False
-    return True
+    if (w.tick & 15) == 0:
+        w.unclocked = WL_CLOCK_BYTES
+    return not wl_out_of_time(w)
 
 cdef void wl_release_array(wl_worker *w, wl_block *arr, int n) noexcept nogil:
     cdef int i
@@ -479,17 +518,33 @@ cdef void prodcons_consumer(wl_worker *w) noexcept nogil:
 
 cdef void thrash_loop(wl_worker *w) noexcept nogil:
     # Small objects written over and over: if the allocator puts two threads'
-    # objects on one cache line, the line bounces between the cores.
+    # objects on one cache line, the line bounces between the cores. Each
+    # rewrite checks the block as it goes (wl_check_refill): a rewrite
+    # erases what a second owner wrote, so a check before the free alone let
+    # such a block pass. A bad block counts once. In duration mode the
+    # rewrites stop at the deadline: one operation on a GiB block is seconds
+    # of rewrites.
     cdef wl_shared *sh = w.sh
     cdef wl_block b
     cdef int k
+    cdef bint bad
     while wl_more(w):
         if not wl_alloc(w, &b, wl_size(&w.rng, sh.min_size, sh.max_size), False):
             continue
+        bad = False
         for k in range(sh.writes):
+            if not wl_check_refill(b.p, b.n, b.key, b.key + 1):
+                bad = True
+                break
             b.key += 1
-            h_fill(b.p, b.n, b.key)
-        wl_release(w, &b)
+            w.unclocked += b.n
+            if not sh.ops and wl_out_of_time(w):
+                break
+        if bad:
+            w.c.corrupt += 1
+            wl_free_block(w, &b)
+        else:
+            wl_release(w, &b)
 
 cdef void scratch_worker(wl_worker *w) noexcept nogil:
     # Passive false sharing: free the object the driver allocated for this
@@ -547,16 +602,24 @@ cdef void mixed_worker(wl_worker *w) noexcept nogil:
                 m = b.n + b.n // 2 + 1 + <size_t>((r >> 44) % (b.n + 1))
                 if m > sh.max_size:
                     m = sh.min_size + (b.n >> 3)
+                    if m > sh.max_size:     # min_size above 7/8 of max_size
+                        m = sh.max_size
             wl_resize(w, b, m)
 
 cdef void fork_worker(wl_worker *w) noexcept nogil:
-    # Keep allocating and freeing until the driver has done its forks (and
-    # the run's own ops or time are used up), so every fork happens mid-load.
+    # Duration mode: keep allocating and freeing until the driver has done
+    # its forks and the time is up, so every fork happens mid-load. Ops mode:
+    # exactly sh.ops operations, then wait for the forks holding the blocks
+    # (more operations would be more than asked for, and their progress
+    # would hide a fork() that never returns from the hang watchdog).
     cdef wl_shared *sh = w.sh
     cdef wl_block *arr = w.local
     cdef wl_block *b
     cdef uint64_t r
     while not (wl_load_acq_int(&sh.fork_done) and not wl_more(w)):
+        if sh.ops and w.c.ops >= sh.ops:
+            wl_sleep_ns(200000)
+            continue
         r = h_rand(&w.rng)
         b = &arr[r % <uint64_t>sh.slots]
         wl_release(w, b)
@@ -595,6 +658,12 @@ cdef void fork_driver(wl_shared *sh) noexcept nogil:
     memset(inherited, 0, sizeof(inherited))
     start = tc_now_ns()
     while True:
+        # Each fork seen through is progress for the hang watchdog: in ops
+        # mode the workers may be done and waiting, and a child killed after
+        # child_timeout is not a hung run. A fork() that never returns adds
+        # nothing: that run is hung.
+        if sh.forks and sh.progress != NULL:
+            tc_atomic_add_u64(sh.progress, 1)
         if sh.forks_wanted:
             if sh.forks >= sh.forks_wanted:
                 break
@@ -930,8 +999,9 @@ _PARAMS = {"slots", "writes", "survivors", "round_ops", "forks", "fork_interval_
 
 
 cdef class Progress:
-    """A counter the workers add their operations to while a run is going;
-    read ``ops`` from another Python thread to show progress."""
+    """A counter the workers add their operations to while a run is going
+    (and fork's driver one per fork done); read ``ops`` from another Python
+    thread to show progress."""
     cdef uint64_t count
     cdef uint64_t live
 
@@ -955,9 +1025,11 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
                "tcalloc.stress.allocator" capsule holding a tc_allocator_t *
     threads    worker threads (xmalloc and prodcons round up to an even number)
     ops        operations per worker thread (an operation = a malloc, calloc or
-               realloc that produced a block); or
+               realloc that produced a block; fork's workers then wait for
+               the forks, holding their blocks); or
     duration   seconds to run (exactly one of ops/duration)
     min_size, max_size, and the workload's own parameters: see DEFAULTS.
+    seed       0 <= seed < 2**64
 
     Returns a dict: ops, allocs, frees, reallocs, bytes, corrupt, lost,
     misaligned, failed, elapsed_ns, threads, per_thread (list of dicts), and
@@ -992,6 +1064,8 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
         raise ValueError("ops and duration must be positive")
     if not 1 <= threads <= WL_MAX_THREADS:
         raise ValueError("threads must be between 1 and %d" % WL_MAX_THREADS)
+    if not 0 <= int(seed) < 1 << 64:
+        raise ValueError("seed must be >= 0 and < 2**64, not %r" % (seed,))
     if workload in ("xmalloc", "prodcons"):
         threads = max(2, threads + (threads & 1))
         if threads > WL_MAX_THREADS:
@@ -1017,7 +1091,7 @@ def run(str workload, allocator="system", int threads=2, ops=0, duration=0.0,
     sh.duration_ns = <uint64_t>(duration * 1e9)
     sh.min_size = lo
     sh.max_size = hi
-    sh.seed = <uint64_t>(int(seed) & 0xffffffffffffffff)
+    sh.seed = <uint64_t>int(seed)
     sh.slots = int(cfg.get("slots", 1))
     sh.writes = int(cfg.get("writes", 1))
     sh.survivors = int(cfg.get("survivors", 0))

@@ -14,6 +14,7 @@ from .report import ProgressLine, add_ratios, fmt_mib, fmt_rate, plot, profile_l
 BACKENDS = ("tcalloc", "system") + tuple(PEERS)
 DEFAULT_DURATION = 1.5      # seconds per run: 8 workloads x 5 backends ~ 75 s on 2 cores
 QUICK_DURATION = 0.25
+SOAK_DURATION = 2.0         # seconds per run of a soak without --duration or --quick
 MAX_SIZE_LIMIT = 1 << 30
 
 
@@ -72,6 +73,18 @@ def _positive(kind, most):
     return parse
 
 
+def _seed(text):
+    # The workloads' PRNG seed is 64 bits: a value outside would wrap onto
+    # another seed's runs.
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % text)
+    if not 0 <= v < 1 << 64:
+        raise argparse.ArgumentTypeError("must be >= 0 and < 2**64, not %s" % text)
+    return v
+
+
 WORKLOAD_NAMES = ("larson", "xmalloc", "prodcons", "cache-thrash", "cache-scratch",
                   "churn", "mixed", "fork")
 
@@ -91,25 +104,32 @@ def build_parser(prog=None):
                    help="comma list of: %s (default: tcalloc, system and every peer found)"
                    % ", ".join(BACKENDS))
     p.add_argument("--threads", type=_threads, default=[2], metavar="N[,N...]",
-                   help="worker thread counts (default 2)")
+                   help="worker thread counts (default 2); xmalloc and prodcons run "
+                        "producer/consumer pairs, so they round an odd count up (shown as "
+                        "'1 (ran 2)')")
+    # One way to set the length of the runs: --quick with --duration or --ops
+    # was silently ignored.
     g = p.add_mutually_exclusive_group()
     g.add_argument("--duration", type=_positive(float, 86400), default=None, metavar="SECONDS",
-                   help="seconds per run (default %.1f, --quick %.2f)" % (DEFAULT_DURATION, QUICK_DURATION))
+                   help="seconds per run (default %.1f, with --soak %.1f)"
+                        % (DEFAULT_DURATION, SOAK_DURATION))
     g.add_argument("--ops", type=_positive(int, 10 ** 12), default=None, metavar="N",
-                   help="operations per worker thread instead of a duration (no time "
+                   help="operations per worker thread instead of a duration (fork's "
+                        "workers then wait for its forks, holding their blocks; no time "
                         "limit: a run is hung only once it makes no progress for 60 s)")
     p.add_argument("--min-size", type=_size, default=None, metavar="BYTES",
                    help="smallest block (default: per workload, e.g. 8 for mixed)")
     p.add_argument("--max-size", type=_size, default=None, metavar="BYTES",
                    help="largest block (default: per workload, e.g. 4M for mixed)")
-    p.add_argument("--seed", type=int, default=1, help="PRNG seed (default 1)")
+    p.add_argument("--seed", type=_seed, default=1, help="PRNG seed, 0 to 2**64-1 (default 1)")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw throughput against threads and RSS over time (needs matplotlib)")
     p.add_argument("--soak", type=_positive(float, 7 * 24 * 60), default=None, metavar="MINUTES",
                    help="long run on tcalloc (or --backends): report corrupt blocks and whether "
                         "RSS stays flat once warm")
-    p.add_argument("--quick", action="store_true", help="short runs (%.2f s each)" % QUICK_DURATION)
+    g.add_argument("--quick", action="store_true",
+                   help="short runs (%.2f s each, with --soak too)" % QUICK_DURATION)
     p.add_argument("--isolate", action="store_true",
                    help="run tcalloc and system in child processes too (fresh heap per run)")
     p.add_argument("--list", action="store_true", help="list workloads and peers, then exit")
@@ -154,8 +174,20 @@ def _check_args(p, a, found, missing):
         p.error("--soak runs for a time; use --duration for the length of each run, not --ops")
 
 
+def _run_duration(a):
+    """Seconds per run (None: runs of --ops), the one figure the runs, the
+    soak's header and the JSON config all use."""
+    if a.ops:
+        return None
+    if a.duration:
+        return a.duration
+    if a.quick:
+        return QUICK_DURATION
+    return SOAK_DURATION if a.soak is not None else DEFAULT_DURATION
+
+
 def _specs(a, backends):
-    dur = None if a.ops else (a.duration or (QUICK_DURATION if a.quick else DEFAULT_DURATION))
+    dur = _run_duration(a)
     for w in a.workloads:
         for t in a.threads:
             for b in backends:
@@ -220,25 +252,38 @@ def _soak(a, backends, found, progress, out):
     in the second half of the passes must stay within max(8 MiB, 10 %) of
     its peak in the first half (_heap_verdict). Process RSS is reported, not
     judged."""
+    from .runner import RunHung, finish
     minutes = a.soak
-    per_run = a.duration or 2.0
+    per_run = _run_duration(a)
     end = time.monotonic() + minutes * 60.0
     specs = list(_specs(a, backends))
-    for s in specs:
-        s["duration"] = per_run
     runs, passes = [], 0
     heaps, rsss = [], []
-    print("soak: %.1f min, %d runs per pass of %.1f s each, backends %s"
+    print("soak: %.1f min, %d runs per pass of %g s each, backends %s"
           % (minutes, len(specs), per_run, ", ".join(backends)), file=out)
-    interrupted = False
+    interrupted = hung = False
     pass_runs = []
     try:
         while time.monotonic() < end or passes == 0:
             for s in specs:
-                rec = _run_spec(dict(s, seed=a.seed + passes), found, a.isolate, progress)
+                try:
+                    rec = _run_spec(dict(s, seed=(a.seed + passes) % (1 << 64)), found, a.isolate,
+                                    progress)
+                except RunHung as e:
+                    # Its threads are stuck in this process: the soak ends
+                    # here, and is reported like an interrupted one.
+                    progress.done("  HUNG: %s" % e)
+                    print("soak: HUNG during pass %d: %s" % (passes, e), file=out)
+                    rec = finish(dict(workload=s["workload"], backend=s["backend"],
+                                      threads=s["threads"], error="hung: %s" % e))
+                    hung = True
                 rec["pass"] = passes
                 pass_runs.append(rec)
+                if hung:
+                    break
                 _run_line(progress, s, rec)
+            if hung:
+                break
             heap = max([r["tc_committed"] for r in pass_runs if "tc_committed" in r] or [0])
             rss = max(r.get("rss_peak") or 0 for r in pass_runs)
             # One assignment: a Ctrl-C lands before or after it, never
@@ -259,13 +304,15 @@ def _soak(a, backends, found, progress, out):
         # Ctrl-C: the passes done are judged and reported; the runs of the
         # unfinished pass are reported, not judged.
         progress.done("  interrupted during pass %d: its runs are not judged" % passes)
-        runs += pass_runs
         interrupted = True
+    # The runs of a pass cut short (Ctrl-C, a hung run) are reported, not judged.
+    runs += pass_runs
     judged = any("tc_committed" in r for r in runs)
     warm_heap, later_heap, slack, flat = _heap_verdict(heaps)
     leaked = sum(r.get("tc_in_use_delta", 0) for r in runs)
     warm_rss, later_rss = _halves(rsss)
     verdict = dict(minutes=minutes, passes=passes, runs=len(runs), interrupted=interrupted,
+                   hung=hung,
                    corrupt=sum(r.get("corrupt", 0) for r in runs),
                    lost=sum(r.get("lost", 0) for r in runs),
                    failed_runs=sum(not r["ok"] for r in runs),
@@ -321,14 +368,8 @@ def main(argv=None, out=None, prog=None):
     hung = False
     interrupted = False
     if a.soak is not None:
-        from .runner import RunHung
-        try:
-            runs, soak = _soak(a, backends, found, progress, out)
-        except RunHung as e:
-            print("soak: HUNG: %s" % e, file=out)
-            out.flush()
-            os._exit(1)
-        interrupted = soak["interrupted"]
+        runs, soak = _soak(a, backends, found, progress, out)
+        interrupted, hung = soak["interrupted"], soak["hung"]
     else:
         specs = list(_specs(a, backends))
         dur = specs[0]["duration"] if specs else None
@@ -379,8 +420,7 @@ def main(argv=None, out=None, prog=None):
                    machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
                                 python=platform.python_version()),
                    config=dict(workloads=a.workloads, backends=backends, threads=a.threads,
-                               duration_s=None if a.ops else (a.duration or (
-                                   QUICK_DURATION if a.quick else DEFAULT_DURATION)),
+                               duration_s=_run_duration(a),
                                ops=a.ops, min_size=a.min_size, max_size=a.max_size,
                                seed=a.seed, isolate=a.isolate),
                    peers=dict(found=found, missing=missing),

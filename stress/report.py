@@ -63,11 +63,23 @@ def hottest(rec):
     return "%s %.1f%%" % (h["name"], 100.0 * h["wait_share_threads"])
 
 
+def _ratio_key(r):
+    # The threads asked for (two xmalloc runs asked for 1 and 2 both run 2)
+    # and the soak pass: each run is compared with tcalloc's of its own row.
+    return r["workload"], r["threads"], r.get("pass")
+
+
+def threads_text(r):
+    """The thread count asked for, and how many ran when that differs."""
+    ran = r.get("threads_run")
+    return str(r["threads"]) if ran in (None, r["threads"]) else "%d (ran %d)" % (r["threads"], ran)
+
+
 def add_ratios(runs):
-    base = {(r["workload"], r["threads"]): r.get("throughput_ops_s")
+    base = {_ratio_key(r): r.get("throughput_ops_s")
             for r in runs if r["backend"] == "tcalloc" and r.get("throughput_ops_s")}
     for r in runs:
-        b = base.get((r["workload"], r["threads"]))
+        b = base.get(_ratio_key(r))
         t = r.get("throughput_ops_s")
         r["ratio_to_tcalloc"] = (t / b) if (b and t is not None) else None
 
@@ -79,7 +91,7 @@ def summary_table(runs):
     for r in runs:
         ratio = r.get("ratio_to_tcalloc")
         growth = (r["rss_peak"] - r["rss_start"]) if r.get("rss_peak") is not None else None
-        rows.append((r["workload"], r["backend"], str(r["threads"]),
+        rows.append((r["workload"], r["backend"], threads_text(r),
                      fmt_rate(r.get("throughput_ops_s")),
                      "-" if ratio is None else "%.2fx" % ratio,
                      fmt_mib(r.get("rss_peak")), fmt_mib(growth),
@@ -100,7 +112,7 @@ def summary_table(runs):
 
 def profile_lines(r):
     """The contention profile of one run, a few lines."""
-    out = ["%s / %s / %d threads%s" % (r["workload"], r["backend"], r["threads"],
+    out = ["%s / %s / %s threads%s" % (r["workload"], r["backend"], threads_text(r),
                                        "" if r["ok"] else "   FAILED: " + "; ".join(r["problems"]))]
     if r.get("cpu_user_s") is None:
         return out
@@ -151,7 +163,7 @@ def plot(runs, path):
     colors = {b: "C%d" % i for i, b in enumerate(backends)}
     for ax, w in zip(axes.flat, workloads):
         for b in backends:
-            pts = sorted((r["threads"], r.get("throughput_ops_s") or 0)
+            pts = sorted((r.get("threads_run") or r["threads"], r.get("throughput_ops_s") or 0)
                          for r in runs if r["workload"] == w and r["backend"] == b)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] / 1e6 for p in pts], "o-",

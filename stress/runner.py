@@ -46,8 +46,10 @@ class RunHung(RuntimeError):
 
 
 # A run whose workers complete no operation for this long is hung. The
-# counter moves every 256 operations or 16 MiB allocated per worker, and a
-# fork child that hangs stalls only the driver, never the workers.
+# counter moves every 256 operations or 16 MiB allocated per worker, and
+# with every fork the fork driver sees through (a hung child is killed after
+# 10 s and counted): only a fork() that never returns stalls a fork run
+# whose workers are done with their --ops and wait for the forks.
 STALL_S = 60.0
 
 
@@ -119,8 +121,13 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
                error=box.get("e"))
     r = box.get("r")
     if r is not None:
+        # threads stays the count asked for (the run's key: xmalloc and
+        # prodcons round an odd count up, and two runs must not share one);
+        # threads_run is how many ran.
         rec.update({k: v for k, v in r.items()
-                    if k not in ("workload", "allocator", "elapsed_ns", "fork_ns", "child_ns")})
+                    if k not in ("workload", "allocator", "elapsed_ns", "fork_ns", "child_ns",
+                                 "threads")})
+        rec["threads_run"] = r["threads"]
         if "fork_ns" in r:
             reaped = r["children_reaped"]   # child_ns sums these, failed ones too
             rec["fork_ms"] = r["fork_ns"] / r["forks"] / 1e6 if r["forks"] else None
@@ -148,7 +155,8 @@ def execute(spec, allocator, engine, on_progress=None, poll=0.2):
         hot = []
         for h in prof["hottest_locks"]:
             h = dict(h)
-            h["wait_share_threads"] = h["wait_ns"] / (el * 1e9 * rec["threads"]) if el else 0.0
+            ran = rec.get("threads_run", rec["threads"])
+            h["wait_share_threads"] = h["wait_ns"] / (el * 1e9 * ran) if el else 0.0
             hot.append(h)
         rec["hottest_locks"] = hot
     else:
@@ -238,6 +246,7 @@ def run_child(spec, library, on_progress=None):
     errs = []
     t0 = time.monotonic()
     rec = None
+    garbled = None
     killed = None
     ops = 0
     try:
@@ -256,11 +265,21 @@ def run_child(spec, library, on_progress=None):
             if line is None:
                 break
             if line.startswith("progress "):
-                ops = int(line.split()[1])
+                try:
+                    ops = int(line.split()[1])
+                except (IndexError, ValueError):
+                    continue        # a garbled progress line is no progress
                 if on_progress:
                     on_progress(ops, time.monotonic() - t0)
             elif line.startswith("result "):
-                rec = json.loads(line[len("result "):])
+                # A cut or garbled result (a child killed mid-write, a
+                # preloaded library printing into it) fails this run, not the lab.
+                try:
+                    rec = json.loads(line[len("result "):])
+                except ValueError:
+                    rec = None
+                if not isinstance(rec, dict):
+                    rec, garbled = None, line.strip()
         rc = proc.wait()
         err_reader.join(5.0)      # the child's stderr to its end, for the error below
     except BaseException:
@@ -271,6 +290,9 @@ def run_child(spec, library, on_progress=None):
     how = "killed: it " + killed if killed else "failed"
     said = (": " + " | ".join(tail)) if tail else ""
     if rec is None:
+        if garbled and not killed:
+            how = "printed a garbled result line %r" % (
+                garbled[:60] + ("..." if len(garbled) > 60 else ""))
         rec = dict(workload=spec["workload"], backend=spec["backend"], threads=spec["threads"],
                    error="child process %s (exit %s)%s" % (how, rc, said))
     elif (rc != 0 or killed) and not rec.get("error"):

@@ -90,6 +90,35 @@ def test_ops_mode_is_exact_per_thread(wl, allocator):
     assert [p["ops"] for p in r["per_thread"]] == [4000, 4000, 4000]
 
 
+def test_fork_ops_mode_is_exact_per_thread(wl):
+    # --ops is operations per worker thread for fork too: its workers went
+    # on allocating until the 8 forks were done (millions for --ops 1).
+    r = _run_isolated("fork", "system", threads=2, ops=300, seed=3)
+    _assert_clean(r)
+    assert [p["ops"] for p in r["per_thread"]] == [300, 300]
+    assert r["forks"] == 8 and r["child_failures"] == 0 and r["child_hung"] == 0
+
+
+def test_mixed_never_grows_a_block_past_max_size(wl):
+    # A realloc chain that would pass max_size fell back to min_size + 1/8
+    # of the block, itself past max_size when min_size > 7/8 of it.
+    r = wl.run("mixed", "system", threads=1, ops=2000, min_size=4096, max_size=4096, seed=1)
+    _assert_clean(r)
+    assert r["reallocs"] > 0 and r["bytes"] == 4096 * r["ops"], r["bytes"] / r["ops"]
+
+
+def test_a_timed_run_of_large_blocks_stops_at_its_deadline(wl):
+    # The clock was read every 16 operations: 16 cache-thrash operations on
+    # 1 GiB blocks (64 rewrites each) took minutes and the lab called a
+    # correct allocator hung. Now it is read by bytes written too, and the
+    # rewrites stop at the deadline. One 64 MiB operation alone is 4 GiB of
+    # rewrites, far past 0.05 s: the run must not start a 15th.
+    r = wl.run("cache-thrash", "tcalloc", threads=1, duration=0.05, min_size=64 << 20,
+               max_size=64 << 20, seed=1)
+    _assert_clean(r)
+    assert r["ops"] < 15, r["ops"]
+
+
 def test_live_meter_follows_the_blocks_held(wl):
     # Progress.live_bytes is what the workers hold (bench/rss.py reads it
     # beside RSS): above 0 while blocks of 1-4 MiB are live, within what
@@ -155,8 +184,8 @@ def test_more_threads_than_cores(wl):
 
 
 # Workloads whose blocks stay live while others are allocated: there the
-# broken allocator really hands a live block out twice. (cache-thrash and
-# cache-scratch free each block right away, so it never gets the chance.)
+# broken allocator really hands a live block out twice. cache-thrash and
+# cache-scratch hold a block only while rewriting it: see the next test.
 @pytest.mark.parametrize("workload,every", [("larson", 500), ("xmalloc", 500), ("prodcons", 500),
                                             ("churn", 500), ("mixed", 20)])
 def test_broken_allocator_is_caught(wl, workload, every):
@@ -171,6 +200,32 @@ def test_broken_allocator_is_caught(wl, workload, every):
     assert r["allocator"] == "broken"
     assert doubled > 0, "the broken allocator never misbehaved; the test proves nothing"
     assert r["corrupt"] > 0, "a block handed out twice passed verification"
+
+
+@pytest.mark.parametrize("workload", ["cache-thrash", "cache-scratch"])
+def test_broken_allocator_is_caught_by_the_rewriting_workloads(wl, workload):
+    # These hold a block only while rewriting it, so a block handed out
+    # twice has two owners at once when one thread is switched out mid-
+    # rewrite and the other is handed that block, rewrites and frees it.
+    # On one CPU that happens at every switch between the two (on two it
+    # depends on how the threads happen to line up). The thread switched
+    # back in must see it at its next rewrite: checked only before the free,
+    # about 5% were caught, as its own rewrites erased the other's. A few
+    # cannot be seen by any check (switched out between malloc and the
+    # first fill, or between the last check and the free): at least half.
+    import tct_broken
+    cpus = os.sched_getaffinity(0)
+    prev = tct_broken.configure(1)
+    try:
+        os.sched_setaffinity(0, {min(cpus)})    # this thread, and the workers it starts
+        before = tct_broken.doubled()
+        r = wl.run(workload, tct_broken.allocator(), threads=2, duration=0.5, seed=3)
+        doubled = tct_broken.doubled() - before
+    finally:
+        os.sched_setaffinity(0, cpus)
+        tct_broken.configure(prev)
+    assert doubled >= 4, "the broken allocator hardly misbehaved; the test proves little"
+    assert 2 * r["corrupt"] >= doubled, (r["corrupt"], doubled)
 
 
 def test_broken_allocator_when_behaving_is_clean(wl):
@@ -194,6 +249,8 @@ def test_broken_allocator_when_behaving_is_clean(wl):
     (dict(workload="larson", ops=10, allocator="broken"), ValueError),  # test-only, not a name
     (dict(workload="larson", ops=10, allocator=object()), ValueError),
     (dict(workload="larson", ops=10, bogus=1), TypeError),
+    (dict(workload="larson", ops=10, seed=-1), ValueError),       # wrapped to 2**64-1
+    (dict(workload="larson", ops=10, seed=1 << 64), ValueError),  # wrapped to 0
 ])
 def test_run_rejects_bad_arguments(wl, kwargs, err):
     kw = dict(kwargs)
@@ -225,6 +282,12 @@ def _stress(*args, timeout=300):
     ["--workloads", "cache-thrash", "--min-size", "100"], ["--json", "/"],
     # an empty file name was taken for "no file"; a size past 1 GiB
     ["--json", ""], ["--plot", ""], ["--max-size", "2G"],
+    # seeds that wrapped silently onto another seed; --quick silently lost
+    # to --duration or --ops (runs given so that the old lab ends quickly)
+    ["--seed", "-1", "--workloads", "larson", "--backends", "system", "--duration", "0.05"],
+    ["--seed", str(1 << 64), "--workloads", "larson", "--backends", "system", "--duration", "0.05"],
+    ["--quick", "--duration", "0.05", "--workloads", "larson", "--backends", "system"],
+    ["--quick", "--ops", "10", "--workloads", "larson", "--backends", "system"],
 ])
 def test_cli_rejects_bad_options(wl, capsys, args):
     from tcalloc.stress.cli import main
@@ -275,6 +338,32 @@ def test_cli_json_fields(wl, tmp_path):
             assert any(v["acquisitions"] > 0 for v in run["locks"].values())
         else:
             assert run["locks"] is None
+
+
+def test_cli_rows_of_runs_that_round_threads_up_keep_their_own_ratios(wl, tmp_path):
+    # xmalloc runs pairs: asked for 1 thread, it runs 2. Both its rows said
+    # "2", and the one tcalloc baseline per (workload, threads) was the last
+    # run's, so tcalloc's own first row read 0.93x.
+    out = tmp_path / "x.json"
+    r = _stress("--workloads", "xmalloc", "--backends", "tcalloc,system", "--threads", "1,2",
+                "--duration", "0.1", "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 (ran 2)" in r.stdout, r.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [(x["backend"], x["threads"], x["threads_run"]) for x in runs] == [
+        ("tcalloc", 1, 2), ("system", 1, 2), ("tcalloc", 2, 2), ("system", 2, 2)]
+    assert runs[0]["ratio_to_tcalloc"] == runs[2]["ratio_to_tcalloc"] == 1.0
+    for t, s in ((runs[0], runs[1]), (runs[2], runs[3])):
+        assert s["ratio_to_tcalloc"] == s["throughput_ops_s"] / t["throughput_ops_s"]
+
+
+def test_soak_passes_are_compared_with_tcalloc_in_their_own_pass():
+    from tcalloc.stress.report import add_ratios
+    runs = [dict(workload="larson", backend=b, threads=2, throughput_ops_s=t, **{"pass": n})
+            for n, (tc, sy) in enumerate(((100.0, 50.0), (200.0, 50.0)))
+            for b, t in (("tcalloc", tc), ("system", sy))]
+    add_ratios(runs)
+    assert [x["ratio_to_tcalloc"] for x in runs] == [1.0, 0.5, 1.0, 0.25]
 
 
 def test_peers_run_in_children_with_preload(wl, tmp_path):
@@ -449,6 +538,51 @@ def test_watchdog_ends_a_timed_run_at_its_limit_and_a_stalled_one_early():
     assert dog.check(5) == "made no progress for 2 s"
 
 
+def test_a_fork_that_never_returns_in_a_run_of_ops_is_reported_hung(wl, tmp_path):
+    # A preloaded fork handler that blocks for ever stands in for an
+    # allocator whose fork() deadlocks in the parent. The workers of a run of
+    # --ops went on allocating until the forks were done, so progress never
+    # stopped and the run was never called hung. Run in a process group of
+    # its own: a lab that never ends must not outlive the test.
+    import signal
+    lib = _preload_lib(tmp_path, "forkhang", "#include <pthread.h>\n#include <unistd.h>\n"
+                       "static void prepare(void) { for (;;) pause(); }\n"
+                       "__attribute__((constructor)) static void init(void) "
+                       "{ pthread_atfork(prepare, 0, 0); }\n")
+    spec = dict(workload="fork", backend="system", threads=1, ops=1000, duration=None,
+                min_size=None, max_size=None, seed=1, stall_s=1.0)
+    code = ("import json, sys; from tcalloc.stress.runner import run_child; "
+            "print(json.dumps(run_child(json.loads(sys.argv[1]), sys.argv[2])))")
+    p = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec), lib], cwd=str(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a fork run of --ops whose fork() never returns was not reported hung")
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)   # whatever of it is left
+        except ProcessLookupError:
+            pass
+        p.wait()
+    assert p.returncode == 0, stderr
+    rec = json.loads(stdout.splitlines()[-1])
+    assert not rec["ok"], rec
+    assert "fork on system made no progress for 1 s" in rec["problems"][0], rec["problems"]
+
+
+def test_a_garbled_result_line_from_a_child_fails_that_run(wl, monkeypatch):
+    # A child cut off mid-line (or a preloaded library writing into its
+    # output) crashed the lab with a traceback.
+    from tcalloc.stress import runner
+    monkeypatch.setattr(runner, "CHILD_BOOT", "print('progress 12x'); print('result {\"work')")
+    rec = runner.run_child(dict(workload="larson", backend="system", threads=1, ops=10,
+                                duration=None, min_size=None, max_size=None, seed=1), None)
+    assert not rec["ok"], rec
+    assert "garbled result line" in rec["problems"][0], rec["problems"]
+
+
 def test_a_child_whose_workers_are_stuck_is_reported_hung(wl, tmp_path):
     # A preloaded malloc that blocks for ever on one size, the only size the
     # workers ask for: their progress stops, the child's watchdog reports it
@@ -500,6 +634,45 @@ def test_cli_soak_reports(wl, tmp_path):
     # Judged on tcalloc's own figures: every block back, the heap measured.
     assert soak["tcalloc_leaked_bytes"] == 0
     assert soak["tcalloc_heap_warm_peak"] > 0 and soak["heap_flat"] in (True, None)
+
+
+@pytest.mark.parametrize("args,seconds", [([], 2.0), (["--quick"], 0.25)])
+def test_cli_soak_records_the_length_of_its_runs(wl, tmp_path, args, seconds):
+    # A soak's runs are 2 s each unless told: the JSON said 1.5 (the suite's
+    # default), and with --quick 0.25 while the runs took 2 s each.
+    out = tmp_path / "s.json"
+    r = _stress("--soak", "0.001", "--workloads", "larson", "--threads", "1", "--json", str(out),
+                *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "runs per pass of %g s each" % seconds in r.stdout, r.stdout
+    assert json.loads(out.read_text())["config"]["duration_s"] == seconds
+
+
+def test_cli_soak_with_a_hung_run_reports_and_writes_what_it_has(wl, tmp_path):
+    # A hung run ended the soak with os._exit(1) and nothing else: no
+    # summary, no JSON. Now it is a failed run, reported like the suite's.
+    out = tmp_path / "s.json"
+    code = ("import sys\n"
+            "from tcalloc.stress import cli, runner\n"
+            "real, n = runner.execute, [0]\n"
+            "def execute(spec, *a, **k):\n"
+            "    n[0] += 1\n"
+            "    if n[0] == 3:\n"
+            "        raise runner.RunHung('larson on tcalloc made no progress (simulated)')\n"
+            "    return real(spec, *a, **k)\n"
+            "runner.execute = execute\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", code, "--soak", "5", "--duration", "0.1",
+                        "--workloads", "larson", "--threads", "1", "--backends", "tcalloc",
+                        "--json", str(out)], cwd=str(tmp_path), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "soak: HUNG during pass 2" in r.stdout and "soak result: 2 passes" in r.stdout
+    assert "Summary (3 runs" in r.stdout, r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["soak"]["hung"] is True and doc["soak"]["passes"] == 2
+    assert [x["ok"] for x in doc["runs"]] == [True, True, False]
+    assert doc["runs"][2]["error"].startswith("hung: larson on tcalloc made no progress")
 
 
 def test_isolated_runs_measure_the_tcalloc_build_the_lab_runs_on(wl, tmp_path):
