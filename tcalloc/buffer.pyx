@@ -470,7 +470,10 @@ cdef int _resize(Buffer b, Py_ssize_t n) except -1:
     if n == old:
         return 0
     if b._pool is not None:
-        if <size_t>n > cap:
+        # Past the block the pool counts, even inside its capacity (the size
+        # class's rounding): a pool counts what its buffers hold, so that
+        # max_bytes bounds the bytes its buffers can reach.
+        if n > b._block:
             b._pool._grow(b, n)      # accounts, reallocs, or raises
     elif b._align:
         if <size_t>n > cap:
@@ -545,7 +548,10 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
 
     ``max_bytes`` bounds the bytes handed out (and, with the idle blocks, what
     the pool holds): ``acquire`` past it raises ``MemoryError`` naming the
-    limit and the current use, and leaves buffers already out untouched.
+    limit and the current use, and leaves buffers already out untouched. A
+    buffer counts its block, or the largest length ``resize()`` gave it if
+    more (also when that fits in the block's capacity), so a grow past the
+    limit raises the same way and leaves the buffer as it was.
     ``zero=True`` zeroes every buffer handed out.
 
     Accounting follows pyarrow's ``MemoryPool``: ``bytes_allocated()``,

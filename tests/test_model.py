@@ -125,13 +125,17 @@ def _python_api():
 class Entry:
     """Model of one Buffer: the bytes it must hold, its live exports."""
 
-    def __init__(self, buf, content, align=None, pool=None):
+    def __init__(self, buf, content, align=None, pool=None, block=0):
         self.buf = buf
         self.content = bytearray(content)
         self.align = align
         self.pool = pool
+        self.block = block          # pooled: the bytes the pool counts for it
         self.views = []
         self.released = False
+
+
+POOL_MAX = 1 << 20
 
 
 class PythonAPIMachine(RuleBasedStateMachine):
@@ -140,9 +144,8 @@ class PythonAPIMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.api = _python_api()
-        self.pool = self.api.BufferPool(4096, max_bytes=1 << 20)
+        self.pool = self.api.BufferPool(4096, max_bytes=POOL_MAX)
         self.live = []
-        self.pool_total = 0
         self.pool_count = 0
 
     def _record(self, e):
@@ -166,14 +169,13 @@ class PythonAPIMachine(RuleBasedStateMachine):
         try:
             b = self.pool.acquire(size)
         except MemoryError:
-            assert self.pool.bytes_allocated() + max(size or 4096, 4096) > (1 << 20)
-            return self._record(Entry(self.api.alloc(1), b"\0", None))
+            assert self.pool.bytes_allocated() + max(size or 4096, 4096) > POOL_MAX
+            return self._record(Entry(self.api.alloc(1, zero=True), b"\0", None))
         n = 4096 if size is None else size
         assert len(b) == n
         memoryview(b)[:] = bytes([byte]) * n
-        self.pool_total += max(n, 4096)
         self.pool_count += 1
-        return self._record(Entry(b, bytes([byte]) * n, None, self.pool))
+        return self._record(Entry(b, bytes([byte]) * n, None, self.pool, max(n, 4096)))
 
     @rule(e=buffers, data=st.data())
     def write(self, e, data):
@@ -194,15 +196,21 @@ class PythonAPIMachine(RuleBasedStateMachine):
             with pytest.raises(BufferError):
                 e.buf.resize(size)
             return
+        if e.pool is not None and size - e.block > POOL_MAX - self.pool.bytes_allocated():
+            # Past what the pool may still hand out: refused, nothing changed.
+            with pytest.raises(MemoryError, match="max_bytes"):
+                e.buf.resize(size)
+            assert bytes(memoryview(e.buf)) == bytes(e.content)
+            return
         e.buf.resize(size)
+        if e.pool is not None:
+            e.block = max(e.block, size)
         keep = min(size, len(e.content))
         assert len(e.buf) == size
         assert bytes(memoryview(e.buf)[:keep]) == bytes(e.content[:keep])
         if e.align:
             assert e.buf.address % e.align == 0
         e.content = e.content[:keep] + bytes(memoryview(e.buf)[keep:size])
-        if e.pool is not None and size > 4096:
-            self.pool_total += size - max(4096, 0)
 
     @rule(e=buffers)
     def export(self, e):
@@ -245,13 +253,13 @@ class PythonAPIMachine(RuleBasedStateMachine):
 
     @invariant()
     def pool_accounting(self):
-        out = sum(max(len(e.content), 4096) for e in self.live
-                  if e.pool is not None and not e.released)
+        # Exactly the blocks of the buffers out: each one's largest length
+        # (at least buffer_size), whatever its capacity; never past max_bytes.
+        out = sum(e.block for e in self.live if e.pool is not None and not e.released)
+        assert self.pool.bytes_allocated() == out
+        assert out <= POOL_MAX
         assert self.pool.bytes_allocated() <= self.pool.max_memory()
-        assert self.pool.bytes_allocated() >= sum(len(e.content) for e in self.live
-                                                  if e.pool is not None and not e.released)
         assert self.pool.num_allocations() == self.pool_count
-        assert self.pool.bytes_allocated() <= (1 << 20) or out == 0
 
     def teardown(self):
         for e in self.live:

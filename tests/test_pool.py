@@ -108,6 +108,24 @@ def test_resize_pooled_buffer_respects_limit():
     assert p.bytes_allocated() == 0 and p.cached_bytes() == 0   # grown block not recycled
 
 
+def test_a_grow_inside_the_blocks_capacity_is_counted_and_bounded():
+    # A block's capacity is its size class's, up to an eighth above what was
+    # asked. A grow inside it used to count nothing: a buffer could reach
+    # past max_bytes, and bytes_allocated() read less than the buffers held.
+    p = BufferPool(4096, max_bytes=104000)
+    b = p.acquire()
+    b.resize(100000)
+    assert p.bytes_allocated() == 100000 and b.capacity > 104000
+    b.resize(0)
+    b.resize(103000)                    # inside the capacity, within max_bytes
+    assert p.bytes_allocated() == 103000
+    with pytest.raises(MemoryError, match="max_bytes=104000"):
+        b.resize(104001)                # inside the capacity, past max_bytes
+    assert len(b) == 103000 and p.bytes_allocated() == 103000
+    b.release()
+    assert p.bytes_allocated() == 0
+
+
 def test_grow_keeps_what_the_pool_holds_within_max_bytes():
     # max_bytes bounds buffers out plus idle blocks. A grow used to add to
     # the bytes out without dropping idle blocks, so the pool held more.
