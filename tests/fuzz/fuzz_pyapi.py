@@ -303,12 +303,12 @@ class Fuzz:
         if e is None:
             return
         size, err = self.size_arg(r)
-        cap = e.buf.capacity
         errs = (err,)
         if e.views:                  # the size is checked first: either may be named
             errs = (err, BufferError) if err else (BufferError,)
             err = err or BufferError
-        if err is None and e.pool is not None and size > cap:
+        # A pooled buffer counts its largest length, inside its capacity too.
+        if err is None and e.pool is not None and size > e.block:
             delta = size - e.block
             if e.pool.limit is not None and delta > e.pool.limit - e.pool.out:
                 err = MemoryError
@@ -321,7 +321,7 @@ class Fuzz:
             return
         old = len(e.content)
         e.buf.resize(size)
-        if e.pool is not None and size > cap:
+        if e.pool is not None and size > e.block:
             e.pool.commit(size - e.block, False)
             e.block = size
         keep = min(old, size)
