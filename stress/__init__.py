@@ -12,6 +12,12 @@ operation for 60 s, or a timed run has not ended 60 s plus four times its
 duration after it started (a run of ``--ops`` has no time limit while it
 progresses). Usage errors exit 2.
 
+Another allocator can run the same workloads in this process:
+``tcalloc.stress._workloads.run(workload, allocator=capsule, ...)`` takes a
+capsule named ``"tcalloc.stress.allocator"`` holding a ``tc_allocator_t *``
+(malloc, free, calloc, realloc; the header ``tc_harness.h`` in this package
+declares it), as the test suite does with a deliberately broken allocator.
+
 ``--json FILE`` writes::
 
     {"version": 1,

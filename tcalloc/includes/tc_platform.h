@@ -10,6 +10,10 @@
 #ifndef TC_PLATFORM_H
 #define TC_PLATFORM_H
 
+#if !defined(__linux__)
+#error "tcalloc supports Linux only (futexes, MAP_FIXED_NOREPLACE, mremap)"
+#endif
+
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
