@@ -274,6 +274,18 @@ def test_owns_is_true_for_block_starts_only(capi, ext):
             capi.free(b)
 
 
+def _fresh_process(code, *args):
+    """Run `code` in a fresh interpreter with the test natives importable:
+    its stdout, stripped (for process-wide settings, or a heap as it is
+    after start-up)."""
+    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=native + os.pathsep +
+                                             os.environ.get("PYTHONPATH", "")))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def test_a_malloc_that_succeeds_leaves_errno_alone():
     # The heap's growth first tries to map right below its last growth; a
     # refused hint (EEXIST) used to stay in errno after a malloc that
@@ -283,12 +295,8 @@ def test_a_malloc_that_succeeds_leaves_errno_alone():
     code = ("import tct_components as comp\n"
             "out = [comp.capi_call_errno('malloc', 1 << 30) for _ in range(6)]\n"
             "print([e for _, e in out], all(p for p, _ in out))\n")
-    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, PYTHONPATH=native + os.pathsep +
-                                             os.environ.get("PYTHONPATH", "")))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[0, 0, 0, 0, 0, 0] True", r.stdout
+    out = _fresh_process(code)
+    assert out == "[0, 0, 0, 0, 0, 0] True", out
 
 
 # Each scenario fails a first attempt inside the call (the hard limit says
@@ -358,13 +366,8 @@ print(bool(p), e)
 
 @pytest.mark.parametrize("kind", ["small", "large", "realloc", "shrink", "sampled"])
 def test_a_call_that_succeeds_on_its_retry_leaves_errno_alone(kind):
-    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
-    r = subprocess.run([sys.executable, "-c", _ERRNO_AFTER_RETRY, kind], capture_output=True,
-                       text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=native + os.pathsep +
-                                os.environ.get("PYTHONPATH", "")))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "True 0", (kind, r.stdout)
+    out = _fresh_process(_ERRNO_AFTER_RETRY, kind)
+    assert out == "True 0", (kind, out)
 
 
 def test_bytes_in_use_never_wraps_while_another_thread_allocates():
@@ -373,9 +376,5 @@ def test_bytes_in_use_never_wraps_while_another_thread_allocates():
     # not yet). A fresh process, so that the class holds nothing else.
     code = ("import tct_components as comp\n"
             "print(comp.ext_bytes_in_use_while_churning(64, 300000))\n")
-    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, PYTHONPATH=native + os.pathsep +
-                                             os.environ.get("PYTHONPATH", "")))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]", r.stdout
+    out = _fresh_process(code)
+    assert out == "[]", out
