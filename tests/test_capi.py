@@ -275,13 +275,14 @@ def test_owns_is_true_for_block_starts_only(capi, ext):
 
 
 def _fresh_process(code, *args):
-    """Run `code` in a fresh interpreter with the test natives importable:
-    its stdout, stripped (for process-wide settings, or a heap as it is
-    after start-up)."""
+    """Run `code` in a fresh interpreter with the test natives importable and
+    no TCALLOC_* setting of the caller's (debug mode, a limit): its stdout,
+    stripped (for process-wide settings, or a heap as it is after start-up)."""
     native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCALLOC_")}
+    env["PYTHONPATH"] = native + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, PYTHONPATH=native + os.pathsep +
-                                             os.environ.get("PYTHONPATH", "")))
+                       timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -304,7 +305,8 @@ def test_a_malloc_that_succeeds_leaves_errno_alone():
 # thread cache (small and large), with the size itself after realloc's 25 %
 # more was refused, with the block the cache had after a sampled block
 # found no room, or (shrink) a realloc to a smaller class with no room
-# left for the smaller block, which keeps the block it has, like glibc's.
+# left for the smaller block, which keeps the block it has, like glibc's
+# (a large block giving back the pages past the new size).
 # errno must be what it was before the call.
 _ERRNO_AFTER_RETRY = r"""
 import sys
@@ -347,6 +349,15 @@ elif kind == "shrink":
         n += 1
     p, e = comp.capi_call_errno("realloc", q, 1000)    # to 1 KiB: another class
     p = p == q
+elif kind == "shrink_large":
+    q, _ = comp.capi_call_errno("malloc", 8 * MiB)
+    tcalloc.set_memory_limit(committed(), hard=True)
+    while comp.capi_call_errno("malloc", 24 * KiB)[0]:
+        pass
+    while comp.capi_call_errno("malloc", 100)[0]:
+        pass
+    p, e = comp.capi_call_errno("realloc", q, 100)     # no room for a small block
+    p = p == q and tcalloc.stats()["large_bytes_in_use"] == 8 * KiB   # the rest given back
 elif kind == "realloc":
     q, _ = comp.capi_call_errno("malloc", 4 * MiB)
     tcalloc.set_memory_limit(committed() + 4 * MiB + 600 * KiB, hard=True)
@@ -364,7 +375,8 @@ print(bool(p), e)
 """
 
 
-@pytest.mark.parametrize("kind", ["small", "large", "realloc", "shrink", "sampled"])
+@pytest.mark.parametrize("kind", ["small", "large", "realloc", "shrink", "shrink_large",
+                                  "sampled"])
 def test_a_call_that_succeeds_on_its_retry_leaves_errno_alone(kind):
     out = _fresh_process(_ERRNO_AFTER_RETRY, kind)
     assert out == "True 0", (kind, out)

@@ -266,6 +266,12 @@ cdef size_t tc_usable_size(void *ptr) noexcept nogil:
         return 0
     return _block_size(ptr, &cl, &s, kOpUsableSize)
 
+cdef inline void _shrink_large(Span *s, size_t old, size_t size) noexcept nogil:
+    """Give the pages of large block s (old bytes) past `size` back."""
+    cdef size_t npages = (size + kPageSize - 1) >> kPageShift
+    if npages < (old >> kPageShift):
+        pageheap_resize(&g_heap, s, npages)
+
 cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     cdef size_t old, want, npages
     cdef bint span
@@ -275,15 +281,15 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     cdef int err
     if ptr == NULL:
         return _malloc(size)
+    err = tc_get_errno()  # a realloc that succeeds leaves errno as it was
     if size == 0:
         size = 1          # like CPython's raw allocator: a minimal block, never NULL-on-success
     old = _block_size(ptr, &cl, &s, kOpRealloc)
     if cl == 0 and size <= old and size > kMaxSmallSize:
         # A large block that stays large shrinks where it stands: its tail
         # pages go back to the page heap, nothing is copied.
-        npages = (size + kPageSize - 1) >> kPageShift
-        if npages < (old >> kPageShift):
-            pageheap_resize(&g_heap, s, npages)
+        _shrink_large(s, old, size)
+        tc_set_errno(err)
         return ptr
     if size <= old and (size > old // 2 or (cl != 0 and sizemap_class(&g_sizemap, size) == cl)):
         return ptr
@@ -303,14 +309,16 @@ cdef void *tc_realloc(void *ptr, size_t size) noexcept nogil:
     # free, and the one it leaves goes back to the page heap, where it
     # merges and any size reuses it.
     span = size > old and want >= kReallocSpanFrom
-    err = tc_get_errno()
     q = _malloc_large(want, 1) if span else _malloc(want)
     if q == NULL and want != size:
         q = _malloc_large(size, 1) if span else _malloc(size)
     if q == NULL:
         if size <= old:
             # A shrink that found no room for the smaller block keeps the
-            # one it has, which is big enough: shrinking never fails.
+            # one it has, which is big enough: shrinking never fails. A
+            # large one gives back the pages past the new size.
+            if cl == 0:
+                _shrink_large(s, old, size)
             tc_set_errno(err)
             return ptr
         return NULL       # the old block is untouched, as C requires
