@@ -15,7 +15,8 @@ cdef class Buffer:
     cdef size_t _align           # alignment asked for, 0 for the default
     cdef bint _zero              # grown bytes are zeroed
     cdef BufferPool _pool        # owning pool, or None
-    cdef Py_ssize_t _block       # bytes this buffer accounts for in its pool
+    cdef Py_ssize_t _block       # bytes this buffer accounts for in its pool: its block, or the
+                                 # largest length resize() gave it
 
     cdef int _check(self) except -1
     cdef int _free_now(self) except -1
@@ -36,6 +37,8 @@ cdef class BufferPool:
     cdef Py_ssize_t _total_bytes
     cdef Py_ssize_t _nacquire
     cdef Py_ssize_t _nfresh      # acquisitions that needed a new block from tcalloc
+    cdef size_t _std_usable      # usable size of a buffer_size block (0 until one is made):
+                                 # a released block of that size is kept, however it was counted
     cdef object __weakref__      # the fork handler keeps a weak set of live pools
 
     cdef int _check_init(self) except -1

@@ -543,7 +543,8 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
     ``buffer_size`` bytes; ``buf.release()`` or leaving ``with buf:`` gives
     it back, and the block is kept for the next ``acquire`` (up to
     ``max_cached`` idle blocks; larger requests get a block of their own
-    that is freed on release). A block is never recycled while a memoryview
+    that is freed on release, unless tcalloc's size class for it is
+    ``buffer_size``'s). A block is never recycled while a memoryview
     of it is alive: ``release()`` raises ``BufferError`` then.
 
     ``max_bytes`` bounds the bytes handed out (and, with the idle blocks, what
@@ -748,6 +749,8 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
                 self._reserved -= block
             if p != NULL:
                 self._commit_acquire(block, 1)
+                if block == self.buffer_size and self._std_usable == 0:
+                    self._std_usable = _tc.usable_size(p)
             tc_spinlock_unlock(self._lock)
             if p == NULL:
                 raise _nomem(block, 0)
@@ -761,11 +764,14 @@ A thread-safe pool of tcalloc buffers of ``buffer_size`` bytes.
         return b
 
     cdef void _put(self, void *p, Py_ssize_t block) noexcept:
-        """Take a block back from a released buffer: keep it or free it."""
+        """Take a block back from a released buffer (`block`: the bytes it
+        counted): keep it if it is a buffer_size block (a buffer that grew
+        inside its capacity still has one), or free it."""
+        cdef size_t usable = _tc.usable_size(p)
         tc_spinlock_lock(self._lock)
         self._out_bytes -= block
         self._out_count -= 1
-        if block == self.buffer_size and self._ncached < self.max_cached and \
+        if p != NULL and usable == self._std_usable and self._ncached < self.max_cached and \
                 (self._limit < 0 or self._out_bytes + self._reserved +
                  (self._ncached + 1) * self.buffer_size <= self._limit):
             self._cache[self._ncached] = p

@@ -126,6 +126,20 @@ def test_a_grow_inside_the_blocks_capacity_is_counted_and_bounded():
     assert p.bytes_allocated() == 0
 
 
+def test_a_buffer_grown_inside_its_capacity_still_returns_its_block():
+    # Counting the grow (above) must not cost the block its place in the
+    # pool: it is still a buffer_size block, and the next acquire reuses it.
+    p = BufferPool(5000)
+    b = p.acquire()
+    assert b.capacity > 5100
+    address = b.address
+    b.resize(5100)
+    assert b.address == address and p.bytes_allocated() == 5100
+    b.release()
+    assert p.cached_bytes() == 5000 and p.bytes_allocated() == 0
+    assert p.acquire().address == address
+
+
 def test_grow_keeps_what_the_pool_holds_within_max_bytes():
     # max_bytes bounds buffers out plus idle blocks. A grow used to add to
     # the bytes out without dropping idle blocks, so the pool held more.

@@ -18,9 +18,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tcalloc import BufferPool
+from tcalloc import BufferPool, size_class_of
 
 HUGE = 1 << 61          # within a 2**62 max_bytes, but no machine maps it
+
+
+def _class_size(n):
+    """The usable size of a block of n bytes (small classes; larger: None)."""
+    return size_class_of(n)[1] if n <= 256 << 10 else None
 
 
 class PoolModel:
@@ -72,8 +77,10 @@ class PoolModel:
         self.peak = max(self.peak, self.out_bytes)
 
     def release(self, key):
+        # Kept if it is a buffer_size block: its size class is buffer_size's
+        # (a buffer grown inside its capacity still holds one).
         block = self.out.pop(key)
-        if block == self.bs and self.ncached < self.max_cached and \
+        if _class_size(block) == _class_size(self.bs) and self.ncached < self.max_cached and \
                 (self.limit is None or self.out_bytes + (self.ncached + 1) * self.bs <= self.limit):
             self.ncached += 1
 
