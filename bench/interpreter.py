@@ -72,41 +72,53 @@ def _own_peak_kib():
 # peak.
 _PYMALLOC_POOL = 1 << 14
 _PYMALLOC_HEADER = 48
-_breakdown_peak = {}
+_breakdown = {}                 # "peak": the latest sample (one store: the probe may read it any time)
 
 
 def _pymalloc_state(syms):
     """pymalloc's used and free bytes, summed over its arenas: what it holds
     for blocks allocated before tcalloc's hook, or for everything on the
-    plain interpreter. {"error": ...} where it cannot be read."""
-    import ctypes
+    plain interpreter. {"error": ...} where it cannot be read. Read through
+    /proc/self/mem, not pointers: the main thread may free an arena while
+    this walks it (the GIL changes hands between bytecodes), and a read of
+    unmapped memory is then an error here, not a crash."""
+    import struct
     if "error" in syms:
         return {"error": syms["error"]}
     off = 0
     if syms["pie"]:           # linked at 0, loaded at the lowest address of its mappings
         with open("/proc/self/maps") as f:
             off = min(int(l.split("-")[0], 16) for l in f if l.rstrip().endswith(syms["exe"]))
-    u64 = lambda a: ctypes.c_uint64.from_address(a).value
-    u32 = lambda a: ctypes.c_uint32.from_address(a).value
-    arenas, n = u64(off + syms["arenas"]), u32(off + syms["maxarenas"])
-    used = free = pools = live = 0
-    for i in range(n):
-        ao = arenas + 48 * i
-        addr = u64(ao)
-        if not addr:
-            continue
-        live += 1
-        p, end = (addr + _PYMALLOC_POOL - 1) & ~(_PYMALLOC_POOL - 1), u64(ao + 8)
-        while p < end:                  # the pools carved so far
-            count = u32(p)
-            if count:
-                if u32(p + 32) != i:    # a pool names its arena: the layout check
-                    return {"error": "pymalloc's pool layout is not the one expected"}
-                size = (u32(p + 36) + 1) * 16
-                pools += 1
-                used += count * size
-                free += _PYMALLOC_POOL - _PYMALLOC_HEADER - count * size
-            p += _PYMALLOC_POOL
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        def read(fmt, addr):
+            data = os.pread(fd, struct.calcsize(fmt), addr)
+            if len(data) != struct.calcsize(fmt):
+                raise OSError("short read")
+            return struct.unpack(fmt, data)
+        (arenas,), (n,) = read("<Q", off + syms["arenas"]), read("<I", off + syms["maxarenas"])
+        table = read("<" + "QQ32x" * n, arenas) if n else ()
+        used = free = pools = live = 0
+        for i in range(n):
+            addr, end = table[2 * i], table[2 * i + 1]   # address, pool_address
+            if not addr:
+                continue
+            live += 1
+            p = (addr + _PYMALLOC_POOL - 1) & ~(_PYMALLOC_POOL - 1)
+            while p < end:                  # the pools carved so far
+                count, index, szidx = read("<I28xII", p)
+                if count:
+                    if index != i:          # a pool names its arena: the layout check
+                        return {"error": "pymalloc's pool layout is not the one expected"}
+                    size = (szidx + 1) * 16
+                    pools += 1
+                    used += count * size
+                    free += _PYMALLOC_POOL - _PYMALLOC_HEADER - count * size
+                p += _PYMALLOC_POOL
+    except OSError as e:                    # an arena freed meanwhile: no figure this time
+        return {"error": f"pymalloc changed while read ({e})", "retry": True}
+    finally:
+        os.close(fd)
     return {"arenas": live, "used_pools": pools, "used_bytes": used,
             "free_in_used_pools_bytes": free}
 
@@ -143,16 +155,15 @@ def _breakdown_sampler(syms):
         high = 0
         while True:
             rss = _rss_kib()
-            if rss > high:
+            pm = _pymalloc_state(syms) if rss > high else None
+            if pm is not None and not pm.get("retry"):   # retry: an arena went meanwhile
                 high = rss
-                snap = {"rss_kib": rss, "pymalloc": _pymalloc_state(syms),
-                        "glibc": _glibc_state()}
+                snap = {"rss_kib": rss, "pymalloc": pm, "glibc": _glibc_state()}
                 tc = sys.modules.get("tcalloc")
                 if tc is not None and tc.installed():
                     st = tc.stats()
                     snap["tcalloc"] = {k: st[k] for k in BREAKDOWN_TCALLOC}
-                _breakdown_peak.clear()
-                _breakdown_peak.update(snap)
+                _breakdown["peak"] = snap
             time.sleep(0.002)
     threading.Thread(target=run, name="breakdown", daemon=True).start()
 
@@ -185,8 +196,8 @@ def _probe(path):
                 "thread_cache_free_bytes": st.get("thread_cache_free_bytes")}
         except Exception as e:          # a broken build must void the run, not hide
             rec["tcalloc"] = {"installed": False, "error": repr(e)}
-    if _breakdown_peak:
-        rec["at_peak"] = dict(_breakdown_peak)
+    if "peak" in _breakdown:
+        rec["at_peak"] = _breakdown["peak"]
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(rec) + "\n").encode())
@@ -1139,9 +1150,10 @@ def parse_args(argv):
                    help="put DIR first on the children's PYTHONPATH to import tcalloc from it "
                         "(default: this checkout if built in place, else the installed one)")
     p.add_argument("--breakdown", action="store_true",
-                   help="pyperf part: each worker also records, as it exits, what pymalloc "
-                        "holds (3.10 and 3.11) and where tcalloc's free memory sits, and "
-                        "a table shows them")
+                   help="pyperf part: a thread in each worker samples, at each new high of "
+                        "its RSS, what pymalloc (3.10 and 3.11), glibc and tcalloc hold, and "
+                        "a table shows the samples at the peaks (its timings are then not "
+                        "measurements)")
     p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
     a = p.parse_args(argv)
     for kv in a.tcalloc_env:
