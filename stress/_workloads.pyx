@@ -328,26 +328,6 @@ cdef void wl_free_block(wl_worker *w, wl_block *b) noexcept nogil:
     w.c.frees += 1
     wl_note_live(w, -<int64_t>b.n)
 
-cdef bint wl_check_refill(char *p, size_t n, uint64_t key, uint64_t new_key) noexcept nogil:
-    # h_check(p, n, key) and h_fill(p, n, new_key) in one pass, word by word:
-    # a second owner's write is erased unseen only if it lands between the
-    # read and the rewrite of that word, not anywhere between a whole-block
-    # check and a whole-block fill (a wide window for a preempted thread).
-    cdef size_t nw = n >> 3, i
-    cdef uint64_t v = key, u = new_key, x, diff = 0
-    for i in range(nw):
-        memcpy(&x, p + (i << 3), 8)
-        diff |= x ^ v
-        memcpy(p + (i << 3), &u, 8)
-        v += <uint64_t>0x9e3779b97f4a7c15ULL
-        u += <uint64_t>0x9e3779b97f4a7c15ULL
-    if n & 7:
-        x = 0
-        memcpy(&x, p + (nw << 3), n & 7)
-        diff |= (x ^ v) & ((<uint64_t>1 << ((n & 7) * 8)) - 1)
-        memcpy(p + (nw << 3), &u, n & 7)
-    return diff == 0
-
 cdef void wl_resize(wl_worker *w, wl_block *b, size_t m) noexcept nogil:
     cdef char *q
     cdef size_t keep = b.n if b.n < m else m
@@ -519,7 +499,7 @@ cdef void prodcons_consumer(wl_worker *w) noexcept nogil:
 cdef void thrash_loop(wl_worker *w) noexcept nogil:
     # Small objects written over and over: if the allocator puts two threads'
     # objects on one cache line, the line bounces between the cores. Each
-    # rewrite checks the block as it goes (wl_check_refill): a rewrite
+    # rewrite checks the block as it goes (h_check_refill): a rewrite
     # erases what a second owner wrote, so a check before the free alone let
     # such a block pass. A bad block counts once. In duration mode the
     # rewrites stop at the deadline: one operation on a GiB block is seconds
@@ -533,7 +513,7 @@ cdef void thrash_loop(wl_worker *w) noexcept nogil:
             continue
         bad = False
         for k in range(sh.writes):
-            if not wl_check_refill(b.p, b.n, b.key, b.key + 1):
+            if not h_check_refill(b.p, b.n, b.key, b.key + 1):
                 bad = True
                 break
             b.key += 1

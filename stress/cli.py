@@ -174,6 +174,14 @@ def _check_args(p, a, found, missing):
         p.error("--soak runs for a time; use --duration for the length of each run, not --ops")
 
 
+def _hung_record(progress, spec, e):
+    """The failed run a hung one is reported as (its threads are still stuck)."""
+    from .runner import finish
+    progress.done("  HUNG: %s" % e)
+    return finish(dict(workload=spec["workload"], backend=spec["backend"],
+                       threads=spec["threads"], error="hung: %s" % e))
+
+
 def _run_duration(a):
     """Seconds per run (None: runs of --ops), the one figure the runs, the
     soak's header and the JSON config all use."""
@@ -252,7 +260,7 @@ def _soak(a, backends, found, progress, out):
     in the second half of the passes must stay within max(8 MiB, 10 %) of
     its peak in the first half (_heap_verdict). Process RSS is reported, not
     judged."""
-    from .runner import RunHung, finish
+    from .runner import RunHung
     minutes = a.soak
     per_run = _run_duration(a)
     end = time.monotonic() + minutes * 60.0
@@ -272,10 +280,8 @@ def _soak(a, backends, found, progress, out):
                 except RunHung as e:
                     # Its threads are stuck in this process: the soak ends
                     # here, and is reported like an interrupted one.
-                    progress.done("  HUNG: %s" % e)
+                    rec = _hung_record(progress, s, e)
                     print("soak: HUNG during pass %d: %s" % (passes, e), file=out)
-                    rec = finish(dict(workload=s["workload"], backend=s["backend"],
-                                      threads=s["threads"], error="hung: %s" % e))
                     hung = True
                 rec["pass"] = passes
                 pass_runs.append(rec)
@@ -378,7 +384,7 @@ def main(argv=None, out=None, prog=None):
                  "%.2f s" % dur if dur else "%d ops per thread" % a.ops), file=out)
         out.flush()
         runs = []
-        from .runner import RunHung, finish
+        from .runner import RunHung
         for i, spec in enumerate(specs):
             progress.update("[%d/%d]" % (i + 1, len(specs)))
             try:
@@ -386,9 +392,7 @@ def main(argv=None, out=None, prog=None):
                 _run_line(progress, spec, runs[-1])
             except RunHung as e:
                 # Its threads are stuck in this process: report and end the suite.
-                progress.done("  HUNG: %s" % e)
-                runs.append(finish(dict(workload=spec["workload"], backend=spec["backend"],
-                                        threads=spec["threads"], error="hung: %s" % e)))
+                runs.append(_hung_record(progress, spec, e))
                 hung = True
                 break
             except KeyboardInterrupt:

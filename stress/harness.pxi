@@ -9,7 +9,7 @@
 #                     TC_ALLOCATOR_CAPSULE capsule built by C code
 #   threads           pthread declarations
 #   numbers           h_mix (splitmix64 finaliser), h_rand (its stream)
-#   block pattern     h_fill / h_check / h_is_zero
+#   block pattern     h_fill / h_check / h_check_refill / h_is_zero
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_CheckExact
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
@@ -124,6 +124,28 @@ cdef bint h_check(const void *src, size_t n, uint64_t key) noexcept nogil:
         w = 0
         memcpy(&w, p + (nw << 3), n & 7)
         diff |= w ^ (v & ((<uint64_t>1 << ((n & 7) * 8)) - 1))
+    return diff == 0
+
+cdef bint h_check_refill(void *dst, size_t n, uint64_t key, uint64_t new_key) noexcept nogil:
+    # h_check(dst, n, key) and h_fill(dst, n, new_key) in one pass, word by
+    # word: a second owner's write is erased unseen only if it lands between
+    # the read and the rewrite of that word, not anywhere between a
+    # whole-block check and a whole-block fill (a wide window for a thread
+    # switched out).
+    cdef char *p = <char *>dst
+    cdef size_t nw = n >> 3, i
+    cdef uint64_t v = key, u = new_key, w, diff = 0
+    for i in range(nw):
+        memcpy(&w, p + (i << 3), 8)
+        diff |= w ^ v
+        memcpy(p + (i << 3), &u, 8)
+        v += <uint64_t>0x9e3779b97f4a7c15ULL
+        u += <uint64_t>0x9e3779b97f4a7c15ULL
+    if n & 7:
+        w = 0
+        memcpy(&w, p + (nw << 3), n & 7)
+        diff |= w ^ (v & ((<uint64_t>1 << ((n & 7) * 8)) - 1))
+        memcpy(p + (nw << 3), &u, n & 7)
     return diff == 0
 
 cdef bint h_is_zero(const void *src, size_t n) noexcept nogil:
