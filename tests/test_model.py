@@ -14,8 +14,7 @@ import sys
 
 import pytest
 from hypothesis import settings, strategies as st, HealthCheck
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invariant,
-                                 precondition, rule)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 import tcalloc
 import tct_native as tn

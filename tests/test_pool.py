@@ -396,7 +396,6 @@ def test_bad_get_buffer_hints(hint, exc):
 def test_many_threads_with_content_checks():
     p = BufferPool(8192, max_bytes=9000 * 50)   # > 8 threads x 5 held x 9000
     errors = []
-    outstanding_max = [0]
 
     def worker(tid):
         rnd = random.Random(tid)
