@@ -75,8 +75,18 @@ _PYMALLOC_HEADER = 48
 _breakdown = {}                 # "peak": the latest sample (one store: the probe may read it any time)
 
 
-def _pymalloc_state(syms):
-    """pymalloc's used and free bytes, summed over its arenas: what it holds
+def _load_base(syms):
+    """Where the object holding pymalloc's statics is loaded: a PIE or shared
+    object is linked at 0 and loaded at the lowest address of its mappings."""
+    if "error" in syms or not syms["pie"]:
+        return 0
+    with open("/proc/self/maps") as f:
+        return min(int(l.split("-")[0], 16) for l in f if l.rstrip().endswith(syms["exe"]))
+
+
+def _pymalloc_state(syms, off):
+    """pymalloc's used and free bytes, summed over its arenas (`off`: from
+    _load_base): what it holds
     for blocks allocated before tcalloc's hook, or for everything on the
     plain interpreter. {"error": ...} where it cannot be read. Read through
     /proc/self/mem, not pointers: the main thread may free an arena while
@@ -85,10 +95,6 @@ def _pymalloc_state(syms):
     import struct
     if "error" in syms:
         return {"error": syms["error"]}
-    off = 0
-    if syms["pie"]:           # linked at 0, loaded at the lowest address of its mappings
-        with open("/proc/self/maps") as f:
-            off = min(int(l.split("-")[0], 16) for l in f if l.rstrip().endswith(syms["exe"]))
     fd = os.open("/proc/self/mem", os.O_RDONLY)
     try:
         def read(fmt, addr):
@@ -153,9 +159,10 @@ def _breakdown_sampler(syms):
 
     def run():
         high = 0
+        base = _load_base(syms)         # once: read at every sample, the maps file is memory too
         while True:
             rss = _rss_kib()
-            pm = _pymalloc_state(syms) if rss > high else None
+            pm = _pymalloc_state(syms, base) if rss > high else None
             if pm is not None and not pm.get("retry"):   # retry: an arena went meanwhile
                 high = rss
                 snap = {"rss_kib": rss, "pymalloc": pm, "glibc": _glibc_state()}
